@@ -1,0 +1,274 @@
+//! `chex data synth | stats | check`.
+
+use std::path::PathBuf;
+
+use chex_grpo::DataSource;
+use chex_grpo::data::synth::SynthConfig;
+use chex_grpo::data::{
+    Dataset, GenericCsvSpec, ImageCache, ImageSpec, LoadOptions, NihToChexpert, OnError, UncertaintyPolicy,
+    ViewFilter,
+};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write the synthetic two-site benchmark (site A in CheXpert's layout, site B in NIH's).
+    Synth(SynthArgs),
+    /// Print per-label counts, views and patients of a dataset.
+    Stats(StatsArgs),
+    /// Decode every image of a dataset and report every unreadable row or image.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output folder (reused when it already holds the same config).
+    #[arg(long, default_value = "data/synthetic")]
+    out: PathBuf,
+    /// Seed for every random choice.
+    #[arg(long, default_value_t = SynthConfig::default().seed)]
+    seed: u64,
+    /// Patients at site A (CheXpert layout).
+    #[arg(long)]
+    site_a_patients: Option<usize>,
+    /// Patients at site B (NIH layout).
+    #[arg(long)]
+    site_b_patients: Option<usize>,
+    /// P(support devices | edema) at site A; 0 switches the spurious cue off.
+    #[arg(long)]
+    spurious_probability: Option<f64>,
+    /// A few dozen images per site, for a quick look.
+    #[arg(long)]
+    miniature: bool,
+}
+
+#[derive(Args)]
+pub struct SourceArgs {
+    /// NIH ChestX-ray14 root (holds Data_Entry_2017.csv).
+    #[arg(long, group = "source")]
+    nih_root: Option<PathBuf>,
+    /// CheXpert CSV (train.csv or valid.csv).
+    #[arg(long, group = "source")]
+    chexpert_csv: Option<PathBuf>,
+    /// MIMIC-CXR-JPG root (holds the mimic-cxr-2.0.0-*.csv(.gz) files and files/).
+    #[arg(long, group = "source")]
+    mimic_root: Option<PathBuf>,
+    /// A generic CSV; name its columns with --path-column and --label-columns.
+    #[arg(long, group = "source")]
+    csv: Option<PathBuf>,
+    /// Generic CSV: the image path column.
+    #[arg(long, default_value = "Path")]
+    path_column: String,
+    /// Generic CSV: comma-separated label columns.
+    #[arg(long, value_delimiter = ',')]
+    label_columns: Vec<String>,
+    /// Generic CSV: the patient id column.
+    #[arg(long)]
+    patient_column: Option<String>,
+    /// Views to keep: all, frontal, ap-pa, ap, pa.
+    #[arg(long, default_value = "all")]
+    view: ViewFilter,
+    /// Skip bad rows and report them instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+impl SourceArgs {
+    fn source(&self) -> Result<DataSource, String> {
+        if let Some(root) = &self.nih_root {
+            Ok(DataSource::Nih { root: root.clone() })
+        } else if let Some(csv) = &self.chexpert_csv {
+            Ok(DataSource::Chexpert { csv: csv.clone() })
+        } else if let Some(root) = &self.mimic_root {
+            Ok(DataSource::Mimic { root: root.clone() })
+        } else if let Some(csv) = &self.csv {
+            if self.label_columns.is_empty() {
+                return Err("--csv needs --label-columns".into());
+            }
+            Ok(DataSource::Csv {
+                csv: csv.clone(),
+                spec: GenericCsvSpec {
+                    path_column: self.path_column.clone(),
+                    label_columns: self.label_columns.clone(),
+                    patient_column: self.patient_column.clone(),
+                    view_column: None,
+                    image_root: None,
+                },
+            })
+        } else {
+            Err("name a dataset with --nih-root, --chexpert-csv, --mimic-root or --csv".into())
+        }
+    }
+
+    fn load(&self, check_images_exist: bool) -> Result<Dataset, Box<dyn std::error::Error>> {
+        let options = LoadOptions {
+            on_error: if self.skip_bad { OnError::SkipAndReport } else { OnError::FailFast },
+            view_filter: self.view,
+            check_images_exist,
+        };
+        let data = self.source()?.load(&options)?;
+        println!("{}: {}", data.source, data.report.summary());
+        for problem in &data.report.skipped {
+            println!("  skipped: {problem}");
+        }
+        Ok(data)
+    }
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// How uncertain labels count: positive-only, u-zeros, u-ones, u-ignore.
+    #[arg(long, default_value = "positive-only")]
+    policy: UncertaintyPolicy,
+    /// Also show an NIH dataset in CheXpert's label space (ChexReason's mapping).
+    #[arg(long)]
+    as_chexpert: bool,
+    /// Print the statistics as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Side length images are decoded and resized to.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+}
+
+pub fn run(command: DataCommand) -> CliResult {
+    match command {
+        DataCommand::Synth(args) => synth(args),
+        DataCommand::Stats(args) => stats(args),
+        DataCommand::Check(args) => check(args),
+    }
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn synth(args: SynthArgs) -> CliResult {
+    let mut config = if args.miniature { SynthConfig::miniature(args.seed) } else { SynthConfig { seed: args.seed, ..SynthConfig::default() } };
+    if let Some(n) = args.site_a_patients {
+        config.site_a.patients = n;
+    }
+    if let Some(n) = args.site_b_patients {
+        config.site_b.patients = n;
+    }
+    if let Some(p) = args.spurious_probability {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("--spurious-probability must lie in [0, 1], got {p}").into());
+        }
+        if let Some(cue) = config.site_a.spurious.as_mut() {
+            cue.probability_with_cause = p;
+        }
+    }
+    let bar = progress_bar(chex_grpo::data::synth::planned_images(&config) as u64, "synthesising");
+    let summary = chex_grpo::data::write_synthetic_sites(&args.out, &config, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    println!(
+        "{} site A ({} images, CheXpert layout) at {} and site B ({} images, NIH layout) at {}",
+        if summary.reused { "reused" } else { "wrote" },
+        summary.site_a_images,
+        summary.site_a_dir.display(),
+        summary.site_b_images,
+        summary.site_b_dir.display()
+    );
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> CliResult {
+    let data = args.source.load(false)?;
+    print_stats(&data, args.policy, args.json)?;
+    if args.as_chexpert {
+        let mapped = data.nih_to_chexpert(&NihToChexpert::default())?;
+        println!();
+        print_stats(&mapped, args.policy, args.json)?;
+    }
+    Ok(())
+}
+
+fn print_stats(data: &Dataset, policy: UncertaintyPolicy, json: bool) -> CliResult {
+    let positives = data.positive_counts(policy);
+    let observations = data.observation_counts();
+    let mut views: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &data.samples {
+        let key = format!("{:?} {}", s.view.projection, s.view.position.as_deref().unwrap_or("-"));
+        *views.entry(key).or_default() += 1;
+    }
+    if json {
+        let labels: Vec<_> = data
+            .label_space
+            .labels()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::json!({
+                    "label": l, "annotated": data.annotated[i], "positive": positives[i],
+                    "observed_positive": observations[i][0], "negative": observations[i][1],
+                    "uncertain": observations[i][2], "blank": observations[i][3],
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "source": data.source, "label_space": data.label_space.name, "images": data.len(),
+            "patients": data.patient_count(), "views": views, "labels": labels,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{} images, {} patients, label space `{}`", data.len(), data.patient_count(), data.label_space.name);
+    println!("views: {}", views.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+    println!("{:<28} {:>9} {:>7} {:>9} {:>9} {:>7}", "label", "positive", "1.0", "0.0", "-1.0", "blank");
+    for (i, label) in data.label_space.labels().iter().enumerate() {
+        if !data.annotated[i] {
+            println!("{label:<28} {:>9}", "not annotated");
+            continue;
+        }
+        let [p, n, u, b] = observations[i];
+        println!("{label:<28} {:>9} {p:>7} {n:>9} {u:>9} {b:>7}", positives[i]);
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> CliResult {
+    let data = args.source.load(true)?;
+    let cache = ImageCache::new(ImageSpec::siglip(args.size));
+    let bar = progress_bar(data.len() as u64, "decoding");
+    let failures: Vec<String> = data
+        .samples
+        .par_iter()
+        .filter_map(|s| {
+            let result = cache.get(&s.image);
+            bar.inc(1);
+            result.err().map(|e| e.to_string())
+        })
+        .collect();
+    bar.finish_and_clear();
+    println!("decoded {} of {} images at {}×{}", data.len() - failures.len(), data.len(), args.size, args.size);
+    for failure in &failures {
+        println!("  unreadable: {failure}");
+    }
+    let bad_rows = data.report.skipped.len();
+    if failures.is_empty() && bad_rows == 0 {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(format!("{} unreadable images, {bad_rows} bad rows", failures.len()).into())
+    }
+}

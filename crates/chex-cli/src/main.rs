@@ -1,0 +1,54 @@
+//! `chex`: the chex-grpo command line.
+
+mod data_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Train and evaluate chest X-ray vision-language models with SFT and GRPO.
+#[derive(Parser)]
+#[command(name = "chex", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write, inspect and check datasets.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Show the compiled backends and check that a device runs a computation.
+    Device {
+        /// Device to check: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(command) => data_cmd::run(command),
+        Command::Device { device } => check_device(&device),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn check_device(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use chex_grpo::model::{compiled_backends, select_device};
+    println!("compiled backends: {}", compiled_backends().join(", "));
+    let device = select_device(spec)?;
+    let x = burn_free_check(&device);
+    println!("{spec}: ok ({x})");
+    Ok(())
+}
+
+fn burn_free_check(device: &chex_grpo::model::burn::tensor::Device) -> String {
+    use chex_grpo::model::burn::tensor::Tensor;
+    let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], device);
+    let sum = x.clone().matmul(x).sum().into_scalar::<f32>();
+    format!("[[1,2],[3,4]]² sums to {sum}")
+}
