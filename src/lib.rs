@@ -25,6 +25,8 @@ pub use chex_model as model;
 pub use chex_objective as objective;
 pub use chex_rewards as rewards;
 
+pub mod baseline;
+pub mod eval;
 pub mod source;
 
 pub use source::DataSource;

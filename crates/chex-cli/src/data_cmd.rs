@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use chex_grpo::DataSource;
 use chex_grpo::data::synth::SynthConfig;
 use chex_grpo::data::{
-    Dataset, GenericCsvSpec, ImageCache, ImageSpec, LoadOptions, NihToChexpert, OnError, UncertaintyPolicy,
-    ViewFilter,
+    Dataset, GenericCsvSpec, ImageCache, ImageSpec, LoadOptions, NihToChexpert, OnError,
+    UncertaintyPolicy, ViewFilter,
 };
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,7 +106,11 @@ impl SourceArgs {
 
     fn load(&self, check_images_exist: bool) -> Result<Dataset, Box<dyn std::error::Error>> {
         let options = LoadOptions {
-            on_error: if self.skip_bad { OnError::SkipAndReport } else { OnError::FailFast },
+            on_error: if self.skip_bad {
+                OnError::SkipAndReport
+            } else {
+                OnError::FailFast
+            },
             view_filter: self.view,
             check_images_exist,
         };
@@ -163,7 +167,14 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn synth(args: SynthArgs) -> CliResult {
-    let mut config = if args.miniature { SynthConfig::miniature(args.seed) } else { SynthConfig { seed: args.seed, ..SynthConfig::default() } };
+    let mut config = if args.miniature {
+        SynthConfig::miniature(args.seed)
+    } else {
+        SynthConfig {
+            seed: args.seed,
+            ..SynthConfig::default()
+        }
+    };
     if let Some(n) = args.site_a_patients {
         config.site_a.patients = n;
     }
@@ -178,7 +189,10 @@ fn synth(args: SynthArgs) -> CliResult {
             cue.probability_with_cause = p;
         }
     }
-    let bar = progress_bar(chex_grpo::data::synth::planned_images(&config) as u64, "synthesising");
+    let bar = progress_bar(
+        chex_grpo::data::synth::planned_images(&config) as u64,
+        "synthesising",
+    );
     let summary = chex_grpo::data::write_synthetic_sites(&args.out, &config, &|| bar.inc(1))?;
     bar.finish_and_clear();
     println!(
@@ -208,7 +222,11 @@ fn print_stats(data: &Dataset, policy: UncertaintyPolicy, json: bool) -> CliResu
     let observations = data.observation_counts();
     let mut views: std::collections::BTreeMap<String, usize> = Default::default();
     for s in &data.samples {
-        let key = format!("{:?} {}", s.view.projection, s.view.position.as_deref().unwrap_or("-"));
+        let key = format!(
+            "{:?} {}",
+            s.view.projection,
+            s.view.position.as_deref().unwrap_or("-")
+        );
         *views.entry(key).or_default() += 1;
     }
     if json {
@@ -232,16 +250,34 @@ fn print_stats(data: &Dataset, policy: UncertaintyPolicy, json: bool) -> CliResu
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{} images, {} patients, label space `{}`", data.len(), data.patient_count(), data.label_space.name);
-    println!("views: {}", views.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
-    println!("{:<28} {:>9} {:>7} {:>9} {:>9} {:>7}", "label", "positive", "1.0", "0.0", "-1.0", "blank");
+    println!(
+        "{} images, {} patients, label space `{}`",
+        data.len(),
+        data.patient_count(),
+        data.label_space.name
+    );
+    println!(
+        "views: {}",
+        views
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{:<28} {:>9} {:>7} {:>9} {:>9} {:>7}",
+        "label", "positive", "1.0", "0.0", "-1.0", "blank"
+    );
     for (i, label) in data.label_space.labels().iter().enumerate() {
         if !data.annotated[i] {
             println!("{label:<28} {:>9}", "not annotated");
             continue;
         }
         let [p, n, u, b] = observations[i];
-        println!("{label:<28} {:>9} {p:>7} {n:>9} {u:>9} {b:>7}", positives[i]);
+        println!(
+            "{label:<28} {:>9} {p:>7} {n:>9} {u:>9} {b:>7}",
+            positives[i]
+        );
     }
     Ok(())
 }
@@ -260,7 +296,13 @@ fn check(args: CheckArgs) -> CliResult {
         })
         .collect();
     bar.finish_and_clear();
-    println!("decoded {} of {} images at {}×{}", data.len() - failures.len(), data.len(), args.size, args.size);
+    println!(
+        "decoded {} of {} images at {}×{}",
+        data.len() - failures.len(),
+        data.len(),
+        args.size,
+        args.size
+    );
     for failure in &failures {
         println!("  unreadable: {failure}");
     }

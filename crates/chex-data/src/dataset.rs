@@ -202,7 +202,10 @@ pub struct Sample {
 impl Sample {
     /// Binary targets under a policy; `None` marks a label not scored for this sample.
     pub fn targets(&self, policy: UncertaintyPolicy) -> Vec<Option<bool>> {
-        self.observations.iter().map(|&o| policy.target(o)).collect()
+        self.observations
+            .iter()
+            .map(|&o| policy.target(o))
+            .collect()
     }
 
     /// Indices of the labels that are positive under a policy.
@@ -391,7 +394,13 @@ impl Dataset {
             .map(|s| {
                 let mut observations: Vec<Observation> = annotated
                     .iter()
-                    .map(|&a| if a { Observation::Negative } else { Observation::Blank })
+                    .map(|&a| {
+                        if a {
+                            Observation::Negative
+                        } else {
+                            Observation::Blank
+                        }
+                    })
                     .collect();
                 for (nih_index, obs) in s.observations.iter().enumerate() {
                     if let (Some(t), Observation::Positive) = (sources[nih_index], obs) {
@@ -467,7 +476,10 @@ mod tests {
             assert_eq!(p.target(Negative), Some(false));
             assert_eq!(p.target(Blank), Some(false));
         }
-        assert_eq!(UncertaintyPolicy::PositiveOnly.target(Uncertain), Some(false));
+        assert_eq!(
+            UncertaintyPolicy::PositiveOnly.target(Uncertain),
+            Some(false)
+        );
         assert_eq!(UncertaintyPolicy::UOnes.target(Uncertain), Some(true));
         assert_eq!(UncertaintyPolicy::UIgnore.target(Uncertain), None);
     }

@@ -171,7 +171,11 @@ pub const NIH_TO_CHEXPERT_TABLE: [(&str, &str, MappingKind); 12] = [
     ("Pneumothorax", "Pneumothorax", MappingKind::Exact),
     ("Mass", "Lung Lesion", MappingKind::Approximate),
     ("Nodule", "Lung Lesion", MappingKind::Approximate),
-    ("Pleural_Thickening", "Pleural Other", MappingKind::Approximate),
+    (
+        "Pleural_Thickening",
+        "Pleural Other",
+        MappingKind::Approximate,
+    ),
     ("Infiltration", "Lung Opacity", MappingKind::Approximate),
 ];
 
@@ -238,7 +242,11 @@ mod tests {
             assert!(covered.contains(&label), "{label} not covered");
         }
         assert!(!covered.contains(&"Lung Opacity"));
-        assert!(NihToChexpert::all().covered_chexpert_labels().contains(&"Lung Opacity"));
+        assert!(
+            NihToChexpert::all()
+                .covered_chexpert_labels()
+                .contains(&"Lung Opacity")
+        );
     }
 
     #[test]

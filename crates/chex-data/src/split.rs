@@ -14,7 +14,10 @@ use crate::error::{DataError, Result};
 /// in turn to the first part still short of its share of images.
 pub fn patient_split(dataset: &Dataset, fractions: &[f64], seed: u64) -> Result<Vec<Vec<usize>>> {
     let total: f64 = fractions.iter().sum();
-    if fractions.is_empty() || fractions.iter().any(|f| !(0.0..=1.0).contains(f)) || (total - 1.0).abs() > 1e-6 {
+    if fractions.is_empty()
+        || fractions.iter().any(|f| !(0.0..=1.0).contains(f))
+        || (total - 1.0).abs() > 1e-6
+    {
         return Err(DataError::Config(format!(
             "split fractions {fractions:?} must each be in [0, 1] and sum to 1"
         )));
@@ -22,7 +25,10 @@ pub fn patient_split(dataset: &Dataset, fractions: &[f64], seed: u64) -> Result<
     // BTreeMap so the patient order before shuffling does not depend on hashing.
     let mut by_patient: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, sample) in dataset.samples.iter().enumerate() {
-        by_patient.entry(sample.patient_id.as_str()).or_default().push(i);
+        by_patient
+            .entry(sample.patient_id.as_str())
+            .or_default()
+            .push(i);
     }
     let mut patients: Vec<Vec<usize>> = by_patient.into_values().collect();
     patients.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));

@@ -11,7 +11,9 @@ use chex_data::{
 };
 
 fn chexpert_csv(name: &str) -> std::path::PathBuf {
-    common::fixtures().join("chexpert/CheXpert-v1.0-small").join(name)
+    common::fixtures()
+        .join("chexpert/CheXpert-v1.0-small")
+        .join(name)
 }
 
 #[test]
@@ -22,25 +24,58 @@ fn chexpert_reads_blanks_uncertain_and_views() {
     assert_eq!(second.patient_id, "patient00002");
     assert_eq!(second.study_id, "patient00002/study2");
     assert_eq!(second.split, OfficialSplit::Train);
-    assert!(second.image.ends_with("CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg"));
+    assert!(
+        second
+            .image
+            .ends_with("CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg")
+    );
     let label = |name: &str| data.label_space.index_of(name).unwrap();
-    assert_eq!(second.observations[label("Cardiomegaly")], Observation::Uncertain);
-    assert_eq!(second.observations[label("Lung Opacity")], Observation::Positive);
+    assert_eq!(
+        second.observations[label("Cardiomegaly")],
+        Observation::Uncertain
+    );
+    assert_eq!(
+        second.observations[label("Lung Opacity")],
+        Observation::Positive
+    );
     assert_eq!(second.observations[label("No Finding")], Observation::Blank);
-    assert_eq!(data.samples[0].observations[label("Pneumothorax")], Observation::Negative);
+    assert_eq!(
+        data.samples[0].observations[label("Pneumothorax")],
+        Observation::Negative
+    );
 
     let policy_counts = |p| data.positive_counts(p)[label("Edema")];
     assert_eq!(policy_counts(UncertaintyPolicy::PositiveOnly), 1);
     assert_eq!(policy_counts(UncertaintyPolicy::UOnes), 2);
-    assert_eq!(second.targets(UncertaintyPolicy::UIgnore)[label("Edema")], None);
+    assert_eq!(
+        second.targets(UncertaintyPolicy::UIgnore)[label("Edema")],
+        None
+    );
 
-    let frontal = load_chexpert(&chexpert_csv("train.csv"), &LoadOptions { view_filter: ViewFilter::Frontal, ..Default::default() }).unwrap();
+    let frontal = load_chexpert(
+        &chexpert_csv("train.csv"),
+        &LoadOptions {
+            view_filter: ViewFilter::Frontal,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((frontal.len(), frontal.report.filtered_by_view), (6, 2));
-    let pa = load_chexpert(&chexpert_csv("train.csv"), &LoadOptions { view_filter: ViewFilter::Pa, ..Default::default() }).unwrap();
+    let pa = load_chexpert(
+        &chexpert_csv("train.csv"),
+        &LoadOptions {
+            view_filter: ViewFilter::Pa,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(pa.len(), 2);
 
     let valid = load_chexpert(&chexpert_csv("valid.csv"), &LoadOptions::default()).unwrap();
-    assert_eq!((valid.len(), valid.samples[0].split), (3, OfficialSplit::Validate));
+    assert_eq!(
+        (valid.len(), valid.samples[0].split),
+        (3, OfficialSplit::Validate)
+    );
 }
 
 #[test]
@@ -48,16 +83,31 @@ fn mimic_joins_labels_metadata_and_split_with_gzip() {
     let root = common::fixtures().join("mimic");
     let data = load_mimic(&root, &LoadOptions::default()).unwrap();
     // 8 metadata rows; one study has no label row and is counted, not dropped silently.
-    assert_eq!((data.report.rows_read, data.len(), data.report.unlabelled), (8, 7, 1));
+    assert_eq!(
+        (data.report.rows_read, data.len(), data.report.unlabelled),
+        (8, 7, 1)
+    );
     let first = &data.samples[0];
-    assert!(first.image.ends_with("files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"));
+    assert!(first.image.ends_with(
+        "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
+    ));
     assert_eq!(first.observations[0], Observation::Positive, "No Finding");
     assert_eq!(data.samples[4].split, OfficialSplit::Validate);
-    let frontal = load_mimic(&root, &LoadOptions { view_filter: ViewFilter::Frontal, ..Default::default() }).unwrap();
+    let frontal = load_mimic(
+        &root,
+        &LoadOptions {
+            view_filter: ViewFilter::Frontal,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(frontal.len(), 5);
     assert_eq!(frontal.patient_count(), 4);
     let pneumonia = data.label_space.index_of("Pneumonia").unwrap();
-    assert_eq!(data.samples[4].observations[pneumonia], Observation::Uncertain);
+    assert_eq!(
+        data.samples[4].observations[pneumonia],
+        Observation::Uncertain
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -69,8 +119,16 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 fn chexpert_with_rows(rows: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let header = std::fs::read_to_string(chexpert_csv("train.csv")).unwrap().lines().next().unwrap().to_string();
-    let text = std::iter::once(header.as_str()).chain(rows.iter().copied()).collect::<Vec<_>>().join("\n");
+    let header = std::fs::read_to_string(chexpert_csv("train.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let text = std::iter::once(header.as_str())
+        .chain(rows.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n");
     let path = write(dir.path(), "CheXpert-v1.0-small/train.csv", &text);
     (dir, path)
 }
@@ -79,38 +137,83 @@ fn chexpert_with_rows(rows: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) 
 fn bad_cells_name_file_line_and_column() {
     let good = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0";
     let bad_value = "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Female,68,Frontal,AP,,,2.0,,,,,,,,,,,";
-    let short = "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0";
+    let short =
+        "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0";
     let (_dir, path) = chexpert_with_rows(&[good, bad_value, short, good]);
 
     let error = load_chexpert(&path, &LoadOptions::default()).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, DataError::BadValue { line: 3, .. }), "{message}");
-    assert!(message.contains("train.csv:3") && message.contains("Cardiomegaly") && message.contains("2.0"), "{message}");
+    assert!(
+        matches!(error, DataError::BadValue { line: 3, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("train.csv:3")
+            && message.contains("Cardiomegaly")
+            && message.contains("2.0"),
+        "{message}"
+    );
 
-    let lenient = LoadOptions { on_error: OnError::SkipAndReport, ..Default::default() };
+    let lenient = LoadOptions {
+        on_error: OnError::SkipAndReport,
+        ..Default::default()
+    };
     let data = load_chexpert(&path, &lenient).unwrap();
     assert_eq!((data.len(), data.report.skipped.len()), (2, 2));
-    assert!(data.report.skipped[1].contains("train.csv:4") && data.report.skipped[1].contains("6 fields"), "{:?}", data.report.skipped);
+    assert!(
+        data.report.skipped[1].contains("train.csv:4")
+            && data.report.skipped[1].contains("6 fields"),
+        "{:?}",
+        data.report.skipped
+    );
     assert!(data.report.summary().contains("skipped 2 bad"));
 }
 
 #[test]
 fn unknown_columns_labels_and_missing_images_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let header = std::fs::read_to_string(chexpert_csv("train.csv")).unwrap().lines().next().unwrap().replace("Fracture", "Fractures");
+    let header = std::fs::read_to_string(chexpert_csv("train.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .replace("Fracture", "Fractures");
     let path = write(dir.path(), "CheXpert-v1.0-small/train.csv", &header);
-    let message = load_chexpert(&path, &LoadOptions::default()).unwrap_err().to_string();
+    let message = load_chexpert(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("unknown column `Fractures`"), "{message}");
 
     let nih_header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]";
-    write(dir.path(), "nih/Data_Entry_2017.csv", &format!("{nih_header}\n00000001_000.png,Cardiomegaly|Efusion,0,1,57,M,PA,2682,2749,0.143,0.143\n"));
-    let message = load_nih(&dir.path().join("nih"), &LoadOptions::default()).unwrap_err().to_string();
-    assert!(message.contains("Data_Entry_2017.csv:2") && message.contains("unknown label `Efusion`"), "{message}");
+    write(
+        dir.path(),
+        "nih/Data_Entry_2017.csv",
+        &format!(
+            "{nih_header}\n00000001_000.png,Cardiomegaly|Efusion,0,1,57,M,PA,2682,2749,0.143,0.143\n"
+        ),
+    );
+    let message = load_nih(&dir.path().join("nih"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("Data_Entry_2017.csv:2") && message.contains("unknown label `Efusion`"),
+        "{message}"
+    );
 
-    write(dir.path(), "nih/Data_Entry_2017.csv", &format!("{nih_header}\n00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143\n"));
-    let strict = LoadOptions { check_images_exist: true, ..Default::default() };
+    write(
+        dir.path(),
+        "nih/Data_Entry_2017.csv",
+        &format!("{nih_header}\n00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143\n"),
+    );
+    let strict = LoadOptions {
+        check_images_exist: true,
+        ..Default::default()
+    };
     let error = load_nih(&dir.path().join("nih"), &strict).unwrap_err();
-    assert!(matches!(error, DataError::MissingImage { line: 2, .. }), "{error}");
+    assert!(
+        matches!(error, DataError::MissingImage { line: 2, .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("00000001_000.png"));
 }
 
@@ -125,8 +228,12 @@ fn corrupt_and_truncated_images_are_refused_with_their_path() {
     let bytes = std::fs::read(real).unwrap();
     let truncated = dir.path().join("truncated.png");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let error = chex_data::prepare_image(&truncated, &chex_data::ImageSpec::siglip(32)).unwrap_err();
-    assert!(matches!(error, DataError::Image { .. }) && error.to_string().contains("truncated.png"), "{error}");
+    let error =
+        chex_data::prepare_image(&truncated, &chex_data::ImageSpec::siglip(32)).unwrap_err();
+    assert!(
+        matches!(error, DataError::Image { .. }) && error.to_string().contains("truncated.png"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -134,7 +241,10 @@ fn sixteen_bit_png_decodes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deep.png");
     let pixels: Vec<u16> = (0..40 * 40).map(|i| (i * 40) as u16).collect();
-    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(40, 40, pixels).unwrap().save(&path).unwrap();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(40, 40, pixels)
+        .unwrap()
+        .save(&path)
+        .unwrap();
     let (w, h, grey) = chex_data::decode_grey(&path).unwrap();
     assert_eq!((w, h), (40, 40));
     assert!((grey[1] - 40.0 / 65535.0).abs() < 1e-6);
@@ -155,13 +265,32 @@ fn generic_csv_with_user_label_columns() {
         view_column: Some("view".into()),
         image_root: None,
     };
-    let data = load_generic_csv(&path, &spec, &LoadOptions { view_filter: ViewFilter::Frontal, ..Default::default() }).unwrap();
+    let data = load_generic_csv(
+        &path,
+        &spec,
+        &LoadOptions {
+            view_filter: ViewFilter::Frontal,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(data.len(), 2);
-    assert_eq!(data.samples[0].observations, vec![Observation::Blank, Observation::Positive]);
+    assert_eq!(
+        data.samples[0].observations,
+        vec![Observation::Blank, Observation::Positive]
+    );
     assert_eq!(data.samples[1].patient_id, "P2");
     assert_eq!(data.samples[1].image, dir.path().join("c.png"));
 
-    let missing = GenericCsvSpec { label_columns: vec!["Edema".into()], ..spec };
-    let message = load_generic_csv(&path, &missing, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(message.contains("site.csv") && message.contains("`Edema`"), "{message}");
+    let missing = GenericCsvSpec {
+        label_columns: vec!["Edema".into()],
+        ..spec
+    };
+    let message = load_generic_csv(&path, &missing, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("site.csv") && message.contains("`Edema`"),
+        "{message}"
+    );
 }

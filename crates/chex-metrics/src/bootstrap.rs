@@ -139,7 +139,10 @@ pub fn bootstrap_intervals(
         macros.push(m);
         micros.push(u);
     }
-    Ok((interval(&macros, config.confidence), interval(&micros, config.confidence)))
+    Ok((
+        interval(&macros, config.confidence),
+        interval(&micros, config.confidence),
+    ))
 }
 
 /// Paired bootstrap of `b − a` for (macro-F1, micro-F1): both checkpoints are scored on the
@@ -155,7 +158,10 @@ pub fn paired_bootstrap(
     let labels = truth.first().map_or(0, Vec::len);
     check_shapes(labels, truth, predicted_a)?;
     check_shapes(labels, truth, predicted_b)?;
-    let (a, b) = (Contributions::new(truth, predicted_a), Contributions::new(truth, predicted_b));
+    let (a, b) = (
+        Contributions::new(truth, predicted_a),
+        Contributions::new(truth, predicted_b),
+    );
     let all: Vec<usize> = (0..truth.len()).collect();
     let (full_a, full_b) = (a.scores(&all, zd), b.scores(&all, zd));
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);

@@ -87,7 +87,10 @@ impl Confusion {
 
     /// 2·tp / (2·tp + fp + fn), scikit-learn's form (≥ 1.3).
     pub fn f1(&self, zd: ZeroDivision) -> f64 {
-        zd.divide(2.0 * self.tp as f64, (2 * self.tp + self.fp + self.fn_) as f64)
+        zd.divide(
+            2.0 * self.tp as f64,
+            (2 * self.tp + self.fp + self.fn_) as f64,
+        )
     }
 }
 
@@ -110,11 +113,19 @@ pub(crate) fn nan_mean(values: impl IntoIterator<Item = f64>) -> f64 {
         .into_iter()
         .filter(|v| !v.is_nan())
         .fold((0.0, 0usize), |(s, c), v| (s + v, c + 1));
-    if count == 0 { f64::NAN } else { sum / count as f64 }
+    if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    }
 }
 
 /// Checks that truth and predictions are rectangular with matching shapes.
-pub(crate) fn check_shapes(labels: usize, truth: &[Vec<bool>], predicted: &[Vec<bool>]) -> Result<(), MetricsError> {
+pub(crate) fn check_shapes(
+    labels: usize,
+    truth: &[Vec<bool>],
+    predicted: &[Vec<bool>],
+) -> Result<(), MetricsError> {
     if truth.is_empty() {
         return Err(MetricsError::Empty);
     }

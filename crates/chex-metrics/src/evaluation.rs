@@ -47,12 +47,19 @@ pub struct Evaluation {
 impl Evaluation {
     /// F1 of a label by name.
     pub fn f1_of(&self, label: &str) -> Option<f64> {
-        self.per_label.iter().find(|l| l.label == label).map(|l| l.f1)
+        self.per_label
+            .iter()
+            .find(|l| l.label == label)
+            .map(|l| l.f1)
     }
 }
 
 /// Scores predictions; with `bootstrap`, also the 95% intervals of macro- and micro-F1.
-pub fn evaluate(input: EvalInput<'_>, zd: ZeroDivision, bootstrap: Option<&BootstrapConfig>) -> Result<Evaluation, MetricsError> {
+pub fn evaluate(
+    input: EvalInput<'_>,
+    zd: ZeroDivision,
+    bootstrap: Option<&BootstrapConfig>,
+) -> Result<Evaluation, MetricsError> {
     check_shapes(input.labels.len(), input.truth, input.predicted)?;
     if let Some(parsed) = input.parsed
         && parsed.len() != input.truth.len()
@@ -86,7 +93,9 @@ pub fn evaluate(input: EvalInput<'_>, zd: ZeroDivision, bootstrap: Option<&Boots
         }
         None => (None, None),
     };
-    let unparsed = input.parsed.map_or(0, |p| p.iter().filter(|ok| !**ok).count());
+    let unparsed = input
+        .parsed
+        .map_or(0, |p| p.iter().filter(|ok| !**ok).count());
     Ok(Evaluation {
         samples: input.truth.len(),
         zero_division: zd,

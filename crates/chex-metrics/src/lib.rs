@@ -23,8 +23,12 @@ pub mod error;
 pub mod evaluation;
 pub mod report;
 
-pub use bootstrap::{BootstrapConfig, Interval, PairedDifference, bootstrap_intervals, paired_bootstrap, percentile};
-pub use classification::{Confusion, LabelScores, ZeroDivision, confusions, exact_match, hamming_loss, sample_jaccard};
+pub use bootstrap::{
+    BootstrapConfig, Interval, PairedDifference, bootstrap_intervals, paired_bootstrap, percentile,
+};
+pub use classification::{
+    Confusion, LabelScores, ZeroDivision, confusions, exact_match, hamming_loss, sample_jaccard,
+};
 pub use error::MetricsError;
 pub use evaluation::{EvalInput, Evaluation, evaluate};
 pub use report::{markdown_f1_table, per_label_csv, summary_csv};

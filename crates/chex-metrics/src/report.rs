@@ -6,12 +6,21 @@ use crate::error::MetricsError;
 use crate::evaluation::Evaluation;
 
 fn fmt_score(v: f64) -> String {
-    if v.is_nan() { "–".into() } else { format!("{v:.3}") }
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn fmt_with_ci(v: f64, ci: Option<Interval>) -> String {
     match ci {
-        Some(ci) => format!("{} [{}, {}]", fmt_score(v), fmt_score(ci.low), fmt_score(ci.high)),
+        Some(ci) => format!(
+            "{} [{}, {}]",
+            fmt_score(v),
+            fmt_score(ci.low),
+            fmt_score(ci.high)
+        ),
         None => fmt_score(v),
     }
 }
@@ -55,7 +64,10 @@ pub fn markdown_f1_table(columns: &[(&str, &Evaluation)]) -> Result<String, Metr
     }
     out.push_str("\n| **Macro-F1** |");
     for (_, e) in columns {
-        out.push_str(&format!(" **{}** |", fmt_with_ci(e.macro_f1, e.macro_f1_ci)));
+        out.push_str(&format!(
+            " **{}** |",
+            fmt_with_ci(e.macro_f1, e.macro_f1_ci)
+        ));
     }
     out.push('\n');
     Ok(out)

@@ -133,24 +133,42 @@ mod tests {
     #[test]
     fn parses_every_spelling() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("ndarray".parse::<DeviceChoice>().unwrap(), DeviceChoice::NdArray);
-        assert_eq!("tch-cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::TchCpu);
-        assert_eq!("tch-cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::TchCuda(1));
-        assert_eq!("CUDA:0".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(
+            "ndarray".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::NdArray
+        );
+        assert_eq!(
+            "tch-cpu".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::TchCpu
+        );
+        assert_eq!(
+            "tch-cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::TchCuda(1)
+        );
+        assert_eq!(
+            "CUDA:0".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert!("metal".parse::<DeviceChoice>().is_err());
     }
 
     #[test]
     fn compiled_backends_compute_and_missing_ones_name_their_feature() {
-        for choice in [DeviceChoice::Cpu, DeviceChoice::NdArray, DeviceChoice::TchCpu, DeviceChoice::Cuda(0)] {
+        for choice in [
+            DeviceChoice::Cpu,
+            DeviceChoice::NdArray,
+            DeviceChoice::TchCpu,
+            DeviceChoice::Cuda(0),
+        ] {
             let compiled = compiled_backends().contains(&choice.feature());
             match choice.device() {
                 Ok(device) => {
                     assert!(compiled);
                     // A real matmul on the chosen backend, then autodiff through it.
                     let device = device.autodiff();
-                    let x = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device).require_grad();
+                    let x =
+                        Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device).require_grad();
                     let y = x.clone().matmul(x.clone()).sum();
                     let value = y.clone().into_scalar::<f32>();
                     assert_eq!(value, 54.0);
@@ -160,10 +178,12 @@ mod tests {
                 Err(e) => {
                     assert!(!compiled, "{choice} is compiled but failed: {e}");
                     let message = e.to_string();
-                    assert!(message.contains(&format!("--features {}", choice.feature())), "{message}");
+                    assert!(
+                        message.contains(&format!("--features {}", choice.feature())),
+                        "{message}"
+                    );
                 }
             }
         }
     }
-
 }

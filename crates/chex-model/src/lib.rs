@@ -12,6 +12,6 @@
 pub mod device;
 pub mod error;
 
+pub use burn;
 pub use device::{DeviceChoice, compiled_backends, select_device};
 pub use error::ModelError;
-pub use burn;

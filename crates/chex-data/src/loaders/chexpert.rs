@@ -3,8 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{
-    Dataset, LoadOptions, LoadReport, OBSERVATION_VALUES, Observation, OfficialSplit, Sample,
-    View,
+    Dataset, LoadOptions, LoadReport, OBSERVATION_VALUES, Observation, OfficialSplit, Sample, View,
 };
 use crate::error::{DataError, Result};
 use crate::labels::{CHEXPERT_LABELS, LabelSpace};

@@ -27,7 +27,11 @@ pub struct GenericCsvSpec {
 }
 
 /// Loads a generic CSV described by `spec`.
-pub fn load_generic_csv(csv: &Path, spec: &GenericCsvSpec, options: &LoadOptions) -> Result<Dataset> {
+pub fn load_generic_csv(
+    csv: &Path,
+    spec: &GenericCsvSpec,
+    options: &LoadOptions,
+) -> Result<Dataset> {
     let mut table = Table::open(csv)?;
     let space = LabelSpace::new("custom", spec.label_columns.clone()).map_err(DataError::Config)?;
     let path_col = table.column(&spec.path_column)?;
@@ -36,8 +40,16 @@ pub fn load_generic_csv(csv: &Path, spec: &GenericCsvSpec, options: &LoadOptions
         .iter()
         .map(|l| table.column(l))
         .collect::<Result<_>>()?;
-    let patient_col = spec.patient_column.as_deref().map(|c| table.column(c)).transpose()?;
-    let view_col = spec.view_column.as_deref().map(|c| table.column(c)).transpose()?;
+    let patient_col = spec
+        .patient_column
+        .as_deref()
+        .map(|c| table.column(c))
+        .transpose()?;
+    let view_col = spec
+        .view_column
+        .as_deref()
+        .map(|c| table.column(c))
+        .transpose()?;
     let root = spec
         .image_root
         .clone()
@@ -61,8 +73,13 @@ pub fn load_generic_csv(csv: &Path, spec: &GenericCsvSpec, options: &LoadOptions
                     allowed: "an image path".into(),
                 });
             }
-            let observations =
-                parse_observations(&table.file, row.line, &row.fields, &label_cols, &spec.label_columns)?;
+            let observations = parse_observations(
+                &table.file,
+                row.line,
+                &row.fields,
+                &label_cols,
+                &spec.label_columns,
+            )?;
             let image = root.join(rel);
             if options.check_images_exist && !image.is_file() {
                 return Err(DataError::MissingImage {
@@ -71,7 +88,9 @@ pub fn load_generic_csv(csv: &Path, spec: &GenericCsvSpec, options: &LoadOptions
                     image,
                 });
             }
-            let patient = patient_col.map(|c| cell(c).to_string()).unwrap_or_else(|| rel.to_string());
+            let patient = patient_col
+                .map(|c| cell(c).to_string())
+                .unwrap_or_else(|| rel.to_string());
             Ok(Sample {
                 image,
                 study_id: rel.to_string(),

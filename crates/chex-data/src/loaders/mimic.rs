@@ -103,12 +103,19 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
 
 type StudyLabels = HashMap<String, (String, Vec<Observation>)>;
 
-fn read_study_labels(path: &Path, options: &LoadOptions, report: &mut LoadReport) -> Result<StudyLabels> {
+fn read_study_labels(
+    path: &Path,
+    options: &LoadOptions,
+    report: &mut LoadReport,
+) -> Result<StudyLabels> {
     let mut table = Table::open(path)?;
     let subject_col = table.column("subject_id")?;
     let study_col = table.column("study_id")?;
     for column in &table.header {
-        if column != "subject_id" && column != "study_id" && !CHEXPERT_LABELS.contains(&column.as_str()) {
+        if column != "subject_id"
+            && column != "study_id"
+            && !CHEXPERT_LABELS.contains(&column.as_str())
+        {
             return Err(DataError::UnknownColumn {
                 file: table.file.clone(),
                 column: column.clone(),
@@ -125,8 +132,13 @@ fn read_study_labels(path: &Path, options: &LoadOptions, report: &mut LoadReport
     while let Some(row) = table.next_row() {
         let parsed = row.and_then(|row| {
             table.check_len(&row, width)?;
-            let observations =
-                parse_observations(&table.file, row.line, &row.fields, &label_cols, &CHEXPERT_LABELS)?;
+            let observations = parse_observations(
+                &table.file,
+                row.line,
+                &row.fields,
+                &label_cols,
+                &CHEXPERT_LABELS,
+            )?;
             let study = row.fields.get(study_col).unwrap_or("").trim().to_string();
             let subject = row.fields.get(subject_col).unwrap_or("").trim().to_string();
             Ok((study, subject, observations))
@@ -141,7 +153,11 @@ fn read_study_labels(path: &Path, options: &LoadOptions, report: &mut LoadReport
     Ok(labels)
 }
 
-fn read_splits(path: &Path, options: &LoadOptions, report: &mut LoadReport) -> Result<HashMap<String, OfficialSplit>> {
+fn read_splits(
+    path: &Path,
+    options: &LoadOptions,
+    report: &mut LoadReport,
+) -> Result<HashMap<String, OfficialSplit>> {
     let mut table = Table::open(path)?;
     let dicom_col = table.column("dicom_id")?;
     let split_col = table.column("split")?;
@@ -165,7 +181,10 @@ fn read_splits(path: &Path, options: &LoadOptions, report: &mut LoadReport) -> R
                     });
                 }
             };
-            Ok((row.fields.get(dicom_col).unwrap_or("").trim().to_string(), split))
+            Ok((
+                row.fields.get(dicom_col).unwrap_or("").trim().to_string(),
+                split,
+            ))
         });
         match parsed {
             Ok((dicom, split)) => {

@@ -70,21 +70,29 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
             }
             let mut observations = vec![Observation::Negative; space.len()];
             for label in cell(labels_col).split('|').map(str::trim) {
-                let index = space.index_of(label).ok_or_else(|| DataError::UnknownLabel {
-                    file: table.file.clone(),
-                    line: row.line,
-                    column: "Finding Labels".into(),
-                    label: label.into(),
-                    known: space.joined(),
-                })?;
+                let index = space
+                    .index_of(label)
+                    .ok_or_else(|| DataError::UnknownLabel {
+                        file: table.file.clone(),
+                        line: row.line,
+                        column: "Finding Labels".into(),
+                        label: label.into(),
+                        known: space.joined(),
+                    })?;
                 observations[index] = Observation::Positive;
             }
-            let positives = observations.iter().filter(|o| **o == Observation::Positive).count();
+            let positives = observations
+                .iter()
+                .filter(|o| **o == Observation::Positive)
+                .count();
             if observations[0] == Observation::Positive && positives > 1 {
                 return Err(DataError::Inconsistent {
                     file: table.file.clone(),
                     line: row.line,
-                    message: format!("`No Finding` listed together with findings in `{}`", cell(labels_col)),
+                    message: format!(
+                        "`No Finding` listed together with findings in `{}`",
+                        cell(labels_col)
+                    ),
                 });
             }
             let patient = cell(patient_col);
@@ -112,7 +120,9 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
             } else {
                 OfficialSplit::Unspecified
             };
-            let follow_up = follow_up_col.map(|c| cell(c).to_string()).unwrap_or_default();
+            let follow_up = follow_up_col
+                .map(|c| cell(c).to_string())
+                .unwrap_or_default();
             Ok(Sample {
                 image,
                 patient_id: patient.trim_start_matches('0').to_string(),
@@ -144,7 +154,9 @@ fn merge_bracketed(fields: &[String]) -> Vec<String> {
     let mut open = false;
     for field in fields {
         if open {
-            let last = names.last_mut().expect("open bracket implies a previous name");
+            let last = names
+                .last_mut()
+                .expect("open bracket implies a previous name");
             last.push(',');
             last.push_str(field);
         } else {

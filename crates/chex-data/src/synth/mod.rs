@@ -237,7 +237,12 @@ impl SynthConfig {
 
     fn validate(&self) -> Result<()> {
         for site in [&self.site_a, &self.site_b] {
-            let bad = |m: String| Err(DataError::Config(format!("synthetic site `{}`: {m}", site.name)));
+            let bad = |m: String| {
+                Err(DataError::Config(format!(
+                    "synthetic site `{}`: {m}",
+                    site.name
+                )))
+            };
             if site.prevalence.len() != Finding::ALL.len() {
                 return bad(format!("prevalence needs {} values", Finding::ALL.len()));
             }
@@ -284,7 +289,11 @@ const MANIFEST: &str = "synth.json";
 
 /// Writes both sites under `root`, or reuses what is there when its manifest records the
 /// same config. `progress` is called once per image written.
-pub fn write_synthetic_sites(root: &Path, config: &SynthConfig, progress: &(dyn Fn() + Sync)) -> Result<SynthSummary> {
+pub fn write_synthetic_sites(
+    root: &Path,
+    config: &SynthConfig,
+    progress: &(dyn Fn() + Sync),
+) -> Result<SynthSummary> {
     config.validate()?;
     let site_a_dir = root.join(&config.site_a.name).join("CheXpert-v1.0-small");
     let site_b_dir = root.join(&config.site_b.name);
@@ -311,7 +320,8 @@ pub fn write_synthetic_sites(root: &Path, config: &SynthConfig, progress: &(dyn 
         site_a_images: a,
         site_b_images: b,
     };
-    let json = serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Config(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Config(e.to_string()))?;
     write_atomic(&manifest_path, json.as_bytes())?;
     Ok(SynthSummary {
         root: root.to_path_buf(),
@@ -354,7 +364,8 @@ fn plan_site(site: &SiteConfig, seed: u64, site_index: u64) -> Vec<Plan> {
         let images = rng.random_range(1..=site.max_images_per_patient);
         let test = rng.random_bool(site.test_fraction.clamp(0.0, 1.0));
         for study in 0..images {
-            let lateral = site.layout == SiteLayout::Chexpert && rng.random_bool(site.lateral_fraction.clamp(0.0, 1.0));
+            let lateral = site.layout == SiteLayout::Chexpert
+                && rng.random_bool(site.lateral_fraction.clamp(0.0, 1.0));
             plans.push(Plan {
                 patient,
                 study,
@@ -386,14 +397,21 @@ fn draw_findings(site: &SiteConfig, rng: &mut ChaCha8Rng) -> Vec<Finding> {
     findings
 }
 
-fn write_site(root: &Path, site: &SiteConfig, seed: u64, site_index: u64, progress: &(dyn Fn() + Sync)) -> Result<usize> {
+fn write_site(
+    root: &Path,
+    site: &SiteConfig,
+    seed: u64,
+    site_index: u64,
+    progress: &(dyn Fn() + Sync),
+) -> Result<usize> {
     let plans = plan_site(site, seed, site_index);
     let site_root = root.join(&site.name);
     // Patients keep their anatomy across studies: seed it from the patient alone.
     let rendered: Vec<Result<(SynthRecord, bool)>> = plans
         .par_iter()
         .map(|plan| {
-            let mut anatomy_rng = ChaCha8Rng::seed_from_u64(seed ^ ((site_index + 1) << 40) ^ plan.patient as u64);
+            let mut anatomy_rng =
+                ChaCha8Rng::seed_from_u64(seed ^ ((site_index + 1) << 40) ^ plan.patient as u64);
             let anatomy = render::Anatomy::sample(&mut anatomy_rng);
             let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
             let findings = draw_findings(site, &mut rng);
@@ -404,7 +422,8 @@ fn write_site(root: &Path, site: &SiteConfig, seed: u64, site_index: u64, progre
             } else {
                 render::draw_frontal(n, &anatomy, &findings, &mut rng)
             };
-            let pixels = render::apply_style(canvas, &site.style, site.style.file_size as usize, &mut rng);
+            let pixels =
+                render::apply_style(canvas, &site.style, site.style.file_size as usize, &mut rng);
             let rel = image_path(site, plan);
             let path = match site.layout {
                 SiteLayout::Chexpert => site_root.join(&rel),
@@ -453,20 +472,23 @@ fn save_grey(path: &Path, size: u32, pixels: Vec<u8>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    let buffer = image::GrayImage::from_raw(size, size, pixels).ok_or_else(|| DataError::Image {
-        path: path.to_path_buf(),
-        message: "pixel buffer has the wrong length".into(),
-    })?;
+    let buffer =
+        image::GrayImage::from_raw(size, size, pixels).ok_or_else(|| DataError::Image {
+            path: path.to_path_buf(),
+            message: "pixel buffer has the wrong length".into(),
+        })?;
     let tmp = path.with_extension("tmp");
     let format = if path.extension().is_some_and(|e| e == "png") {
         image::ImageFormat::Png
     } else {
         image::ImageFormat::Jpeg
     };
-    buffer.save_with_format(&tmp, format).map_err(|e| DataError::Image {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    buffer
+        .save_with_format(&tmp, format)
+        .map_err(|e| DataError::Image {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
@@ -485,7 +507,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The CheXpert cells of one study. Training labels carry the labeller's noise: a present
 /// finding is sometimes `-1.0`; absent ones are mostly blank, sometimes `0.0`, rarely
 /// `-1.0`. Validation labels are clean 0/1, like CheXpert's radiologist-read `valid.csv`.
-fn chexpert_cells(findings: &[Finding], clean: bool, uncertain_fraction: f64, rng: &mut ChaCha8Rng) -> Vec<&'static str> {
+fn chexpert_cells(
+    findings: &[Finding],
+    clean: bool,
+    uncertain_fraction: f64,
+    rng: &mut ChaCha8Rng,
+) -> Vec<&'static str> {
     let present = |label: &str| -> bool {
         findings.iter().any(|f| f.chexpert_label() == Some(label))
             // Lung Opacity is CheXpert's parent of the parenchymal findings.
@@ -503,11 +530,17 @@ fn chexpert_cells(findings: &[Finding], clean: bool, uncertain_fraction: f64, rn
     CHEXPERT_LABELS
         .iter()
         .map(|&label| {
-            let positive = if label == "No Finding" { !any_pathology } else { present(label) };
+            let positive = if label == "No Finding" {
+                !any_pathology
+            } else {
+                present(label)
+            };
             match (clean, positive) {
                 (true, true) => "1.0",
                 (true, false) => "0.0",
-                (false, true) if label != "No Finding" && rng.random_bool(uncertain_fraction) => "-1.0",
+                (false, true) if label != "No Finding" && rng.random_bool(uncertain_fraction) => {
+                    "-1.0"
+                }
                 (false, true) => "1.0",
                 (false, false) => {
                     let r: f64 = rng.random();
@@ -524,14 +557,27 @@ fn chexpert_cells(findings: &[Finding], clean: bool, uncertain_fraction: f64, rn
         .collect()
 }
 
-fn write_chexpert_csvs(site_root: &Path, site: &SiteConfig, records: &[(SynthRecord, bool)], rng: &mut ChaCha8Rng) -> Result<()> {
-    let header: Vec<&str> = CHEXPERT_META_COLUMNS.iter().chain(CHEXPERT_LABELS.iter()).copied().collect();
+fn write_chexpert_csvs(
+    site_root: &Path,
+    site: &SiteConfig,
+    records: &[(SynthRecord, bool)],
+    rng: &mut ChaCha8Rng,
+) -> Result<()> {
+    let header: Vec<&str> = CHEXPERT_META_COLUMNS
+        .iter()
+        .chain(CHEXPERT_LABELS.iter())
+        .copied()
+        .collect();
     for (file, test) in [("train.csv", false), ("valid.csv", true)] {
         let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
         let csv_err = |e: csv::Error| DataError::Config(format!("writing {file}: {e}"));
         writer.write_record(&header).map_err(csv_err)?;
         for (record, _) in records.iter().filter(|(r, _)| r.test == test) {
-            let sex = if rng.random_bool(0.5) { "Male" } else { "Female" };
+            let sex = if rng.random_bool(0.5) {
+                "Male"
+            } else {
+                "Female"
+            };
             let age = rng.random_range(18..90).to_string();
             let (fl, appa) = if record.lateral {
                 ("Lateral", "")
@@ -545,7 +591,9 @@ fn write_chexpert_csvs(site_root: &Path, site: &SiteConfig, records: &[(SynthRec
             row.extend(cells);
             writer.write_record(&row).map_err(csv_err)?;
         }
-        let bytes = writer.into_inner().map_err(|e| DataError::Config(e.to_string()))?;
+        let bytes = writer
+            .into_inner()
+            .map_err(|e| DataError::Config(e.to_string()))?;
         write_atomic(&site_root.join("CheXpert-v1.0-small").join(file), &bytes)?;
     }
     Ok(())
@@ -558,10 +606,22 @@ fn write_nih_files(site_root: &Path, records: &[(SynthRecord, bool)]) -> Result<
     let (mut train, mut test) = (String::new(), String::new());
     for (index, (record, large_lesion)) in records.iter().enumerate() {
         let name = record.image.trim_start_matches("images/");
-        let mut labels: Vec<&str> = record.findings.iter().filter_map(|f| f.nih_label(*large_lesion)).collect();
+        let mut labels: Vec<&str> = record
+            .findings
+            .iter()
+            .filter_map(|f| f.nih_label(*large_lesion))
+            .collect();
         labels.dedup();
-        let labels = if labels.is_empty() { "No Finding".to_string() } else { labels.join("|") };
-        let follow_up = name.split(['_', '.']).nth(1).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+        let labels = if labels.is_empty() {
+            "No Finding".to_string()
+        } else {
+            labels.join("|")
+        };
+        let follow_up = name
+            .split(['_', '.'])
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
         let view = if index % 3 == 0 { "AP" } else { "PA" };
         text.push_str(&format!(
             "{name},{labels},{follow_up},{},{},{},{view},2500,2048,0.143,0.143\n",

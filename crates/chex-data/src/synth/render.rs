@@ -87,7 +87,12 @@ impl Anatomy {
 }
 
 /// Draws one frontal image of `n × n` pixels with the given findings, before site styling.
-pub(crate) fn draw_frontal(n: usize, anatomy: &Anatomy, findings: &[Finding], rng: &mut ChaCha8Rng) -> Canvas {
+pub(crate) fn draw_frontal(
+    n: usize,
+    anatomy: &Anatomy,
+    findings: &[Finding],
+    rng: &mut ChaCha8Rng,
+) -> Canvas {
     let has = |f: Finding| findings.contains(&f);
     let mut a = anatomy.clone();
     if has(Finding::Emphysema) {
@@ -100,7 +105,10 @@ pub(crate) fn draw_frontal(n: usize, anatomy: &Anatomy, findings: &[Finding], rn
     let mut px = vec![0.0f32; n * n];
     let mut lung = vec![0.0f32; n * n];
     let coords = |k: usize| -> (f32, f32) {
-        ((k % n) as f32 / n as f32 + 0.5 / n as f32, (k / n) as f32 / n as f32 + 0.5 / n as f32)
+        (
+            (k % n) as f32 / n as f32 + 0.5 / n as f32,
+            (k / n) as f32 / n as f32 + 0.5 / n as f32,
+        )
     };
 
     // Torso, lungs and their markings.
@@ -126,7 +134,11 @@ pub(crate) fn draw_frontal(n: usize, anatomy: &Anatomy, findings: &[Finding], rn
             let (cx, _) = a.lung_center(ptx_side);
             let lateral = if ptx_side == 0 { cx - u } else { u - cx };
             let edge = a.lung_rx * (1.0 - 2.0 * ptx_depth);
-            let side_mask = if (u < 0.5) == (ptx_side == 0) { 1.0 } else { 0.0 };
+            let side_mask = if (u < 0.5) == (ptx_side == 0) {
+                1.0
+            } else {
+                0.0
+            };
             let region = side_mask * smoothstep(edge - 0.005, edge + 0.005, lateral);
             texture *= 1.0 - region;
             value -= 0.08 * region * lung_mask;
@@ -153,7 +165,12 @@ pub(crate) fn draw_frontal(n: usize, anatomy: &Anatomy, findings: &[Finding], rn
     let heart_cy = a.lung_cy + a.lung_ry * 0.5;
     for (k, p) in px.iter_mut().enumerate() {
         let (u, v) = coords(k);
-        let band = 1.0 - smoothstep(mediastinum_w * 0.8, mediastinum_w * 1.2, (u - 0.5 - a.shift).abs());
+        let band = 1.0
+            - smoothstep(
+                mediastinum_w * 0.8,
+                mediastinum_w * 1.2,
+                (u - 0.5 - a.shift).abs(),
+            );
         let upper = smoothstep(0.08, 0.14, v) * (1.0 - smoothstep(0.55, 0.7, v));
         let m = band * upper;
         *p = *p * (1.0 - m) + 0.6 * m;
@@ -207,11 +224,21 @@ pub(crate) fn draw_frontal(n: usize, anatomy: &Anatomy, findings: &[Finding], rn
     Canvas { n, px }
 }
 
-fn draw_finding(finding: Finding, n: usize, a: &Anatomy, lung: &[f32], px: &mut [f32], rng: &mut ChaCha8Rng) {
+fn draw_finding(
+    finding: Finding,
+    n: usize,
+    a: &Anatomy,
+    lung: &[f32],
+    px: &mut [f32],
+    rng: &mut ChaCha8Rng,
+) {
     let side = rng.random_range(0..2usize);
     let (cx, cy) = a.lung_center(side);
     let coords = |k: usize| -> (f32, f32) {
-        ((k % n) as f32 / n as f32 + 0.5 / n as f32, (k / n) as f32 / n as f32 + 0.5 / n as f32)
+        (
+            (k % n) as f32 / n as f32 + 0.5 / n as f32,
+            (k / n) as f32 / n as f32 + 0.5 / n as f32,
+        )
     };
     match finding {
         Finding::PleuralEffusion => {
@@ -233,7 +260,10 @@ fn draw_finding(finding: Finding, n: usize, a: &Anatomy, lung: &[f32], px: &mut 
         }
         Finding::Consolidation => {
             // One dense, homogeneous lobar patch.
-            let (ox, oy) = (cx + rng.random_range(-0.03..0.03), cy + rng.random_range(0.0..0.12));
+            let (ox, oy) = (
+                cx + rng.random_range(-0.03..0.03),
+                cy + rng.random_range(0.0..0.12),
+            );
             let (rx, ry) = (rng.random_range(0.06..0.09), rng.random_range(0.06..0.1));
             for (k, p) in px.iter_mut().enumerate() {
                 let (u, v) = coords(k);
@@ -279,7 +309,10 @@ fn draw_finding(finding: Finding, n: usize, a: &Anatomy, lung: &[f32], px: &mut 
         }
         Finding::LungOpacity => {
             // Faint ground-glass haze over a broad area.
-            let (ox, oy) = (cx + rng.random_range(-0.04..0.04), cy + rng.random_range(-0.1..0.1));
+            let (ox, oy) = (
+                cx + rng.random_range(-0.04..0.04),
+                cy + rng.random_range(-0.1..0.1),
+            );
             for (k, p) in px.iter_mut().enumerate() {
                 let (u, v) = coords(k);
                 *p += 0.1 * ellipse(u, v, ox, oy, 0.11, 0.14, 0.5) * lung[k];
@@ -310,7 +343,8 @@ fn draw_finding(finding: Finding, n: usize, a: &Anatomy, lung: &[f32], px: &mut 
                 }
                 let d = (((u - cx) / a.lung_rx).powi(2) + ((v - cy) / a.lung_ry).powi(2)).sqrt();
                 let lateral = if side == 0 { cx - u } else { u - cx };
-                let rim = (1.0 - smoothstep(0.0, 0.09, (1.0 - d).abs())) * smoothstep(-0.05, 0.02, lateral);
+                let rim = (1.0 - smoothstep(0.0, 0.09, (1.0 - d).abs()))
+                    * smoothstep(-0.05, 0.02, lateral);
                 *p += 0.2 * rim * lung[k].max(0.3);
             }
         }
@@ -362,7 +396,10 @@ pub(crate) fn draw_lateral(n: usize, anatomy: &Anatomy, rng: &mut ChaCha8Rng) ->
             let lung = ellipse(u, v, 0.5, anatomy.lung_cy, 0.3, anatomy.lung_ry, 0.08);
             let spine = smoothstep(0.76, 0.8, u) * (1.0 - smoothstep(0.86, 0.9, u));
             let heart = ellipse(u, v, 0.36, anatomy.lung_cy + 0.14, 0.13, 0.13, 0.1);
-            0.05 + 0.5 * body - 0.25 * lung + 0.05 * noise.at(u, v) * lung + 0.2 * spine + 0.25 * heart
+            0.05 + 0.5 * body - 0.25 * lung
+                + 0.05 * noise.at(u, v) * lung
+                + 0.2 * spine
+                + 0.25 * heart
         })
         .collect();
     Canvas { n, px }
@@ -370,7 +407,12 @@ pub(crate) fn draw_lateral(n: usize, anatomy: &Anatomy, rng: &mut ChaCha8Rng) ->
 
 /// Applies a site's acquisition: exposure, contrast curve, blur, noise, then resampling to the
 /// output size. Returns 8-bit grey pixels.
-pub(crate) fn apply_style(canvas: Canvas, style: &SiteStyle, out_size: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+pub(crate) fn apply_style(
+    canvas: Canvas,
+    style: &SiteStyle,
+    out_size: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<u8> {
     let n = canvas.n;
     let mut px: Vec<f32> = canvas
         .px
@@ -391,7 +433,10 @@ pub(crate) fn apply_style(canvas: Canvas, style: &SiteStyle, out_size: usize, rn
                 let y = ((k / out_size) as f32 + 0.5) * n as f32 / out_size as f32 - 0.5;
                 let (x0, y0) = (x.floor().max(0.0) as usize, y.floor().max(0.0) as usize);
                 let (x1, y1) = ((x0 + 1).min(n - 1), (y0 + 1).min(n - 1));
-                let (fx, fy) = ((x - x0 as f32).clamp(0.0, 1.0), (y - y0 as f32).clamp(0.0, 1.0));
+                let (fx, fy) = (
+                    (x - x0 as f32).clamp(0.0, 1.0),
+                    (y - y0 as f32).clamp(0.0, 1.0),
+                );
                 let top = px[y0 * n + x0] * (1.0 - fx) + px[y0 * n + x1] * fx;
                 let bottom = px[y1 * n + x0] * (1.0 - fx) + px[y1 * n + x1] * fx;
                 top * (1.0 - fy) + bottom * fy
