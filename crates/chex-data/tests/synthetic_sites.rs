@@ -16,6 +16,10 @@ fn both_sites_load_with_the_real_loaders_and_are_deterministic() {
     let first = write_synthetic_sites(a.path(), &config, &|| {}).unwrap();
     let second = write_synthetic_sites(b.path(), &config, &|| {}).unwrap();
     assert_eq!(
+        (first.site_a_images, first.site_b_images),
+        (second.site_a_images, second.site_b_images)
+    );
+    assert_eq!(
         chex_data::synth::planned_images(&config),
         first.site_a_images + first.site_b_images
     );
