@@ -1,0 +1,111 @@
+//! The `chex` binary as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn shared_data() -> PathBuf {
+    let dir = std::env::var_os("CHEX_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    assert!(
+        dir.join("nih1000").is_dir(),
+        "set CHEX_SHARED_DATA to the shared/data folder"
+    );
+    dir
+}
+
+fn chex(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chex"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn stats_prints_the_published_nih1000_counts() {
+    let root = shared_data().join("nih1000");
+    let (ok, stdout, stderr) = chex(&[
+        "data",
+        "stats",
+        "--nih-root",
+        root.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let count = |label: &str| {
+        json["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["label"] == label)
+            .unwrap()["positive"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        (count("No Finding"), count("Effusion"), count("Hernia")),
+        (499, 170, 9)
+    );
+    assert_eq!(json["views"]["Frontal PA"], 637);
+    assert_eq!(json["images"], 1000);
+}
+
+#[test]
+fn check_decodes_full_resolution_images_and_synth_then_check_round_trips() {
+    let (ok, stdout, stderr) = chex(&[
+        "data",
+        "check",
+        "--nih-root",
+        shared_data().join("nih-fullres").to_str().unwrap(),
+    ]);
+    assert!(ok && stdout.contains("decoded 2 of 2"), "{stdout}{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = chex(&["data", "synth", "--out", out, "--miniature", "--seed", "3"]);
+    assert!(ok && stdout.contains("wrote site A"), "{stdout}{stderr}");
+    let csv = dir.path().join("site-a/CheXpert-v1.0-small/train.csv");
+    let (ok, stdout, stderr) = chex(&[
+        "data",
+        "check",
+        "--chexpert-csv",
+        csv.to_str().unwrap(),
+        "--view",
+        "frontal",
+    ]);
+    assert!(ok && stdout.contains("ok"), "{stdout}{stderr}");
+
+    // A corrupt image is reported by name and fails the check.
+    let first = std::fs::read_dir(dir.path().join("site-b/images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&first, b"not a png").unwrap();
+    let (ok, stdout, _) = chex(&[
+        "data",
+        "check",
+        "--nih-root",
+        dir.path().join("site-b").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stdout.contains(first.file_name().unwrap().to_str().unwrap()),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_backend_not_compiled_in_names_its_feature() {
+    let (ok, _, stderr) = chex(&["device", "--device", "cuda:0"]);
+    assert!(!ok && stderr.contains("--features cuda"), "{stderr}");
+    let (ok, stdout, _) = chex(&["device", "--device", "cpu"]);
+    assert!(ok && stdout.contains("sums to 54"));
+}
