@@ -23,8 +23,8 @@ use chex_grpo::metrics::{
     BootstrapConfig, EvalInput, Evaluation, ZeroDivision, evaluate, markdown_f1_table,
     paired_bootstrap, per_label_csv, summary_csv,
 };
+use chex_grpo::progress::progress_bar as bar;
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Run the ChexReason study on the synthetic two-site benchmark.
 #[derive(Parser)]
@@ -50,17 +50,6 @@ struct Args {
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
 
 fn features(data: &Dataset, cache: &ImageCache) -> Result<Vec<Vec<f32>>> {
     let progress = bar(data.len(), "decoding");

@@ -27,6 +27,7 @@ pub use chex_rewards as rewards;
 
 pub mod baseline;
 pub mod eval;
+pub mod progress;
 pub mod source;
 
 pub use source::DataSource;

@@ -8,8 +8,8 @@ use chex_grpo::data::{
     Dataset, GenericCsvSpec, ImageCache, ImageSpec, LoadOptions, NihToChexpert, OnError,
     UncertaintyPolicy, ViewFilter,
 };
+use chex_grpo::progress::progress_bar;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -155,17 +155,6 @@ pub fn run(command: DataCommand) -> CliResult {
     }
 }
 
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 fn synth(args: SynthArgs) -> CliResult {
     let mut config = if args.miniature {
         SynthConfig::miniature(args.seed)
@@ -190,7 +179,7 @@ fn synth(args: SynthArgs) -> CliResult {
         }
     }
     let bar = progress_bar(
-        chex_grpo::data::synth::planned_images(&config) as u64,
+        chex_grpo::data::synth::planned_images(&config),
         "synthesising",
     );
     let summary = chex_grpo::data::write_synthetic_sites(&args.out, &config, &|| bar.inc(1))?;
@@ -285,7 +274,7 @@ fn print_stats(data: &Dataset, policy: UncertaintyPolicy, json: bool) -> CliResu
 fn check(args: CheckArgs) -> CliResult {
     let data = args.source.load(true)?;
     let cache = ImageCache::new(ImageSpec::siglip(args.size));
-    let bar = progress_bar(data.len() as u64, "decoding");
+    let bar = progress_bar(data.len(), "decoding");
     let failures: Vec<String> = data
         .samples
         .par_iter()

@@ -138,35 +138,24 @@ fn bootstrap_intervals_cover_the_estimate_narrow_with_n_and_repeat_with_the_seed
     };
     let width = |n: usize| {
         let (labels, truth, predicted) = synthetic(n, 4);
-        let e = evaluate(
-            EvalInput {
-                labels: &labels,
-                truth: &truth,
-                predicted: &predicted,
-                parsed: None,
-            },
-            ZeroDivision::Zero,
-            Some(&config),
-        )
-        .unwrap();
+        let input = EvalInput {
+            labels: &labels,
+            truth: &truth,
+            predicted: &predicted,
+            parsed: None,
+        };
+        let e = evaluate(input, ZeroDivision::Zero, Some(&config)).unwrap();
         let ci = e.macro_f1_ci.unwrap();
         assert!(
             ci.low <= e.macro_f1 && e.macro_f1 <= ci.high,
             "{ci:?} vs {}",
             e.macro_f1
         );
-        let again = evaluate(
-            EvalInput {
-                labels: &labels,
-                truth: &truth,
-                predicted: &predicted,
-                parsed: None,
-            },
-            ZeroDivision::Zero,
-            Some(&config),
-        )
-        .unwrap();
-        assert_eq!(e, again);
+        // Same seed, same intervals.
+        assert_eq!(
+            e,
+            evaluate(input, ZeroDivision::Zero, Some(&config)).unwrap()
+        );
         ci.high - ci.low
     };
     let (small, large) = (width(50), width(800));
