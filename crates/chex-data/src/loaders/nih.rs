@@ -125,7 +125,10 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                 .unwrap_or_default();
             Ok(Sample {
                 image,
-                patient_id: patient.trim_start_matches('0').to_string(),
+                // `00012` and `12` are the same patient; digits were checked above.
+                patient_id: patient
+                    .parse::<u64>()
+                    .map_or_else(|_| patient.to_string(), |n| n.to_string()),
                 study_id: format!("{patient}_{follow_up}"),
                 view: View::from_position(cell(view_col)),
                 split,

@@ -425,10 +425,7 @@ fn write_site(
             let pixels =
                 render::apply_style(canvas, &site.style, site.style.file_size as usize, &mut rng);
             let rel = image_path(site, plan);
-            let path = match site.layout {
-                SiteLayout::Chexpert => site_root.join(&rel),
-                SiteLayout::Nih => site_root.join(&rel),
-            };
+            let path = site_root.join(&rel);
             save_grey(&path, site.style.file_size, pixels)?;
             progress();
             Ok((
