@@ -248,8 +248,5 @@ fn main() -> Result<()> {
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(chex_grpo::data::write_atomic(path, text.as_bytes())?)
 }

@@ -35,4 +35,4 @@ pub use labels::{
 pub use loaders::{GenericCsvSpec, load_chexpert, load_generic_csv, load_mimic, load_nih};
 pub use sampler::{BalancedSamplerConfig, Draw, balanced_draws};
 pub use split::patient_split;
-pub use synth::{SynthConfig, SynthSummary, write_synthetic_sites};
+pub use synth::{SynthConfig, SynthSummary, write_atomic, write_synthetic_sites};

@@ -490,7 +490,7 @@ fn save_grey(path: &Path, size: u32, pixels: Vec<u8>) -> Result<()> {
 }
 
 /// Writes a file by way of a temporary sibling and a rename, so readers never see half a file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
