@@ -1,4 +1,6 @@
-/// Errors from the model crate.
+use std::path::PathBuf;
+
+/// Errors from the model crate. Each names the file, key or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
@@ -11,4 +13,33 @@ pub enum ModelError {
     },
     #[error("unknown device `{0}` (use cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N)")]
     UnknownDevice(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model config {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("unknown model preset `{name}` (known: {known})")]
+    UnknownPreset { name: String, known: String },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error("checkpoint {path}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        path: String,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("checkpoint {path}: tensor `{key}` is missing")]
+    MissingTensor { path: String, key: String },
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: String, message: String },
+    #[error("image {what}: {message}")]
+    Image { what: String, message: String },
+    #[error("generation: {0}")]
+    Generation(String),
+    #[error("LoRA adapter {path}: {message}")]
+    Adapter { path: String, message: String },
 }

@@ -1,17 +1,40 @@
-//! The chex-grpo model crate. It holds the choice of burn backend at run time (this file's
-//! [`select_device`]); the SigLIP-style vision encoder and Gemma-3-style decoder land here
-//! with their own modules (`config`, `vision`, `text`, `cache`, `sampling`, `tokenizer`).
+//! The chex-grpo vision-language model: a SigLIP vision tower, Gemma 3's multimodal projector
+//! and a Gemma 3 decoder ([`vlm`]), configurable from a CPU-sized preset to MedGemma-4B's
+//! shapes ([`config`]); fast batched generation with a key/value cache ([`generation`],
+//! [`cache`], [`sampling`]); teacher-forced scoring for the GRPO loss ([`scoring`]); LoRA with
+//! PEFT's file layout ([`lora`]); Hugging Face checkpoint import ([`checkpoint`]); tokenizers
+//! ([`tokenizer`]) and prompt assembly ([`prompt`]); and the run-time choice of burn backend
+//! ([`device`]).
 //!
 //! ```
-//! let device = chex_model::select_device("cpu")?;
-//! let x = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &device);
-//! assert_eq!(x.dims(), [2]);
+//! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+//! let device = select_device("cpu")?;
+//! let config = Gemma3Config::preset("tiny")?;
+//! let model = Gemma3ForConditionalGeneration::new(&config, &device);
+//! let counts = config.parameter_counts();
+//! assert_eq!(burn::module::Module::num_params(&model), counts.total());
 //! # Ok::<(), chex_model::ModelError>(())
 //! ```
 
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
 pub mod device;
 pub mod error;
+pub mod generation;
+pub mod layers;
+pub mod mask;
+pub mod prompt;
+pub mod rope;
+pub mod sampling;
+pub mod text;
+pub mod tokenizer;
+pub mod vision;
+pub mod vlm;
 
 pub use burn;
+pub use config::{Gemma3Config, LayerKind, ParameterCounts, TextConfig, VisionConfig};
 pub use device::{DeviceChoice, compiled_backends, select_device};
 pub use error::ModelError;
+pub use tokenizer::ChexTokenizer;
+pub use vlm::{Gemma3ForConditionalGeneration, ImageInputs};

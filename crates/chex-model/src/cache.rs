@@ -1,0 +1,106 @@
+//! The key/value cache: preallocated per layer, written in place slot by slot, so each
+//! generation step feeds only the new positions.
+
+use burn::tensor::{Device, Tensor};
+
+/// Keys and values of one layer, `[batch, kv_heads, capacity, head_dim]` each.
+#[derive(Debug)]
+pub struct LayerCache {
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
+}
+
+impl LayerCache {
+    fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &Device) -> Self {
+        let shape = [batch, kv_heads, capacity, head_dim];
+        Self {
+            keys: Some(Tensor::zeros(shape, device)),
+            values: Some(Tensor::zeros(shape, device)),
+        }
+    }
+
+    /// Write `keys`/`values` `[batch, kv_heads, len, head_dim]` at slot `start`, and return the
+    /// cached slots `read_from..start+len`.
+    pub fn update(
+        &mut self,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        start: usize,
+        read_from: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, len, d] = keys.dims();
+        let end = start + len;
+        // Taking the cache out of its slot leaves its buffer singly owned, so the backend can
+        // write in place rather than copy the whole cache every step.
+        let write = |slot: &mut Option<Tensor<4>>, new: Tensor<4>| {
+            let cache = slot.take().expect("cache slot is always refilled");
+            let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
+            let read = cache.clone().slice([0..b, 0..h, read_from..end, 0..d]);
+            *slot = Some(cache);
+            read
+        };
+        let k = write(&mut self.keys, keys);
+        let v = write(&mut self.values, values);
+        (k, v)
+    }
+}
+
+/// The cache of every decoder layer, plus how many slots are filled.
+#[derive(Debug)]
+pub struct KvCache {
+    /// One per decoder layer.
+    pub layers: Vec<LayerCache>,
+    capacity: usize,
+    filled: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of up to `capacity` slots.
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> Self {
+        Self {
+            layers: (0..layers)
+                .map(|_| LayerCache::new(batch, kv_heads, capacity, head_dim, device))
+                .collect(),
+            capacity,
+            filled: 0,
+        }
+    }
+
+    /// Slots written so far.
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Slots available.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Repeat each row `times` times in place (row r becomes rows r*times..(r+1)*times), so a
+    /// prompt is prefilled once and sampled several times.
+    pub fn repeat_rows(&mut self, times: usize) {
+        if times == 1 {
+            return;
+        }
+        let repeat = |t: Tensor<4>| {
+            let [b, h, c, d] = t.dims();
+            t.unsqueeze_dim::<5>(1).expand([b, times, h, c, d]).reshape([b * times, h, c, d])
+        };
+        for layer in &mut self.layers {
+            layer.keys = layer.keys.take().map(repeat);
+            layer.values = layer.values.take().map(repeat);
+        }
+    }
+
+    /// Record that `len` more slots were written by a forward pass.
+    pub fn advance(&mut self, len: usize) {
+        self.filled += len;
+    }
+}

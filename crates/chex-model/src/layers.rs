@@ -1,0 +1,140 @@
+//! Building blocks shared by the vision tower and the decoder: Gemma's RMSNorm, the tanh GELU,
+//! and a linear layer that can carry a LoRA adapter.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// Gemma's RMSNorm: `x / rms(x) * (1 + weight)`, so a zero weight is the identity.
+#[derive(Module, Debug)]
+pub struct GemmaRmsNorm {
+    /// Offset from one of the per-channel gain (checkpoint key `weight`).
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square before the root.
+    pub eps: f64,
+}
+
+impl GemmaRmsNorm {
+    /// A norm of width `dim` with zero weight (unit gain).
+    pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::zeros([dim], device)),
+            eps,
+        }
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean_square = x.clone().square().mean_dim(D - 1);
+        let normed = x * (mean_square + self.eps).sqrt().recip();
+        let gain = self.weight.val() + 1.0;
+        normed * gain.unsqueeze::<D>()
+    }
+}
+
+/// The `gelu_pytorch_tanh` activation both Gemma and SigLIP use.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    gelu_approximate(x)
+}
+
+/// LoRA settings for one linear layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraShape {
+    /// Rank `r` of the update.
+    pub rank: usize,
+    /// Scaling numerator: the update is multiplied by `alpha / r`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training.
+    pub dropout: f64,
+}
+
+/// The low-rank update `dropout(x) · A · B · alpha/r` of one linear layer.
+#[derive(Module, Debug)]
+pub struct LoraWeights {
+    /// Down projection, `[d_in, r]` (PEFT's `lora_A.weight` transposed).
+    pub a: Param<Tensor<2>>,
+    /// Up projection, `[r, d_out]` (PEFT's `lora_B.weight` transposed); zero at creation.
+    pub b: Param<Tensor<2>>,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Input dropout (active only in training on an autodiff device).
+    pub dropout: Dropout,
+}
+
+/// A linear layer `y = x W + b` whose weight may carry a LoRA update.
+///
+/// The weight is stored `[d_in, d_out]` (burn's layout); import and export transpose it to
+/// and from PyTorch's `[d_out, d_in]`.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// `[d_in, d_out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[d_out]`, when the layer has one.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The adapter, when LoRA is attached.
+    pub lora: Option<LoraWeights>,
+}
+
+impl LoraLinear {
+    /// A layer initialised like `transformers` does (normal, std `init_std`), bias zero.
+    pub fn new(d_in: usize, d_out: usize, bias: bool, init_std: f64, device: &Device) -> Self {
+        let weight = Initializer::Normal {
+            mean: 0.0,
+            std: init_std,
+        }
+        .init([d_in, d_out], device);
+        Self {
+            weight,
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+            lora: None,
+        }
+    }
+
+    /// Input and output widths.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.dims()
+    }
+
+    /// Apply the layer to `[..., d_in]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match &self.lora {
+            None => base,
+            Some(lora) => {
+                let x = lora.dropout.forward(x);
+                let down = burn::tensor::module::linear(x, lora.a.val(), None);
+                let up = burn::tensor::module::linear(down, lora.b.val(), None);
+                base + up * lora.scale
+            }
+        }
+    }
+
+    /// Attach a fresh adapter initialised as PEFT does: A uniform in ±1/√d_in (its
+    /// Kaiming-uniform default) and B = 0, so the output is unchanged until training moves it.
+    pub fn attach_lora(mut self, shape: LoraShape, device: &Device) -> Self {
+        let [d_in, d_out] = self.dims();
+        let bound = (1.0 / d_in as f64).sqrt();
+        let a = Tensor::random([d_in, shape.rank], Distribution::Uniform(-bound, bound), device);
+        let b = Tensor::zeros([shape.rank, d_out], device);
+        self.weight = self.weight.set_require_grad(false);
+        self.bias = self.bias.map(|b| b.set_require_grad(false));
+        self.lora = Some(LoraWeights {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            scale: shape.alpha / shape.rank as f64,
+            dropout: DropoutConfig::new(shape.dropout).init(),
+        });
+        self
+    }
+
+    /// Fold the adapter into the weight and drop it.
+    pub fn merge_lora(mut self) -> Self {
+        if let Some(lora) = self.lora.take() {
+            let delta = lora.a.val().matmul(lora.b.val()) * lora.scale;
+            let merged = self.weight.val().detach() + delta.detach();
+            self.weight = Param::from_tensor(merged);
+        }
+        self
+    }
+}

@@ -1,0 +1,227 @@
+//! The whole vision-language model: SigLIP tower, Gemma 3's multimodal projector and the
+//! decoder, with image features spliced over the image placeholder tokens.
+//!
+//! The struct tree mirrors the checkpoint keys of transformers 5.x
+//! (`model.vision_tower.…`, `model.multi_modal_projector.…`, `model.language_model.…`,
+//! `lm_head.…`), so import needs no renaming beyond the older 4.x prefixes.
+
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::config::Gemma3Config;
+use crate::error::ModelError;
+use crate::layers::{GemmaRmsNorm, LoraLinear};
+use crate::mask::BatchLayout;
+use crate::text::Gemma3TextModel;
+use crate::vision::SiglipVisionModel;
+
+/// Average-pool the patch grid to `mm_tokens_per_image` tokens, RMS-norm, project to the
+/// decoder width.
+#[derive(Module, Debug)]
+pub struct Gemma3MultiModalProjector {
+    /// `[vision_hidden, text_hidden]`, applied as `x · W` (stored as in the checkpoint).
+    pub mm_input_projection_weight: Param<Tensor<2>>,
+    /// Gemma RMSNorm over the vision width.
+    pub mm_soft_emb_norm: GemmaRmsNorm,
+    /// Patches per side of the vision grid.
+    pub patches_per_side: usize,
+    /// Image tokens per side after pooling.
+    pub tokens_per_side: usize,
+}
+
+impl Gemma3MultiModalProjector {
+    fn new(config: &Gemma3Config, device: &Device) -> Self {
+        let v = &config.vision_config;
+        let weight = burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 }
+            .init([v.hidden_size, config.text_config.hidden_size], device);
+        Self {
+            mm_input_projection_weight: weight,
+            mm_soft_emb_norm: GemmaRmsNorm::new(v.hidden_size, v.layer_norm_eps, device),
+            patches_per_side: config.patches_per_side(),
+            tokens_per_side: (config.mm_tokens_per_image as f64).sqrt().round() as usize,
+        }
+    }
+
+    /// `[images, patches, vision_hidden]` → `[images, mm_tokens, text_hidden]`.
+    pub fn forward(&self, vision: Tensor<3>) -> Tensor<3> {
+        let [n, _, d] = vision.dims();
+        let (p, t) = (self.patches_per_side, self.tokens_per_side);
+        let k = p / t;
+        // Patch index is row * p + col; splitting rows and cols into (token, offset) pairs and
+        // averaging the offsets is exactly a k×k average pool with stride k.
+        let grid = vision.reshape([n, t, k, t, k, d]);
+        let pooled = grid.mean_dim(4).mean_dim(2).reshape([n, t * t, d]);
+        let normed = self.mm_soft_emb_norm.forward(pooled);
+        normed.matmul(self.mm_input_projection_weight.val().unsqueeze::<3>())
+    }
+}
+
+/// `model`: the three parts without the output head.
+#[derive(Module, Debug)]
+pub struct Gemma3Model {
+    /// SigLIP encoder.
+    pub vision_tower: SiglipVisionModel,
+    /// Pool, norm, project.
+    pub multi_modal_projector: Gemma3MultiModalProjector,
+    /// Gemma 3 decoder.
+    pub language_model: Gemma3TextModel,
+}
+
+/// `Gemma3ForConditionalGeneration`: the model and, when untied, its output head.
+#[derive(Module, Debug)]
+pub struct Gemma3ForConditionalGeneration {
+    /// Vision tower, projector and decoder.
+    pub model: Gemma3Model,
+    /// Output head when `tie_word_embeddings` is false.
+    pub lm_head: Option<LoraLinear>,
+    /// The configuration the weights were built for.
+    #[module(skip)]
+    pub config: Arc<Gemma3Config>,
+}
+
+/// Which decoded image each row's image block shows.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageInputs<'a> {
+    /// `[images, mm_tokens, text_hidden]` from [`Gemma3ForConditionalGeneration::encode_images`].
+    pub features: &'a Tensor<3>,
+    /// For each row, the index of its image in `features` (rows without an image block are
+    /// ignored).
+    pub image_of_row: &'a [usize],
+}
+
+impl Gemma3ForConditionalGeneration {
+    /// A randomly initialised model (rotary tables cover the config's maximum positions, capped
+    /// at 8,192 to keep tables small; longer contexts need [`Self::with_max_positions`]).
+    pub fn new(config: &Gemma3Config, device: &Device) -> Self {
+        let max_positions = config.text_config.max_position_embeddings.min(8192);
+        Self {
+            model: Gemma3Model {
+                vision_tower: SiglipVisionModel::new(&config.vision_config, device),
+                multi_modal_projector: Gemma3MultiModalProjector::new(config, device),
+                language_model: Gemma3TextModel::new(config, max_positions, device),
+            },
+            lm_head: (!config.text_config.tie_word_embeddings).then(|| {
+                LoraLinear::new(config.text_config.hidden_size, config.text_config.vocab_size, false, 0.02, device)
+            }),
+            config: Arc::new(config.clone()),
+        }
+    }
+
+    /// Rebuild the rotary tables for contexts up to `max_positions`.
+    pub fn with_max_positions(mut self, max_positions: usize) -> Self {
+        let spec = crate::text::TextSpec::new(&self.config, max_positions);
+        self.model.language_model.spec = Arc::new(spec);
+        self
+    }
+
+    /// Longest context the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.model.language_model.spec.rope_global.max_positions()
+    }
+
+    /// Encode images `[n, 3, side, side]` (normalised to [-1, 1]) into decoder-width tokens.
+    pub fn encode_images(&self, pixels: Tensor<4>) -> Result<Tensor<3>, ModelError> {
+        let v = &self.config.vision_config;
+        let [_, c, h, w] = pixels.dims();
+        if c != v.num_channels || h != v.image_size || w != v.image_size {
+            return Err(ModelError::Image {
+                what: "batch".into(),
+                message: format!(
+                    "shape [{c}, {h}, {w}] per image, expected [{}, {}, {}] (vision_config)",
+                    v.num_channels, v.image_size, v.image_size
+                ),
+            });
+        }
+        let vision = self.model.vision_tower.forward(pixels);
+        Ok(self.model.multi_modal_projector.forward(vision))
+    }
+
+    /// Token embeddings `[batch, len, hidden]` with image features written over each row's
+    /// image block (slots counted from `start`).
+    pub fn embed(&self, tokens: Tensor<2, Int>, layout: &BatchLayout, start: usize, images: Option<ImageInputs<'_>>) -> Tensor<3> {
+        let embeddings = self.model.language_model.embed(tokens);
+        let Some(images) = images else {
+            return embeddings;
+        };
+        let [batch, len, hidden] = embeddings.dims();
+        let any_block = layout
+            .rows
+            .iter()
+            .any(|r| r.image_blocks.iter().any(|b| b.start >= start && b.end <= start + len));
+        if !any_block {
+            return embeddings;
+        }
+        let rows = (0..batch)
+            .map(|b| {
+                let mut row = embeddings.clone().slice([b..b + 1, 0..len, 0..hidden]);
+                for block in &layout.rows[b].image_blocks {
+                    if block.start < start || block.end > start + len {
+                        continue;
+                    }
+                    let image = images.image_of_row[b];
+                    let tokens = block.len();
+                    let features = images
+                        .features
+                        .clone()
+                        .slice([image..image + 1, 0..tokens, 0..hidden]);
+                    let local = (block.start - start)..(block.end - start);
+                    row = row.slice_assign([0..1, local, 0..hidden], features);
+                }
+                row
+            })
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+
+    /// Hidden states after the final norm for slots `start..start+len`.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        layout: &BatchLayout,
+        images: Option<ImageInputs<'_>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let device = tokens.device();
+        let [_, len] = tokens.dims();
+        let start = cache.as_ref().map(|c| c.filled()).unwrap_or(0);
+        let x = self.embed(tokens, layout, start, images);
+        let text = &self.model.language_model;
+        let step = text.step_inputs(layout, start, len, cache.is_some(), &device);
+        text.forward_embeddings(x, &step, cache)
+    }
+
+    /// Vocabulary logits of hidden states, with the final soft-cap when configured.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let embedding = self.model.language_model.embed_tokens.weight.val();
+                burn::tensor::module::linear(hidden, embedding.transpose(), None)
+            }
+        };
+        match self.config.text_config.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    /// Logits of every slot in one uncached pass.
+    pub fn forward(&self, tokens: Tensor<2, Int>, layout: &BatchLayout, images: Option<ImageInputs<'_>>) -> Tensor<3> {
+        self.logits(self.forward_hidden(tokens, layout, images, None))
+    }
+
+    /// A cache sized for this model.
+    pub fn new_cache(&self, batch: usize, capacity: usize, device: &Device) -> KvCache {
+        let t = &self.config.text_config;
+        KvCache::new(t.num_hidden_layers, batch, t.num_key_value_heads, capacity, t.head_dim, device)
+    }
+}
+
+/// Token ids `[batch, len]` as an integer tensor.
+pub fn token_tensor(ids: &[u32], batch: usize, len: usize, device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(data, [batch, len]), device)
+}
