@@ -130,12 +130,15 @@ pub fn generate(
     let mut finished = vec![false; batch];
     let vocab = model.config.text_config.vocab_size;
 
+    // A transposed view would be copied to a contiguous matrix at every step; copy it once.
+    let head = model.output_head();
+    let head = Tensor::<2>::from_data(head.into_data(), device);
     let mut cache = config.use_cache.then(|| model.new_cache(prompts.len(), capacity, device));
     let tokens = token_tensor(&ids, prompts.len(), width, device);
     let hidden = model.forward_hidden(tokens, &prompt_layout, images, cache.as_mut());
     let [p, _, d] = hidden.dims();
     let last = hidden.slice([0..p, width - 1..width, 0..d]);
-    let mut logits = repeat_rows(model.logits(last).reshape([p, vocab]), group);
+    let mut logits = repeat_rows(model.logits_with_head(last, &head).reshape([p, vocab]), group);
     if let Some(cache) = cache.as_mut() {
         cache.repeat_rows(group);
     }
@@ -184,7 +187,7 @@ pub fn generate(
             Some(cache) => {
                 let step = token_tensor(&next, batch, 1, device);
                 let hidden = model.forward_hidden(step, &layout, None, Some(cache));
-                model.logits(hidden).reshape([batch, vocab])
+                model.logits_with_head(hidden, &head).reshape([batch, vocab])
             }
             None => {
                 history = history
@@ -196,7 +199,7 @@ pub fn generate(
                 let all = token_tensor(&history, batch, length, device);
                 let hidden = model.forward_hidden(all, &layout, images, None);
                 let last = hidden.slice([0..batch, length - 1..length, 0..d]);
-                model.logits(last).reshape([batch, vocab])
+                model.logits_with_head(last, &head).reshape([batch, vocab])
             }
         };
     }

@@ -3,7 +3,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// Gemma's RMSNorm: `x / rms(x) * (1 + weight)`, so a zero weight is the identity.
@@ -33,9 +32,15 @@ impl GemmaRmsNorm {
     }
 }
 
-/// The `gelu_pytorch_tanh` activation both Gemma and SigLIP use.
+/// The `gelu_pytorch_tanh` activation both Gemma and SigLIP use,
+/// `0.5 x (1 + tanh(z))` with `z = √(2/π) (x + 0.044715 x³)`, computed as the identical
+/// `x / (1 + exp(-2z))`: one `exp` and products instead of `tanh` and `powf`, which are several
+/// times slower on the CPU.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    gelu_approximate(x)
+    const MINUS_TWO_SQRT_2_OVER_PI: f64 = -2.0 * 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let exponent = (x.clone() + cube * 0.044715) * MINUS_TWO_SQRT_2_OVER_PI;
+    x / (exponent.exp() + 1.0)
 }
 
 /// LoRA settings for one linear layer.

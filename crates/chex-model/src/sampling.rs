@@ -54,39 +54,49 @@ pub fn row_rng(seed: u64, row: usize) -> ChaCha8Rng {
 pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rng) -> (u32, f32) {
     let temperature = if config.is_greedy() { 1.0 } else { config.temperature };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| (((l - max) / temperature) as f64).exp()).sum();
+    let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
+    let sum: f64 = weights.iter().map(|&w| w as f64).sum();
     let log_norm = sum.ln() as f32;
     let logprob = |i: usize| (logits[i] - max) / temperature - log_norm;
     if config.is_greedy() {
         let best = argmax(logits);
         return (best as u32, logprob(best));
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if config.top_k > 0 {
-        order.truncate(config.top_k);
+    // Sort by weight, descending, on packed integer keys: positive f32 bits order like the
+    // floats, and the index breaks ties toward the lower id.
+    let mut keys: Vec<u64> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((!w.to_bits() as u64) << 32) | i as u64)
+        .collect();
+    let limit = if config.top_k > 0 { config.top_k.min(keys.len()) } else { keys.len() };
+    if limit < keys.len() {
+        keys.select_nth_unstable(limit - 1);
+        keys.truncate(limit);
     }
-    let probs: Vec<f64> = order.iter().map(|&i| (logprob(i) as f64).exp()).collect();
-    let mut keep = probs.len();
+    keys.sort_unstable();
+    let order = |n: usize| (keys[n] & 0xffff_ffff) as usize;
+    let mut keep = keys.len();
     if config.top_p < 1.0 {
+        let target = config.top_p as f64 * sum;
         let mut cumulative = 0.0;
-        for (n, p) in probs.iter().enumerate() {
-            cumulative += p;
-            if cumulative >= config.top_p as f64 {
+        for n in 0..keys.len() {
+            cumulative += weights[order(n)] as f64;
+            if cumulative >= target {
                 keep = n + 1;
                 break;
             }
         }
     }
-    let total: f64 = probs[..keep].iter().sum();
+    let total: f64 = (0..keep).map(|n| weights[order(n)] as f64).sum();
     let mut draw = rng.random::<f64>() * total;
-    for (n, p) in probs[..keep].iter().enumerate() {
-        draw -= p;
+    for n in 0..keep {
+        draw -= weights[order(n)] as f64;
         if draw <= 0.0 {
-            return (order[n] as u32, logprob(order[n]));
+            return (order(n) as u32, logprob(order(n)));
         }
     }
-    let last = order[keep - 1];
+    let last = order(keep - 1);
     (last as u32, logprob(last))
 }
 

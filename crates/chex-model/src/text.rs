@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -299,10 +300,32 @@ impl Gemma3Attention {
             softcap: spec.attn_softcap,
             is_causal: false,
         };
-        let out = attention(q, k, v, Some(mask.clone()), None, options);
+        let out = if len == 1 {
+            decode_attention(q, k, v, mask.clone(), options)
+        } else {
+            attention(q, k, v, Some(mask.clone()), None, options)
+        };
         let out = out.reshape([b, heads, len, d]).swap_dims(1, 2).reshape([b, len, heads * d]);
         self.o_proj.forward(out)
     }
+}
+
+/// Attention for one new token per row, written with matmuls: they read the cache through a
+/// strided view, where the fused kernel would first copy every cached key and value.
+fn decode_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    options: AttentionModuleOptions,
+) -> Tensor<4> {
+    let scale = options.scale.unwrap_or(1.0 / (q.dims()[3] as f64).sqrt());
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    if let Some(cap) = options.softcap {
+        scores = (scores / cap).tanh() * cap;
+    }
+    let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+    softmax(scores, 3).matmul(v)
 }
 
 impl Gemma3Mlp {

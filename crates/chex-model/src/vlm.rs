@@ -193,15 +193,24 @@ impl Gemma3ForConditionalGeneration {
         text.forward_embeddings(x, &step, cache)
     }
 
+    /// The output projection `[hidden, vocab]`: the untied head, or the embedding transposed.
+    pub fn output_head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.language_model.embed_tokens.weight.val().transpose(),
+        }
+    }
+
     /// Vocabulary logits of hidden states, with the final soft-cap when configured.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => {
-                let embedding = self.model.language_model.embed_tokens.weight.val();
-                burn::tensor::module::linear(hidden, embedding.transpose(), None)
-            }
-        };
+        self.logits_with_head(hidden, &self.output_head())
+    }
+
+    /// [`Self::logits`] with an output head prepared once (see [`Self::output_head`]), which
+    /// saves transposing the tied embedding at every generation step.
+    pub fn logits_with_head(&self, hidden: Tensor<3>, head: &Tensor<2>) -> Tensor<3> {
+        let bias = self.lm_head.as_ref().and_then(|h| h.bias.as_ref()).map(|b| b.val());
+        let logits = burn::tensor::module::linear(hidden, head.clone(), bias);
         match self.config.text_config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,

@@ -143,3 +143,40 @@ fn uncached_forward_of_a_padded_batch_equals_single_rows() {
     assert!(max_abs_diff(&padded, &alone) < 1e-4);
     let _ = BatchLayout::plain(1);
 }
+
+#[test]
+fn peft_adapter_reproduces_transformers_and_round_trips() {
+    let s = setup();
+    let (model, config) = chex_model::lora::load_adapter(s.model, &fixture().join("adapter"), &s.device).unwrap();
+    assert_eq!(config.rank, 4);
+    let with_adapter = Setup {
+        model,
+        prompts: s.prompts,
+        device: s.device,
+    };
+    let (theirs, _) = expected_tensor("logits_0_lora");
+    let ours = prompt_logits(&with_adapter, 0);
+    let diff = max_abs_diff(&ours, &theirs);
+    println!("LoRA logits max |Δ| = {diff:e}");
+    assert!(diff <= 1e-4, "with the PEFT adapter: max |Δlogit| {diff}");
+
+    // Saved in PEFT's layout and loaded onto a fresh base, the adapter gives the same logits.
+    let dir = tempfile::tempdir().unwrap();
+    chex_model::lora::save_adapter(&with_adapter.model, &config, dir.path()).unwrap();
+    let base = from_pretrained(&fixture(), &with_adapter.device).unwrap();
+    let (reloaded, _) = chex_model::lora::load_adapter(base, dir.path(), &with_adapter.device).unwrap();
+    let again = Setup {
+        model: reloaded,
+        prompts: with_adapter.prompts.clone(),
+        device: with_adapter.device.clone(),
+    };
+    assert!(max_abs_diff(&prompt_logits(&again, 0), &ours) < 1e-6);
+
+    // Merged into the base weights, it still gives the same logits.
+    let merged = Setup {
+        model: chex_model::lora::merge_lora(again.model, &again.device),
+        prompts: again.prompts,
+        device: again.device,
+    };
+    assert!(max_abs_diff(&prompt_logits(&merged, 0), &ours) < 1e-4);
+}

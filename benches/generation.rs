@@ -1,0 +1,104 @@
+//! Generation and scoring speed of the tiny and small presets, shaped like a GRPO rollout:
+//! 8 prompts × 4 samples = batch 32, prompts of 24 text tokens around 16 image tokens, 128 new
+//! tokens at temperature 0.8 and top-p 0.95 (the shape `../shared/peer/hf_generate_baseline.py`
+//! measures for Hugging Face transformers). Run: `cargo bench --bench generation`.
+
+use std::time::Duration;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use chex_grpo::model::generation::{GenerationConfig, generate};
+use chex_grpo::model::prompt::EncodedPrompt;
+use chex_grpo::model::sampling::SamplingConfig;
+use chex_grpo::model::scoring::{ScoringRow, score_completions};
+use chex_grpo::model::vlm::ImageInputs;
+use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, burn};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const PROMPTS: usize = 8;
+const SAMPLES: usize = 4;
+const NEW_TOKENS: usize = 128;
+
+fn prompts(config: &Gemma3Config) -> Vec<EncodedPrompt> {
+    let mm = config.mm_tokens_per_image;
+    (0..PROMPTS)
+        .map(|p| {
+            let text: Vec<u32> = (0..24).map(|i| 20 + ((p * 31 + i * 7) % 1000) as u32).collect();
+            let mut ids = text[..4].to_vec();
+            ids.extend(std::iter::repeat_n(config.image_token_index, mm));
+            ids.extend_from_slice(&text[4..]);
+            EncodedPrompt {
+                ids,
+                image_block: Some(4..4 + mm),
+            }
+        })
+        .collect()
+}
+
+fn bench_preset(c: &mut Criterion, preset: &str) {
+    let device = Device::default();
+    device.seed(0);
+    let config = Gemma3Config::preset(preset).unwrap();
+    let model = Gemma3ForConditionalGeneration::new(&config, &device);
+    let prompts = prompts(&config);
+    let side = config.vision_config.image_size;
+    let pixels = Tensor::<4>::random([PROMPTS, 3, side, side], Distribution::Uniform(-1.0, 1.0), &device);
+    let generation = GenerationConfig {
+        max_new_tokens: NEW_TOKENS,
+        samples_per_prompt: SAMPLES,
+        sampling: SamplingConfig::chexreason(),
+        stop_tokens: Vec::new(),
+        seed: 0,
+        use_cache: true,
+    };
+    let mut group = c.benchmark_group(format!("generate_{preset}"));
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements((PROMPTS * SAMPLES * NEW_TOKENS) as u64));
+    group.bench_function("batch32_new128", |b| {
+        b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, &device).unwrap())
+    });
+    group.finish();
+
+    // One forward + backward of the scoring pass the GRPO loss needs, on the same batch.
+    let ad = device.autodiff();
+    let model = Gemma3ForConditionalGeneration::new(&config, &ad);
+    let pixels = Tensor::<4>::random([PROMPTS, 3, side, side], Distribution::Uniform(-1.0, 1.0), &ad);
+    let completion: Vec<u32> = (0..NEW_TOKENS as u32).map(|i| 30 + i).collect();
+    let rows: Vec<ScoringRow> = (0..PROMPTS * SAMPLES)
+        .map(|r| ScoringRow {
+            prompt: &prompts[r / SAMPLES].ids,
+            image_block: prompts[r / SAMPLES].image_block.as_ref(),
+            completion: &completion,
+        })
+        .collect();
+    let image_of_row: Vec<usize> = (0..PROMPTS * SAMPLES).map(|r| r / SAMPLES).collect();
+    let mut group = c.benchmark_group(format!("score_{preset}"));
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements((PROMPTS * SAMPLES * NEW_TOKENS) as u64));
+    group.bench_function("forward_backward_batch32_len128", |b| {
+        b.iter(|| {
+            let features = model.encode_images(pixels.clone()).unwrap();
+            let scores = score_completions(
+                &model,
+                &rows,
+                Some(ImageInputs {
+                    features: &features,
+                    image_of_row: &image_of_row,
+                }),
+                0.8,
+                &ad,
+            );
+            scores.logprobs.sum().backward()
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_preset(c, "tiny");
+    if std::env::var("CHEX_BENCH_SMALL").map(|v| v != "0").unwrap_or(true) {
+        bench_preset(c, "small");
+    }
+}
+
+criterion_group!(generation, benches);
+criterion_main!(generation);

@@ -1,0 +1,212 @@
+//! Behaviour the parity fixture does not cover: sampled generation (seeded, cache equals
+//! recompute), scoring agreeing with the sampler's log-probs, LoRA training only adapters, our
+//! own checkpoints round-tripping, and clear errors for bad checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use chex_model::checkpoint::{from_pretrained, save_pretrained};
+use chex_model::generation::{GenerationConfig, generate};
+use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora};
+use chex_model::prompt::EncodedPrompt;
+use chex_model::sampling::SamplingConfig;
+use chex_model::scoring::{ScoringRow, score_completions};
+use chex_model::vlm::ImageInputs;
+use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelError};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3_tiny")
+}
+
+/// The fixture's architecture with fresh random weights, and two prompts with image blocks.
+fn small_model(device: &Device) -> (Gemma3ForConditionalGeneration, Vec<EncodedPrompt>, Tensor<4>) {
+    device.seed(11);
+    let config = Gemma3Config::from_file(&fixture().join("config.json")).unwrap();
+    let model = Gemma3ForConditionalGeneration::new(&config, device);
+    let mm = config.mm_tokens_per_image;
+    let prompt = |text: &[u32]| {
+        let mut ids = vec![2, 4, 6];
+        ids.extend(std::iter::repeat_n(config.image_token_index, mm));
+        ids.push(7);
+        ids.extend_from_slice(text);
+        EncodedPrompt {
+            ids,
+            image_block: Some(3..3 + mm),
+        }
+    };
+    let prompts = vec![prompt(&[20, 21, 22]), prompt(&[30, 31, 32, 33, 34, 35, 36])];
+    let pixels = Tensor::random([2, 3, 32, 32], Distribution::Uniform(-1.0, 1.0), device);
+    (model, prompts, pixels)
+}
+
+fn sampling(use_cache: bool, seed: u64) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: 24,
+        samples_per_prompt: 3,
+        sampling: SamplingConfig::chexreason(),
+        stop_tokens: vec![1],
+        seed,
+        use_cache,
+    }
+}
+
+#[test]
+fn sampled_generation_is_seeded_and_the_cache_equals_recomputation() {
+    let device = Device::default();
+    let (model, prompts, pixels) = small_model(&device);
+    let run = |config: &GenerationConfig| generate(&model, &prompts, Some(pixels.clone()), config, &device).unwrap();
+    let cached = run(&sampling(true, 5));
+    assert_eq!(cached.len(), 6);
+    assert_eq!(cached.iter().map(|c| c.prompt).collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1]);
+    let uncached = run(&sampling(false, 5));
+    for (a, b) in cached.iter().zip(&uncached) {
+        assert_eq!(a.tokens, b.tokens, "cached and recomputed generation agree token for token");
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4);
+        }
+    }
+    assert_eq!(cached, run(&sampling(true, 5)), "same seed, same completions");
+    assert_ne!(cached, run(&sampling(true, 6)), "another seed, other completions");
+}
+
+#[test]
+fn scoring_reproduces_the_sampling_log_probs() {
+    let device = Device::default();
+    let (model, prompts, pixels) = small_model(&device);
+    let config = sampling(true, 9);
+    let completions = generate(&model, &prompts, Some(pixels.clone()), &config, &device).unwrap();
+    let features = model.encode_images(pixels).unwrap();
+    let rows: Vec<ScoringRow> = completions
+        .iter()
+        .map(|c| ScoringRow {
+            prompt: &prompts[c.prompt].ids,
+            image_block: prompts[c.prompt].image_block.as_ref(),
+            completion: &c.tokens,
+        })
+        .collect();
+    let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
+    let scores = score_completions(
+        &model,
+        &rows,
+        Some(ImageInputs {
+            features: &features,
+            image_of_row: &image_of_row,
+        }),
+        config.sampling.temperature,
+        &device,
+    );
+    let width = scores.logprobs.dims()[1];
+    let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
+    let entropies = scores.entropies.into_data().try_to_vec::<f32>().unwrap();
+    for (r, c) in completions.iter().enumerate() {
+        for (i, lp) in c.logprobs.iter().enumerate() {
+            let s = scored[r * width + i];
+            assert!((s - lp).abs() < 1e-4, "row {r} token {i}: scored {s} vs sampled {lp}");
+            assert!(entropies[r * width + i] > 0.0);
+        }
+        assert!(scored[r * width + c.tokens.len()..(r + 1) * width].iter().all(|v| *v == 0.0));
+    }
+}
+
+#[test]
+fn lora_trains_only_the_adapters() {
+    let device = Device::default().autodiff();
+    let (model, prompts, pixels) = small_model(&device);
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..LoraConfig::chexreason()
+    };
+    let model = apply_lora(model, &lora, &device);
+    let layers = model.config.text_config.num_hidden_layers;
+    let features = model.encode_images(pixels).unwrap();
+    let completion = [40u32, 41, 42];
+    let rows: Vec<ScoringRow> = prompts
+        .iter()
+        .map(|p| ScoringRow {
+            prompt: &p.ids,
+            image_block: p.image_block.as_ref(),
+            completion: &completion,
+        })
+        .collect();
+    let scores = score_completions(
+        &model,
+        &rows,
+        Some(ImageInputs {
+            features: &features,
+            image_of_row: &[0, 1],
+        }),
+        1.0,
+        &device,
+    );
+    let loss = scores.logprobs.sum().neg();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    assert_eq!(grads.len(), layers * 7 * 2, "A and B of seven projections per layer, nothing else");
+    // r = 16: q, o (64→64), k, v (64→32), gate, up (64→128), down (128→64).
+    let per_layer = 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
+    assert_eq!(adapter_parameter_count(&model), layers * per_layer);
+}
+
+#[test]
+fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
+    let device = Device::default();
+    let model = from_pretrained(&fixture(), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_pretrained(&model, dir.path()).unwrap();
+    let again = from_pretrained(dir.path(), &device).unwrap();
+    let a = model.model.language_model.layers[1].self_attn.q_proj.weight.val();
+    let b = again.model.language_model.layers[1].self_attn.q_proj.weight.val();
+    assert_eq!(a.into_data(), b.into_data());
+    assert_eq!(model.num_params(), again.num_params());
+
+    let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let rewrite = |skip: &str, reshape: Option<&str>| {
+        let mut kept = Vec::new();
+        for name in file.names() {
+            if name == skip {
+                continue;
+            }
+            let view = file.tensor(name).unwrap();
+            let mut shape = view.shape().to_vec();
+            if Some(name) == reshape {
+                shape.reverse();
+            }
+            kept.push((name.to_string(), view.data().to_vec(), shape));
+        }
+        let views: Vec<_> = kept
+            .iter()
+            .map(|(n, d, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+            .collect();
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join("config.json"), bad.path().join("config.json")).unwrap();
+        std::fs::write(bad.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        bad
+    };
+    let key = "model.language_model.layers.2.mlp.up_proj.weight";
+    let missing = rewrite(key, None);
+    match from_pretrained(missing.path(), &device) {
+        Err(ModelError::MissingTensor { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected a missing-tensor error, got {other:?}"),
+    }
+    let misshaped = rewrite("", Some(key));
+    let err = from_pretrained(misshaped.path(), &device).unwrap_err().to_string();
+    assert!(err.contains("up_proj") && err.contains("shape"), "{err}");
+
+    let truncated = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("config.json"), truncated.path().join("config.json")).unwrap();
+    std::fs::write(truncated.path().join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    let err = from_pretrained(truncated.path(), &device).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let bad_config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad_config.path().join("config.json"),
+        config.replace("\"gelu_pytorch_tanh\"", "\"silu\""),
+    )
+    .unwrap();
+    let err = from_pretrained(bad_config.path(), &device).unwrap_err().to_string();
+    assert!(err.contains("hidden_activation") && err.contains("silu"), "{err}");
+}
