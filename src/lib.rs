@@ -26,8 +26,11 @@ pub use chex_objective as objective;
 pub use chex_rewards as rewards;
 
 pub mod baseline;
+pub mod corpus;
 pub mod eval;
+pub mod inputs;
 pub mod progress;
+pub mod prompts;
 pub mod source;
 
 pub use source::DataSource;
