@@ -1,6 +1,7 @@
 //! `chex`: the chex-grpo command line.
 
 mod data_cmd;
+mod model_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,9 @@ enum Command {
     /// Write, inspect and check datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Inspect model presets and checkpoints.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Show the compiled backends and check that a device runs a computation.
     Device {
         /// Device to check: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
@@ -29,6 +33,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(command) => data_cmd::run(command),
+        Command::Model(command) => model_cmd::run(command),
         Command::Device { device } => check_device(&device),
     };
     if let Err(error) = result {
