@@ -32,5 +32,6 @@ pub mod inputs;
 pub mod progress;
 pub mod prompts;
 pub mod source;
+pub mod training;
 
 pub use source::DataSource;

@@ -1,0 +1,120 @@
+//! Training checkpoints: the model with its parameter ids (burnpack), the optimizer state,
+//! the run's position (`state.json`), and the adapters in PEFT's layout for use elsewhere.
+//!
+//! A checkpoint is written into a hidden temporary folder and renamed into place, so an
+//! interrupted save leaves the previous checkpoint untouched; `state.json` is written last, and
+//! a folder without it is refused.
+
+use std::path::{Path, PathBuf};
+
+use chex_model::Gemma3ForConditionalGeneration;
+use chex_model::burn::optim::ModuleOptimizer;
+use chex_model::burn::store::{BurnpackStore, ModuleSnapshot};
+use chex_model::lora::{LoraConfig, save_adapter};
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// `sft` or `grpo`.
+    pub stage: String,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epochs finished (SFT).
+    pub epoch: usize,
+    /// Steps skipped for a non-finite loss or gradient.
+    pub skipped_steps: usize,
+    /// Best validation figure so far and the step it was reached at.
+    pub best: Option<(f64, usize)>,
+    /// Validations without improvement (early stopping).
+    pub stale_validations: usize,
+    /// The run's seed (every random draw derives from it and the step).
+    pub seed: u64,
+}
+
+fn fail(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Write `name` under `dir` atomically and return its path.
+pub fn save_checkpoint(
+    dir: &Path,
+    name: &str,
+    model: &Gemma3ForConditionalGeneration,
+    optimizer: &ModuleOptimizer,
+    state: &TrainingState,
+    lora: Option<&LoraConfig>,
+) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let target = dir.join(name);
+    let scratch = dir.join(format!(".{name}.partial"));
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+    }
+    std::fs::create_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+    let mut store = BurnpackStore::from_file(scratch.join("model.bpk")).overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| fail(&scratch, format!("saving the model: {e}")))?;
+    optimizer
+        .save(scratch.join("optimizer.bpk"))
+        .map_err(|e| fail(&scratch, format!("saving the optimizer: {e:?}")))?;
+    if let Some(lora) = lora {
+        save_adapter(model, lora, &scratch.join("adapter"))?;
+    }
+    let json = serde_json::to_string_pretty(state).map_err(|e| fail(&scratch, e.to_string()))?;
+    std::fs::write(scratch.join("state.json"), json).map_err(|e| TrainError::io(&scratch, e))?;
+    let old = dir.join(format!(".{name}.old"));
+    if target.exists() {
+        std::fs::rename(&target, &old).map_err(|e| TrainError::io(&target, e))?;
+    }
+    std::fs::rename(&scratch, &target).map_err(|e| TrainError::io(&target, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(target)
+}
+
+/// Restore a checkpoint onto a model of the same structure (same preset, same LoRA targets)
+/// and a fresh optimizer.
+pub fn load_checkpoint(
+    path: &Path,
+    mut model: Gemma3ForConditionalGeneration,
+    optimizer: ModuleOptimizer,
+) -> Result<(Gemma3ForConditionalGeneration, ModuleOptimizer, TrainingState), TrainError> {
+    let state_path = path.join("state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|_| fail(path, "has no state.json: the checkpoint is incomplete"))?;
+    let state: TrainingState = serde_json::from_str(&text).map_err(|e| fail(&state_path, e.to_string()))?;
+    let mut store = BurnpackStore::from_file(path.join("model.bpk"));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| fail(&path.join("model.bpk"), format!("cannot be read ({e}); is it truncated?")))?;
+    if let Some((missing, _)) = result.missing.first() {
+        return Err(fail(&path.join("model.bpk"), format!("has no tensor `{missing}` (a different model or LoRA setting?)")));
+    }
+    let optimizer = optimizer
+        .load(path.join("optimizer.bpk"))
+        .map_err(|e| fail(&path.join("optimizer.bpk"), format!("cannot be read ({e:?}); is it truncated?")))?;
+    Ok((model, optimizer, state))
+}
+
+/// The checkpoint under `dir` with the most steps, ignoring unfinished ones.
+pub fn latest_checkpoint(dir: &Path) -> Option<(PathBuf, TrainingState)> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p.join("state.json")).ok()?;
+            let state: TrainingState = serde_json::from_str(&text).ok()?;
+            Some((p, state))
+        })
+        .max_by_key(|(_, s)| s.step)
+}

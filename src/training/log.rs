@@ -1,0 +1,52 @@
+//! One JSON object per line, flushed as it is written, so a crashed run keeps its log.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::TrainError;
+
+/// An append-only JSONL file.
+pub struct JsonlLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl JsonlLog {
+    /// Open for appending (a resumed run continues its log).
+    pub fn append(path: &Path) -> Result<Self, TrainError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Write one record.
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
+        let line = format!("{record}\n");
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Read every record of a JSONL file.
+pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
