@@ -22,7 +22,9 @@ fn prompts(config: &Gemma3Config) -> Vec<EncodedPrompt> {
     let mm = config.mm_tokens_per_image;
     (0..PROMPTS)
         .map(|p| {
-            let text: Vec<u32> = (0..24).map(|i| 20 + ((p * 31 + i * 7) % 1000) as u32).collect();
+            let text: Vec<u32> = (0..24)
+                .map(|i| 20 + ((p * 31 + i * 7) % 1000) as u32)
+                .collect();
             let mut ids = text[..4].to_vec();
             ids.extend(std::iter::repeat_n(config.image_token_index, mm));
             ids.extend_from_slice(&text[4..]);
@@ -41,7 +43,11 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
     let model = Gemma3ForConditionalGeneration::new(&config, &device);
     let prompts = prompts(&config);
     let side = config.vision_config.image_size;
-    let pixels = Tensor::<4>::random([PROMPTS, 3, side, side], Distribution::Uniform(-1.0, 1.0), &device);
+    let pixels = Tensor::<4>::random(
+        [PROMPTS, 3, side, side],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
     let generation = GenerationConfig {
         max_new_tokens: NEW_TOKENS,
         samples_per_prompt: SAMPLES,
@@ -51,8 +57,12 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
         use_cache: true,
     };
     let mut group = c.benchmark_group(format!("generate_{preset}"));
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
-    group.throughput(Throughput::Elements((PROMPTS * SAMPLES * NEW_TOKENS) as u64));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(
+        (PROMPTS * SAMPLES * NEW_TOKENS) as u64,
+    ));
     group.bench_function("batch32_new128", |b| {
         b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, &device).unwrap())
     });
@@ -61,7 +71,11 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
     // One forward + backward of the scoring pass the GRPO loss needs, on the same batch.
     let ad = device.autodiff();
     let model = Gemma3ForConditionalGeneration::new(&config, &ad);
-    let pixels = Tensor::<4>::random([PROMPTS, 3, side, side], Distribution::Uniform(-1.0, 1.0), &ad);
+    let pixels = Tensor::<4>::random(
+        [PROMPTS, 3, side, side],
+        Distribution::Uniform(-1.0, 1.0),
+        &ad,
+    );
     let completion: Vec<u32> = (0..NEW_TOKENS as u32).map(|i| 30 + i).collect();
     let rows: Vec<ScoringRow> = (0..PROMPTS * SAMPLES)
         .map(|r| ScoringRow {
@@ -72,8 +86,12 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
         .collect();
     let image_of_row: Vec<usize> = (0..PROMPTS * SAMPLES).map(|r| r / SAMPLES).collect();
     let mut group = c.benchmark_group(format!("score_{preset}"));
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
-    group.throughput(Throughput::Elements((PROMPTS * SAMPLES * NEW_TOKENS) as u64));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(
+        (PROMPTS * SAMPLES * NEW_TOKENS) as u64,
+    ));
     group.bench_function("forward_backward_batch32_len128", |b| {
         b.iter(|| {
             let features = model.encode_images(pixels.clone()).unwrap();
@@ -95,7 +113,10 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
 
 fn benches(c: &mut Criterion) {
     bench_preset(c, "tiny");
-    if std::env::var("CHEX_BENCH_SMALL").map(|v| v != "0").unwrap_or(true) {
+    if std::env::var("CHEX_BENCH_SMALL")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+    {
         bench_preset(c, "small");
     }
 }

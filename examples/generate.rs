@@ -11,13 +11,18 @@ use std::time::Instant;
 
 use chex_grpo::corpus::preset_tokenizer;
 use chex_grpo::data::synth::SynthConfig;
-use chex_grpo::data::{ImageCache, ImageSpec, LoadOptions, UncertaintyPolicy, ViewFilter, load_chexpert, write_synthetic_sites};
+use chex_grpo::data::{
+    ImageCache, ImageSpec, LoadOptions, UncertaintyPolicy, ViewFilter, load_chexpert,
+    write_synthetic_sites,
+};
 use chex_grpo::inputs::pixel_batch;
 use chex_grpo::model::checkpoint::from_pretrained;
 use chex_grpo::model::generation::{GenerationConfig, generate};
 use chex_grpo::model::prompt::encode_prompt;
 use chex_grpo::model::sampling::SamplingConfig;
-use chex_grpo::model::{ChexTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+use chex_grpo::model::{
+    ChexTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, select_device,
+};
 use chex_grpo::prompts::PromptVariant;
 use chex_grpo::rewards::{LabelVocabulary, OutputFormat, ParseMode, extract_labels, parse_output};
 use clap::Parser;
@@ -66,7 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let config = Gemma3Config::preset(&args.preset)?;
             let tokenizer = preset_tokenizer(config.text_config.vocab_size)?;
-            (Gemma3ForConditionalGeneration::new(&config, &device), tokenizer)
+            (
+                Gemma3ForConditionalGeneration::new(&config, &device),
+                tokenizer,
+            )
         }
     };
     tokenizer.check_against(&model.config)?;
@@ -78,10 +86,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let test = load_chexpert(&sites.site_a_dir.join("valid.csv"), &options)?;
     let samples: Vec<_> = test.samples.iter().take(args.images).collect();
-    let cache = ImageCache::new(ImageSpec::siglip(model.config.vision_config.image_size as u32));
+    let cache = ImageCache::new(ImageSpec::siglip(
+        model.config.vision_config.image_size as u32,
+    ));
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let images = cache.get_many(&paths).into_iter().collect::<Result<Vec<_>, _>>()?;
-    let pixels = pixel_batch(&images.iter().map(|i| i.as_ref()).collect::<Vec<_>>(), &device);
+    let images = cache
+        .get_many(&paths)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let pixels = pixel_batch(
+        &images.iter().map(|i| i.as_ref()).collect::<Vec<_>>(),
+        &device,
+    );
 
     let question = PromptVariant::FreeReasoning.question();
     let prompt = encode_prompt(&tokenizer, &question, model.config.mm_tokens_per_image)?;
@@ -107,7 +123,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writeln!(
         report,
         "Model: {} ({} parameters) on `{}`; {} completions, {tokens} tokens in {seconds:.2} s ({:.0} tokens/s).\n",
-        args.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("random `{}` preset", args.preset)),
+        args.checkpoint
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("random `{}` preset", args.preset)),
         model.config.parameter_counts().total(),
         args.device,
         completions.len(),
@@ -123,13 +142,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let text = tokenizer.decode(&completion.tokens, true)?;
         let parsed = parse_output(&text, &format, ParseMode::Lenient);
-        let labels = parsed.answer.as_deref().map(|s| extract_labels(s, &vocabulary)).map(|e| {
-            e.labels.iter().map(|&i| vocabulary.labels()[i].clone()).collect::<Vec<_>>().join(", ")
-        });
+        let labels = parsed
+            .answer
+            .as_deref()
+            .map(|s| extract_labels(s, &vocabulary))
+            .map(|e| {
+                e.labels
+                    .iter()
+                    .map(|&i| vocabulary.labels()[i].clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
         writeln!(report, "## {}\n", sample.image.display())?;
-        writeln!(report, "- truth: {}", if truth.is_empty() { "No Finding".into() } else { truth.join(", ") })?;
-        writeln!(report, "- parsed labels: {}", labels.unwrap_or_else(|| "(no solution block)".into()))?;
-        writeln!(report, "- stopped: {:?} after {} tokens\n", completion.stop, completion.tokens.len())?;
+        writeln!(
+            report,
+            "- truth: {}",
+            if truth.is_empty() {
+                "No Finding".into()
+            } else {
+                truth.join(", ")
+            }
+        )?;
+        writeln!(
+            report,
+            "- parsed labels: {}",
+            labels.unwrap_or_else(|| "(no solution block)".into())
+        )?;
+        writeln!(
+            report,
+            "- stopped: {:?} after {} tokens\n",
+            completion.stop,
+            completion.tokens.len()
+        )?;
         writeln!(report, "```text\n{}\n```\n", text.trim())?;
     }
     std::fs::create_dir_all(&args.out)?;

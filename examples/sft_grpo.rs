@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use chex_grpo::corpus::preset_tokenizer;
 use chex_grpo::data::synth::SynthConfig;
-use chex_grpo::data::{ImageCache, ImageSpec, LoadOptions, ViewFilter, load_chexpert, write_synthetic_sites};
+use chex_grpo::data::{
+    ImageCache, ImageSpec, LoadOptions, ViewFilter, load_chexpert, write_synthetic_sites,
+};
 use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
 use chex_grpo::prompts::PromptVariant;
 use chex_grpo::rewards::RewardContext;
@@ -34,6 +36,9 @@ struct Args {
     /// GRPO steps.
     #[arg(long, default_value_t = 30)]
     grpo_steps: usize,
+    /// GRPO learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    grpo_lr: f64,
     /// Held-out evaluation images.
     #[arg(long, default_value_t = 96)]
     eval: usize,
@@ -68,7 +73,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = |name: &str, policy: &Policy| -> Result<f64, Box<dyn std::error::Error>> {
         let answers = answer(policy, &eval_examples, 128, 32, &device)?;
         let e = score_answers(&answers.texts, &eval_examples, &context)?;
-        println!("{name}: macro-F1 {:.3}, micro-F1 {:.3} on {} held-out images", e.macro_f1, e.micro_f1, eval_examples.len());
+        println!(
+            "{name}: macro-F1 {:.3}, micro-F1 {:.3} on {} held-out images",
+            e.macro_f1,
+            e.micro_f1,
+            eval_examples.len()
+        );
         if let Some(t) = answers.texts.first() {
             println!("  e.g. {}", t.replace('\n', " | "));
         }
@@ -82,11 +92,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..SftConfig::chexreason()
     };
     let outcome = train_sft(policy, &sft_examples, &sft, &args.out, args.resume, &device)?;
-    println!("SFT validation loss per epoch: {:?}", outcome.validation_losses);
+    println!(
+        "SFT validation loss per epoch: {:?}",
+        outcome.validation_losses
+    );
     report("SFT", &outcome.policy)?;
     let grpo = GrpoConfig {
         steps: args.grpo_steps,
-        learning_rate: 5e-5,
+        learning_rate: args.grpo_lr,
         max_new_tokens: 128,
         eval_every: 0,
         lora: Some(chex_grpo::model::lora::LoraConfig {
@@ -101,11 +114,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         ..GrpoConfig::chexreason()
     };
-    let rl = train_grpo(outcome.policy, &rl_examples, &[], &grpo, &args.out, args.resume, &device)?;
+    let rl = train_grpo(
+        outcome.policy,
+        &rl_examples,
+        &[],
+        &grpo,
+        &args.out,
+        args.resume,
+        &device,
+    )?;
     let r = &rl.rewards;
     let third = (r.len() / 3).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
-    println!("GRPO mean reward: first third {:.3}, last third {:.3}", mean(&r[..third]), mean(&r[r.len() - third..]));
+    println!(
+        "GRPO mean reward: first third {:.3}, last third {:.3}",
+        mean(&r[..third]),
+        mean(&r[r.len() - third..])
+    );
     report("GRPO", &rl.policy)?;
     Ok(())
 }

@@ -12,5 +12,8 @@ pub fn pixel_batch(images: &[&PreparedImage], device: &Device) -> Tensor<4> {
             values.extend_from_slice(&image.pixels);
         }
     }
-    Tensor::from_data(TensorData::new(values, [images.len(), 3, side, side]), device)
+    Tensor::from_data(
+        TensorData::new(values, [images.len(), 3, side, side]),
+        device,
+    )
 }

@@ -38,11 +38,21 @@ impl PromptVariant {
         let labels = CHEXPERT_LABELS.join(", ");
         let task = format!("Which of these findings does this chest X-ray show: {labels}?");
         let how = match self {
-            Self::LabelOnly => "Answer with <think></think> left empty and the findings, comma-separated, in <solution></solution>.",
-            Self::FreeReasoning => "Reason step by step in <think></think>, then give the findings, comma-separated, in <solution></solution>.",
-            Self::Narrative => "Write a short radiology report in <think></think>, then give the findings, comma-separated, in <solution></solution>.",
-            Self::StructuredSteps => "In <think></think> review the lungs, the pleura, the heart and mediastinum, the bones and any devices, one line each; then give the findings, comma-separated, in <solution></solution>.",
-            Self::SelfCheck => "Reason in <think></think>, check each finding you name against the image, then give the findings, comma-separated, in <solution></solution>.",
+            Self::LabelOnly => {
+                "Answer with <think></think> left empty and the findings, comma-separated, in <solution></solution>."
+            }
+            Self::FreeReasoning => {
+                "Reason step by step in <think></think>, then give the findings, comma-separated, in <solution></solution>."
+            }
+            Self::Narrative => {
+                "Write a short radiology report in <think></think>, then give the findings, comma-separated, in <solution></solution>."
+            }
+            Self::StructuredSteps => {
+                "In <think></think> review the lungs, the pleura, the heart and mediastinum, the bones and any devices, one line each; then give the findings, comma-separated, in <solution></solution>."
+            }
+            Self::SelfCheck => {
+                "Reason in <think></think>, check each finding you name against the image, then give the findings, comma-separated, in <solution></solution>."
+            }
         };
         format!("{task} {how}")
     }
@@ -51,20 +61,61 @@ impl PromptVariant {
 /// Phrases a radiologist might use for the visible sign of each CheXpert finding.
 fn sign_phrases(label: &str) -> &'static [&'static str] {
     match label {
-        "No Finding" => &["No acute cardiopulmonary abnormality.", "The lungs are clear and the heart is normal in size.", "Unremarkable chest radiograph."],
-        "Enlarged Cardiomediastinum" => &["The mediastinum is widened.", "The cardiomediastinal silhouette is enlarged."],
-        "Cardiomegaly" => &["The heart is enlarged.", "The cardiac silhouette is enlarged.", "Cardiothoracic ratio above one half."],
-        "Lung Opacity" => &["There is an area of increased opacity.", "Hazy opacity in the lung field."],
-        "Lung Lesion" => &["A rounded lesion is seen in the lung.", "There is a nodular density."],
-        "Edema" => &["Bilateral interstitial markings suggest edema.", "Perihilar haziness in keeping with pulmonary edema."],
-        "Consolidation" => &["Dense airspace consolidation is present.", "A lobar consolidation is seen."],
-        "Pneumonia" => &["The opacity is consistent with pneumonia.", "Findings suggest an infectious process."],
-        "Atelectasis" => &["Linear atelectasis at the base.", "There is volume loss with atelectasis."],
-        "Pneumothorax" => &["A pleural line with absent lung markings indicates pneumothorax.", "There is a pneumothorax."],
-        "Pleural Effusion" => &["The costophrenic angle is blunted by an effusion.", "There is a pleural effusion."],
+        "No Finding" => &[
+            "No acute cardiopulmonary abnormality.",
+            "The lungs are clear and the heart is normal in size.",
+            "Unremarkable chest radiograph.",
+        ],
+        "Enlarged Cardiomediastinum" => &[
+            "The mediastinum is widened.",
+            "The cardiomediastinal silhouette is enlarged.",
+        ],
+        "Cardiomegaly" => &[
+            "The heart is enlarged.",
+            "The cardiac silhouette is enlarged.",
+            "Cardiothoracic ratio above one half.",
+        ],
+        "Lung Opacity" => &[
+            "There is an area of increased opacity.",
+            "Hazy opacity in the lung field.",
+        ],
+        "Lung Lesion" => &[
+            "A rounded lesion is seen in the lung.",
+            "There is a nodular density.",
+        ],
+        "Edema" => &[
+            "Bilateral interstitial markings suggest edema.",
+            "Perihilar haziness in keeping with pulmonary edema.",
+        ],
+        "Consolidation" => &[
+            "Dense airspace consolidation is present.",
+            "A lobar consolidation is seen.",
+        ],
+        "Pneumonia" => &[
+            "The opacity is consistent with pneumonia.",
+            "Findings suggest an infectious process.",
+        ],
+        "Atelectasis" => &[
+            "Linear atelectasis at the base.",
+            "There is volume loss with atelectasis.",
+        ],
+        "Pneumothorax" => &[
+            "A pleural line with absent lung markings indicates pneumothorax.",
+            "There is a pneumothorax.",
+        ],
+        "Pleural Effusion" => &[
+            "The costophrenic angle is blunted by an effusion.",
+            "There is a pleural effusion.",
+        ],
         "Pleural Other" => &["The pleura is thickened.", "There is pleural thickening."],
-        "Fracture" => &["A rib fracture is visible.", "There is a cortical break in a rib."],
-        "Support Devices" => &["A support device is in place.", "Lines and tubes are present."],
+        "Fracture" => &[
+            "A rib fracture is visible.",
+            "There is a cortical break in a rib.",
+        ],
+        "Support Devices" => &[
+            "A support device is in place.",
+            "Lines and tubes are present.",
+        ],
         _ => &["An abnormality is present."],
     }
 }
@@ -72,21 +123,49 @@ fn sign_phrases(label: &str) -> &'static [&'static str] {
 /// The answer block for a set of labels, with a reasoning trace in `variant`'s style written
 /// from those labels (what the SFT stage imitates when no teacher trace is given).
 pub fn reference_answer<R: Rng>(labels: &[&str], variant: PromptVariant, rng: &mut R) -> String {
-    let findings = if labels.is_empty() { vec!["No Finding"] } else { labels.to_vec() };
+    let findings = if labels.is_empty() {
+        vec!["No Finding"]
+    } else {
+        labels.to_vec()
+    };
     let signs: Vec<&str> = findings
         .iter()
-        .map(|l| *sign_phrases(l).choose(rng).unwrap_or(&"An abnormality is present."))
+        .map(|l| {
+            *sign_phrases(l)
+                .choose(rng)
+                .unwrap_or(&"An abnormality is present.")
+        })
         .collect();
     let think = match variant {
         PromptVariant::LabelOnly => String::new(),
         PromptVariant::FreeReasoning => signs.join(" "),
-        PromptVariant::Narrative => format!("Findings: {} Impression: {}.", signs.join(" "), findings.join(", ")),
+        PromptVariant::Narrative => format!(
+            "Findings: {} Impression: {}.",
+            signs.join(" "),
+            findings.join(", ")
+        ),
         PromptVariant::StructuredSteps => {
             let mut lines = Vec::new();
             for (area, members) in [
-                ("Lungs", &["Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis"][..]),
-                ("Pleura", &["Pneumothorax", "Pleural Effusion", "Pleural Other"][..]),
-                ("Heart and mediastinum", &["Cardiomegaly", "Enlarged Cardiomediastinum"][..]),
+                (
+                    "Lungs",
+                    &[
+                        "Lung Opacity",
+                        "Lung Lesion",
+                        "Edema",
+                        "Consolidation",
+                        "Pneumonia",
+                        "Atelectasis",
+                    ][..],
+                ),
+                (
+                    "Pleura",
+                    &["Pneumothorax", "Pleural Effusion", "Pleural Other"][..],
+                ),
+                (
+                    "Heart and mediastinum",
+                    &["Cardiomegaly", "Enlarged Cardiomediastinum"][..],
+                ),
                 ("Bones", &["Fracture"][..]),
                 ("Devices", &["Support Devices"][..]),
             ] {
@@ -96,7 +175,11 @@ pub fn reference_answer<R: Rng>(labels: &[&str], variant: PromptVariant, rng: &m
                     .filter(|(l, _)| members.contains(l))
                     .map(|(_, s)| *s)
                     .collect();
-                let text = if here.is_empty() { "normal.".to_string() } else { here.join(" ") };
+                let text = if here.is_empty() {
+                    "normal.".to_string()
+                } else {
+                    here.join(" ")
+                };
                 lines.push(format!("{area}: {text}"));
             }
             lines.join("\n")
@@ -104,8 +187,15 @@ pub fn reference_answer<R: Rng>(labels: &[&str], variant: PromptVariant, rng: &m
         PromptVariant::SelfCheck => format!(
             "{} Check: {}.",
             signs.join(" "),
-            findings.iter().map(|f| format!("{f} confirmed")).collect::<Vec<_>>().join(", ")
+            findings
+                .iter()
+                .map(|f| format!("{f} confirmed"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
-    format!("<think>{think}</think><solution>{}</solution>", findings.join(", "))
+    format!(
+        "<think>{think}</think><solution>{}</solution>",
+        findings.join(", ")
+    )
 }

@@ -86,21 +86,38 @@ pub fn load_checkpoint(
     path: &Path,
     mut model: Gemma3ForConditionalGeneration,
     optimizer: ModuleOptimizer,
-) -> Result<(Gemma3ForConditionalGeneration, ModuleOptimizer, TrainingState), TrainError> {
+) -> Result<
+    (
+        Gemma3ForConditionalGeneration,
+        ModuleOptimizer,
+        TrainingState,
+    ),
+    TrainError,
+> {
     let state_path = path.join("state.json");
     let text = std::fs::read_to_string(&state_path)
         .map_err(|_| fail(path, "has no state.json: the checkpoint is incomplete"))?;
-    let state: TrainingState = serde_json::from_str(&text).map_err(|e| fail(&state_path, e.to_string()))?;
+    let state: TrainingState =
+        serde_json::from_str(&text).map_err(|e| fail(&state_path, e.to_string()))?;
     let mut store = BurnpackStore::from_file(path.join("model.bpk"));
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| fail(&path.join("model.bpk"), format!("cannot be read ({e}); is it truncated?")))?;
+    let result = model.load_from(&mut store).map_err(|e| {
+        fail(
+            &path.join("model.bpk"),
+            format!("cannot be read ({e}); is it truncated?"),
+        )
+    })?;
     if let Some((missing, _)) = result.missing.first() {
-        return Err(fail(&path.join("model.bpk"), format!("has no tensor `{missing}` (a different model or LoRA setting?)")));
+        return Err(fail(
+            &path.join("model.bpk"),
+            format!("has no tensor `{missing}` (a different model or LoRA setting?)"),
+        ));
     }
-    let optimizer = optimizer
-        .load(path.join("optimizer.bpk"))
-        .map_err(|e| fail(&path.join("optimizer.bpk"), format!("cannot be read ({e:?}); is it truncated?")))?;
+    let optimizer = optimizer.load(path.join("optimizer.bpk")).map_err(|e| {
+        fail(
+            &path.join("optimizer.bpk"),
+            format!("cannot be read ({e:?}); is it truncated?"),
+        )
+    })?;
     Ok((model, optimizer, state))
 }
 
@@ -110,7 +127,10 @@ pub fn latest_checkpoint(dir: &Path) -> Option<(PathBuf, TrainingState)> {
     entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .filter_map(|p| {
             let text = std::fs::read_to_string(p.join("state.json")).ok()?;
             let state: TrainingState = serde_json::from_str(&text).ok()?;

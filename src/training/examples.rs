@@ -34,7 +34,11 @@ pub struct Example {
 impl Example {
     /// Indices of the labels in the CheXpert vocabulary the rewards use.
     pub fn truth(&self, vocabulary: &LabelVocabulary) -> Vec<usize> {
-        let mut t: Vec<usize> = self.labels.iter().filter_map(|l| vocabulary.lookup(l)).collect();
+        let mut t: Vec<usize> = self
+            .labels
+            .iter()
+            .filter_map(|l| vocabulary.lookup(l))
+            .collect();
         t.sort_unstable();
         t.dedup();
         t
@@ -42,9 +46,16 @@ impl Example {
 }
 
 /// Examples for `indices` of `dataset` (uncertain findings count as negative, as in the study).
-pub fn examples_from(dataset: &Dataset, indices: &[usize], cache: &ImageCache) -> Result<Vec<Example>, TrainError> {
+pub fn examples_from(
+    dataset: &Dataset,
+    indices: &[usize],
+    cache: &ImageCache,
+) -> Result<Vec<Example>, TrainError> {
     let names = dataset.label_space.labels();
-    let paths: Vec<PathBuf> = indices.iter().map(|&i| dataset.samples[i].image.clone()).collect();
+    let paths: Vec<PathBuf> = indices
+        .iter()
+        .map(|&i| dataset.samples[i].image.clone())
+        .collect();
     let images = cache.get_many(&paths);
     indices
         .iter()
@@ -85,9 +96,17 @@ pub struct Policy {
 
 impl Policy {
     /// Assemble; the tokenizer must agree with the model's special ids.
-    pub fn new(model: Gemma3ForConditionalGeneration, tokenizer: ChexTokenizer, variant: PromptVariant) -> Result<Self, TrainError> {
+    pub fn new(
+        model: Gemma3ForConditionalGeneration,
+        tokenizer: ChexTokenizer,
+        variant: PromptVariant,
+    ) -> Result<Self, TrainError> {
         tokenizer.check_against(&model.config)?;
-        let prompt = encode_prompt(&tokenizer, &variant.question(), model.config.mm_tokens_per_image)?;
+        let prompt = encode_prompt(
+            &tokenizer,
+            &variant.question(),
+            model.config.mm_tokens_per_image,
+        )?;
         Ok(Self {
             model,
             tokenizer,
@@ -147,7 +166,11 @@ pub fn answer(
 
 /// Score answers against the examples on the CheXpert labels: predicted labels are read
 /// leniently from the answer block; an unparseable answer predicts nothing.
-pub fn score_answers(texts: &[String], examples: &[Example], context: &RewardContext) -> Result<Evaluation, TrainError> {
+pub fn score_answers(
+    texts: &[String],
+    examples: &[Example],
+    context: &RewardContext,
+) -> Result<Evaluation, TrainError> {
     let labels: Vec<String> = CHEXPERT_LABELS.iter().map(|s| s.to_string()).collect();
     let mut truth = Vec::with_capacity(examples.len());
     let mut predicted = Vec::with_capacity(examples.len());

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::{AdamWConfig, GradientsParams};
 use chex_model::burn::tensor::{Device, Tensor, TensorData};
@@ -14,8 +15,7 @@ use chex_model::lora::{LoraConfig, apply_lora, for_each_linear};
 use chex_model::sampling::SamplingConfig;
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
-use chex_model::Gemma3ForConditionalGeneration;
-use chex_objective::{AdvantageScaling, GrpoBatch, GrpoLossConfig, grpo_loss, group_advantages};
+use chex_objective::{AdvantageScaling, GrpoBatch, GrpoLossConfig, group_advantages, grpo_loss};
 use chex_rewards::{HardReward, RewardContext, RewardSet};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
@@ -134,7 +134,9 @@ pub fn train_grpo(
     device: &Device,
 ) -> Result<GrpoOutcome, TrainError> {
     if config.group_size < 2 || pool.is_empty() {
-        return Err(TrainError::Config("GRPO needs group_size ≥ 2 and a non-empty prompt pool".into()));
+        return Err(TrainError::Config(
+            "GRPO needs group_size ≥ 2 and a non-empty prompt pool".into(),
+        ));
     }
     let context = RewardContext::default();
     let mut rewards_fn = RewardSet::default().with(1.0, HardReward::default());
@@ -157,12 +159,19 @@ pub fn train_grpo(
         stale_validations: 0,
         seed: config.seed,
     };
-    if resume && let Some((path, _)) = latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("grpo-last")) {
+    if resume
+        && let Some((path, _)) =
+            latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("grpo-last"))
+    {
         let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
         model = m;
         optimizer = o;
         state = s;
-        eprintln!("resuming GRPO from {} (step {})", path.display(), state.step);
+        eprintln!(
+            "resuming GRPO from {} (step {})",
+            path.display(),
+            state.step
+        );
     }
     let mut log = JsonlLog::append(&out.join("grpo_log.jsonl"))?;
     let mut samples_log = JsonlLog::append(&out.join("grpo_samples.jsonl"))?;
@@ -189,7 +198,9 @@ pub fn train_grpo(
             if need == 0 {
                 break;
             }
-            let batch: Vec<&Example> = (0..need).map(|_| pool.choose(&mut rng).expect("pool is not empty")).collect();
+            let batch: Vec<&Example> = (0..need)
+                .map(|_| pool.choose(&mut rng).expect("pool is not empty"))
+                .collect();
             let images: Vec<_> = batch.iter().map(|e| e.image.as_ref()).collect();
             let generation = GenerationConfig {
                 max_new_tokens: config.max_new_tokens,
@@ -200,12 +211,27 @@ pub fn train_grpo(
                 use_cache: true,
             };
             let prompts = vec![policy.prompt.clone(); batch.len()];
-            let outs = generate(&inference, &prompts, Some(pixel_batch(&images, device)), &generation, device)?;
-            let decoded: Vec<String> = outs.iter().map(|c| policy.tokenizer.decode(&c.tokens, true)).collect::<Result<_, _>>()?;
+            let outs = generate(
+                &inference,
+                &prompts,
+                Some(pixel_batch(&images, device)),
+                &generation,
+                device,
+            )?;
+            let decoded: Vec<String> = outs
+                .iter()
+                .map(|c| policy.tokenizer.decode(&c.tokens, true))
+                .collect::<Result<_, _>>()?;
             let prepared: Vec<_> = outs
                 .iter()
                 .zip(&decoded)
-                .map(|(c, t)| context.prepare(t, c.tokens.len(), &batch[c.prompt].truth(&context.vocabulary)))
+                .map(|(c, t)| {
+                    context.prepare(
+                        t,
+                        c.tokens.len(),
+                        &batch[c.prompt].truth(&context.vocabulary),
+                    )
+                })
                 .collect();
             let scored = rewards_fn.score_batch(&prepared);
             component_logs = scored.components.clone();
@@ -228,9 +254,18 @@ pub fn train_grpo(
             }
         }
         let rows = completions.len();
-        let mean_reward = if rows > 0 { totals.iter().sum::<f64>() / rows as f64 } else { f64::NAN };
+        let mean_reward = if rows > 0 {
+            totals.iter().sum::<f64>() / rows as f64
+        } else {
+            f64::NAN
+        };
         let reward_std = if rows > 1 {
-            (totals.iter().map(|r| (r - mean_reward).powi(2)).sum::<f64>() / (rows - 1) as f64).sqrt()
+            (totals
+                .iter()
+                .map(|r| (r - mean_reward).powi(2))
+                .sum::<f64>()
+                / (rows - 1) as f64)
+                .sqrt()
         } else {
             0.0
         };
@@ -251,7 +286,9 @@ pub fn train_grpo(
         if rows > 0 {
             let prompt_ids = policy.prompt.ids.clone();
             let block = policy.prompt.image_block.clone();
-            let images: Vec<_> = (0..rows / group).map(|g| chosen[g * group].image.as_ref()).collect();
+            let images: Vec<_> = (0..rows / group)
+                .map(|g| chosen[g * group].image.as_ref())
+                .collect();
             let image_of_row: Vec<usize> = (0..rows).map(|r| r / group).collect();
             let scoring_rows: Vec<ScoringRow> = completions
                 .iter()
@@ -261,8 +298,20 @@ pub fn train_grpo(
                     completion: &c.tokens,
                 })
                 .collect();
-            let width = completions.iter().map(|c| c.tokens.len()).max().unwrap_or(1).max(1);
-            let old = padded(&completions.iter().map(|c| c.logprobs.clone()).collect::<Vec<_>>(), width, &ad);
+            let width = completions
+                .iter()
+                .map(|c| c.tokens.len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let old = padded(
+                &completions
+                    .iter()
+                    .map(|c| c.logprobs.clone())
+                    .collect::<Vec<_>>(),
+                width,
+                &ad,
+            );
             let reference = match &full_reference {
                 Some(r) => r.clone(),
                 None => without_adapters(&model),
@@ -279,7 +328,10 @@ pub fn train_grpo(
                 device,
             );
             let ref_logps = Tensor::<2>::from_data(ref_scores.logprobs.into_data(), &ad);
-            let rewards = Tensor::<1>::from_data(TensorData::new(totals.iter().map(|r| *r as f32).collect::<Vec<_>>(), [rows]), &ad);
+            let rewards = Tensor::<1>::from_data(
+                TensorData::new(totals.iter().map(|r| *r as f32).collect::<Vec<_>>(), [rows]),
+                &ad,
+            );
             let advantages = group_advantages(rewards, group, config.scale_rewards)?;
             for _ in 0..config.mu.max(1) {
                 let features = model.encode_images(pixel_batch(&images, &ad))?;
@@ -333,7 +385,8 @@ pub fn train_grpo(
                 samples_log.write(&json!({"step": state.step, "image": chosen[0].path, "truth": chosen[0].labels, "completion": text, "tokens": c.tokens.len()}))?;
             }
         }
-        let validate = config.eval_every > 0 && (state.step % config.eval_every == 0 || state.step == config.steps);
+        let validate = config.eval_every > 0
+            && (state.step % config.eval_every == 0 || state.step == config.steps);
         if validate && !validation.is_empty() {
             policy.model = model.valid();
             let answers = answer(&policy, validation, config.max_new_tokens, 32, device)?;
@@ -341,11 +394,25 @@ pub fn train_grpo(
             record["eval_macro_f1"] = json!(evaluation.macro_f1);
             if state.best.is_none_or(|(b, _)| evaluation.macro_f1 > b) {
                 state.best = Some((evaluation.macro_f1, state.step));
-                save_checkpoint(&checkpoints, "grpo-best", &model, &optimizer, &state, config.lora.as_ref())?;
+                save_checkpoint(
+                    &checkpoints,
+                    "grpo-best",
+                    &model,
+                    &optimizer,
+                    &state,
+                    config.lora.as_ref(),
+                )?;
             }
         }
         if validate || state.step == config.steps {
-            save_checkpoint(&checkpoints, "grpo-last", &model, &optimizer, &state, config.lora.as_ref())?;
+            save_checkpoint(
+                &checkpoints,
+                "grpo-last",
+                &model,
+                &optimizer,
+                &state,
+                config.lora.as_ref(),
+            )?;
         }
         bar.set_message(format!("reward {mean_reward:.3}"));
         bar.inc(1);
@@ -355,7 +422,9 @@ pub fn train_grpo(
     bar.finish_and_clear();
     let best = checkpoints.join("grpo-best");
     policy.model = if best.join("state.json").exists() {
-        load_checkpoint(&best, model, AdamWConfig::new().init())?.0.valid()
+        load_checkpoint(&best, model, AdamWConfig::new().init())?
+            .0
+            .valid()
     } else {
         model.valid()
     };

@@ -46,7 +46,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}:{}: {e}", path.display(), i + 1)))
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Config(format!("{}:{}: {e}", path.display(), i + 1)))
         })
         .collect()
 }

@@ -45,7 +45,9 @@ mod tests {
         assert_eq!(s.warmup_steps, 5);
         assert_eq!(s.at(0), 0.0);
         assert!((s.at(5) - 1.0).abs() < 1e-12);
-        assert!((s.at(52) - 0.5 * (1.0 + (std::f64::consts::PI * 47.0 / 95.0).cos())).abs() < 1e-12);
+        assert!(
+            (s.at(52) - 0.5 * (1.0 + (std::f64::consts::PI * 47.0 / 95.0).cos())).abs() < 1e-12
+        );
         assert!(s.at(100) < 1e-12);
     }
 }

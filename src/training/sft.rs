@@ -95,10 +95,18 @@ struct Batch {
 }
 
 /// Mean token cross-entropy of the targets, differentiable.
-fn batch_loss(policy: &Policy, examples: &[&Example], batch: &Batch, device: &Device) -> chex_model::burn::tensor::Tensor<1> {
+fn batch_loss(
+    policy: &Policy,
+    examples: &[&Example],
+    batch: &Batch,
+    device: &Device,
+) -> chex_model::burn::tensor::Tensor<1> {
     let images: Vec<_> = examples.iter().map(|e| e.image.as_ref()).collect();
     let pixels = pixel_batch(&images, device);
-    let features = policy.model.encode_images(pixels).expect("pixel batch matches the vision config");
+    let features = policy
+        .model
+        .encode_images(pixels)
+        .expect("pixel batch matches the vision config");
     let rows: Vec<ScoringRow> = batch
         .targets
         .iter()
@@ -143,13 +151,22 @@ pub fn train_sft(
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng);
-    let held = ((examples.len() as f64 * config.validation_fraction).round() as usize).clamp(1, examples.len().saturating_sub(1).max(1));
+    let held = ((examples.len() as f64 * config.validation_fraction).round() as usize)
+        .clamp(1, examples.len().saturating_sub(1).max(1));
     let (validation, training) = order.split_at(held);
     let targets: Vec<Vec<u32>> = examples
         .iter()
         .map(|e| {
-            let labels: Vec<&str> = e.labels.iter().map(|s| s.as_str()).filter(|l| *l != "No Finding").collect();
-            let answer = e.reasoning.clone().unwrap_or_else(|| reference_answer(&labels, policy.variant, &mut rng));
+            let labels: Vec<&str> = e
+                .labels
+                .iter()
+                .map(|s| s.as_str())
+                .filter(|l| *l != "No Finding")
+                .collect();
+            let answer = e
+                .reasoning
+                .clone()
+                .unwrap_or_else(|| reference_answer(&labels, policy.variant, &mut rng));
             policy.answer_ids(&answer)
         })
         .collect::<Result<_, _>>()?;
@@ -162,10 +179,16 @@ pub fn train_sft(
     if let Some(lora) = &config.lora {
         model = apply_lora(model, lora, &ad);
     }
-    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay as f32).init();
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
     let accumulation = config.effective_batch / config.micro_batch;
     let steps_per_epoch = training.len().div_ceil(config.effective_batch);
-    let schedule = CosineSchedule::with_warmup_ratio(config.learning_rate, config.warmup_ratio, steps_per_epoch * config.epochs);
+    let schedule = CosineSchedule::with_warmup_ratio(
+        config.learning_rate,
+        config.warmup_ratio,
+        steps_per_epoch * config.epochs,
+    );
     let checkpoints = out.join("checkpoints");
     let mut state = TrainingState {
         stage: "sft".into(),
@@ -176,12 +199,20 @@ pub fn train_sft(
         stale_validations: 0,
         seed: config.seed,
     };
-    if resume && let Some((path, _)) = latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("sft-last")) {
+    if resume
+        && let Some((path, _)) =
+            latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("sft-last"))
+    {
         let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
         model = m;
         optimizer = o;
         state = s;
-        eprintln!("resuming SFT from {} (epoch {}, step {})", path.display(), state.epoch, state.step);
+        eprintln!(
+            "resuming SFT from {} (epoch {}, step {})",
+            path.display(),
+            state.epoch,
+            state.step
+        );
     }
     let mut log = JsonlLog::append(&out.join("sft_log.jsonl"))?;
     let batch_of = |idx: &[usize]| Batch {
@@ -195,7 +226,11 @@ pub fn train_sft(
     while state.epoch < config.epochs {
         let epoch = state.epoch;
         let mut epoch_order = training.to_vec();
-        epoch_order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(config.seed, epoch as u64, 1)));
+        epoch_order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(
+            config.seed,
+            epoch as u64,
+            1,
+        )));
         let mut epoch_loss = (0.0, 0usize);
         for step_examples in epoch_order.chunks(config.effective_batch) {
             let started = Instant::now();
@@ -237,7 +272,8 @@ pub fn train_sft(
         let mut batches = 0;
         for chunk in validation.chunks(config.micro_batch) {
             let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
-            total += batch_loss(&policy, &refs, &batch_of(chunk), device).into_scalar::<f32>() as f64;
+            total +=
+                batch_loss(&policy, &refs, &batch_of(chunk), device).into_scalar::<f32>() as f64;
             batches += 1;
         }
         let validation_loss = total / batches.max(1) as f64;
@@ -255,11 +291,28 @@ pub fn train_sft(
             "eval_loss": validation_loss, "step": state.step, "best": improved,
         }))?;
         if improved {
-            save_checkpoint(&checkpoints, "sft-best", &model, &optimizer, &state, config.lora.as_ref())?;
+            save_checkpoint(
+                &checkpoints,
+                "sft-best",
+                &model,
+                &optimizer,
+                &state,
+                config.lora.as_ref(),
+            )?;
         }
-        save_checkpoint(&checkpoints, "sft-last", &model, &optimizer, &state, config.lora.as_ref())?;
+        save_checkpoint(
+            &checkpoints,
+            "sft-last",
+            &model,
+            &optimizer,
+            &state,
+            config.lora.as_ref(),
+        )?;
         if state.stale_validations >= config.patience {
-            eprintln!("early stop after epoch {}: validation loss has not improved for {} epochs", state.epoch, config.patience);
+            eprintln!(
+                "early stop after epoch {}: validation loss has not improved for {} epochs",
+                state.epoch, config.patience
+            );
             break;
         }
     }

@@ -25,30 +25,57 @@ pub enum ModelCommand {
 
 pub fn run(command: ModelCommand) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        ModelCommand::Info { preset, config, json } => {
+        ModelCommand::Info {
+            preset,
+            config,
+            json,
+        } => {
             let (name, config) = match (preset, config) {
                 (_, Some(path)) => {
-                    let file = if path.is_dir() { path.join("config.json") } else { path };
+                    let file = if path.is_dir() {
+                        path.join("config.json")
+                    } else {
+                        path
+                    };
                     (file.display().to_string(), Gemma3Config::from_file(&file)?)
                 }
                 (Some(p), None) => (p.clone(), Gemma3Config::preset(&p)?),
-                (None, None) => return Err(format!("give --preset ({}) or --config", PRESETS.join(", ")).into()),
+                (None, None) => {
+                    return Err(
+                        format!("give --preset ({}) or --config", PRESETS.join(", ")).into(),
+                    );
+                }
             };
             let counts = config.parameter_counts();
             if json {
-                println!("{}", serde_json::json!({"model": name, "parameters": counts, "total": counts.total()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"model": name, "parameters": counts, "total": counts.total()})
+                );
                 return Ok(());
             }
             let v = &config.vision_config;
             let t = &config.text_config;
             let kinds = config.layer_kinds();
-            let global = kinds.iter().filter(|k| **k == chex_grpo::model::LayerKind::FullAttention).count();
+            let global = kinds
+                .iter()
+                .filter(|k| **k == chex_grpo::model::LayerKind::FullAttention)
+                .count();
             println!("model {name}");
             println!(
                 "  vision   SigLIP {}×{} px, {}-px patches, {} layers × {} wide, {} heads",
-                v.image_size, v.image_size, v.patch_size, v.num_hidden_layers, v.hidden_size, v.num_attention_heads
+                v.image_size,
+                v.image_size,
+                v.patch_size,
+                v.num_hidden_layers,
+                v.hidden_size,
+                v.num_attention_heads
             );
-            println!("  projector {} patches pooled to {} image tokens", config.patches_per_side().pow(2), config.mm_tokens_per_image);
+            println!(
+                "  projector {} patches pooled to {} image tokens",
+                config.patches_per_side().pow(2),
+                config.mm_tokens_per_image
+            );
             println!(
                 "  decoder  Gemma 3, {} layers ({} global, {} sliding window {}) × {} wide, {} query / {} key-value heads of {}, vocabulary {}",
                 t.num_hidden_layers,

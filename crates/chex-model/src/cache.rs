@@ -11,7 +11,13 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &Device) -> Self {
+    fn new(
+        batch: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> Self {
         let shape = [batch, kv_heads, capacity, head_dim];
         Self {
             keys: Some(Tensor::zeros(shape, device)),
@@ -91,7 +97,9 @@ impl KvCache {
         }
         let repeat = |t: Tensor<4>| {
             let [b, h, c, d] = t.dims();
-            t.unsqueeze_dim::<5>(1).expand([b, times, h, c, d]).reshape([b * times, h, c, d])
+            t.unsqueeze_dim::<5>(1)
+                .expand([b, times, h, c, d])
+                .reshape([b * times, h, c, d])
         };
         for layer in &mut self.layers {
             layer.keys = layer.keys.take().map(repeat);

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    ApplyError, BurnToPyTorchAdapter, ChainAdapter, KeyRemapper, ModuleAdapter, ModuleContext, ModuleSnapshot,
-    PyTorchToBurnAdapter, SafetensorsStore, bridge,
+    ApplyError, BurnToPyTorchAdapter, ChainAdapter, KeyRemapper, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
 use burn::tensor::{Device, Shape, TensorData};
 
@@ -67,7 +67,10 @@ pub fn key_remapper() -> KeyRemapper {
         (r"^language_model\.lm_head\.", "lm_head."),
         (r"^vision_tower\.", "model.vision_tower."),
         (r"^multi_modal_projector\.", "model.multi_modal_projector."),
-        (r"^model\.vision_tower\.vision_model\.", "model.vision_tower."),
+        (
+            r"^model\.vision_tower\.vision_model\.",
+            "model.vision_tower.",
+        ),
     ];
     KeyRemapper::from_patterns(patterns.to_vec()).expect("the patterns are valid regexes")
 }
@@ -84,10 +87,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         path: dir.display().to_string(),
         message: "holds neither model.safetensors nor model.safetensors.index.json".into(),
     })?;
-    let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
-        path: index.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
+            path: index.display().to_string(),
+            message: e.to_string(),
+        })?;
     let map = parsed
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -100,7 +104,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 }
 
 /// Load a Hugging Face checkpoint folder (`config.json` and safetensors weights).
-pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Gemma3ForConditionalGeneration, ModelError> {
+pub fn from_pretrained(
+    dir: &Path,
+    device: &Device,
+) -> Result<Gemma3ForConditionalGeneration, ModelError> {
     let config = Gemma3Config::from_file(&dir.join("config.json"))?;
     let mut model = Gemma3ForConditionalGeneration::new(&config, device);
     load_weights(&mut model, &weight_files(dir)?)?;
@@ -109,7 +116,10 @@ pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Gemma3ForCondition
 
 /// Fill `model` from safetensors files. Every parameter must be found exactly once with the
 /// expected shape; keys the model does not have are refused unless known to be unused.
-pub fn load_weights(model: &mut Gemma3ForConditionalGeneration, files: &[PathBuf]) -> Result<(), ModelError> {
+pub fn load_weights(
+    model: &mut Gemma3ForConditionalGeneration,
+    files: &[PathBuf],
+) -> Result<(), ModelError> {
     let expected: BTreeSet<String> = model
         .collect(None, None, false)
         .into_iter()
@@ -124,10 +134,12 @@ pub fn load_weights(model: &mut Gemma3ForConditionalGeneration, files: &[PathBuf
             .with_from_adapter(ChainAdapter::new(PyTorchToBurnAdapter, LoraLinearLayout))
             .allow_partial(true)
             .validate(false);
-        let result = model.load_from(&mut store).map_err(|e| ModelError::Checkpoint {
-            path: path.clone(),
-            message: format!("cannot be read as safetensors ({e}); is the file truncated?"),
-        })?;
+        let result = model
+            .load_from(&mut store)
+            .map_err(|e| ModelError::Checkpoint {
+                path: path.clone(),
+                message: format!("cannot be read as safetensors ({e}); is the file truncated?"),
+            })?;
         if let Some(error) = result.errors.first() {
             return Err(match error {
                 ApplyError::ShapeMismatch {
@@ -148,17 +160,24 @@ pub fn load_weights(model: &mut Gemma3ForConditionalGeneration, files: &[PathBuf
         }
         let tied = model.config.text_config.tie_word_embeddings;
         if let Some(unused) = result.unused.iter().find(|k| {
-            !UNUSED_PREFIXES.iter().any(|p| k.starts_with(p)) && !(tied && k.as_str() == "lm_head.weight")
+            !UNUSED_PREFIXES.iter().any(|p| k.starts_with(p))
+                && !(tied && k.as_str() == "lm_head.weight")
         }) {
             return Err(ModelError::Checkpoint {
                 path,
-                message: format!("tensor `{unused}` does not belong to this model (check config.json)"),
+                message: format!(
+                    "tensor `{unused}` does not belong to this model (check config.json)"
+                ),
             });
         }
         applied.extend(result.applied);
     }
     if let Some(missing) = expected.difference(&applied).next() {
-        let listing = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+        let listing = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(ModelError::MissingTensor {
             path: listing,
             key: missing.clone(),
@@ -170,7 +189,10 @@ pub fn load_weights(model: &mut Gemma3ForConditionalGeneration, files: &[PathBuf
 /// Write `config.json` and `model.safetensors` in the Hugging Face layout (LoRA adapters are
 /// saved separately, see [`crate::lora`]). The weights file is written to a temporary file and
 /// renamed, so an interrupted save never leaves a truncated checkpoint behind.
-pub fn save_pretrained(model: &Gemma3ForConditionalGeneration, dir: &Path) -> Result<(), ModelError> {
+pub fn save_pretrained(
+    model: &Gemma3ForConditionalGeneration,
+    dir: &Path,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -181,10 +203,12 @@ pub fn save_pretrained(model: &Gemma3ForConditionalGeneration, dir: &Path) -> Re
         .with_to_adapter(ChainAdapter::new(BurnToPyTorchAdapter, LoraLinearLayout))
         .metadata("format", "pt")
         .overwrite(true);
-    model.save_into(&mut store).map_err(|e| ModelError::Checkpoint {
-        path: weights.display().to_string(),
-        message: e.to_string(),
-    })?;
+    model
+        .save_into(&mut store)
+        .map_err(|e| ModelError::Checkpoint {
+            path: weights.display().to_string(),
+            message: e.to_string(),
+        })?;
     write_atomic(&dir.join("config.json"), model.config.to_json().as_bytes())
 }
 

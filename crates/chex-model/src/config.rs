@@ -220,9 +220,8 @@ impl Gemma3Config {
         if let Some(map) = value.as_object_mut() {
             map.entry("model_type")
                 .or_insert_with(|| serde_json::Value::String("gemma3".into()));
-            map.entry("architectures").or_insert_with(|| {
-                serde_json::json!(["Gemma3ForConditionalGeneration"])
-            });
+            map.entry("architectures")
+                .or_insert_with(|| serde_json::json!(["Gemma3ForConditionalGeneration"]));
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
@@ -381,13 +380,19 @@ impl Gemma3Config {
         if t.hidden_activation != "gelu_pytorch_tanh" {
             return bad(
                 "text_config.hidden_activation",
-                format!("`{}` is not supported (expected gelu_pytorch_tanh)", t.hidden_activation),
+                format!(
+                    "`{}` is not supported (expected gelu_pytorch_tanh)",
+                    t.hidden_activation
+                ),
             );
         }
         if v.hidden_act != "gelu_pytorch_tanh" {
             return bad(
                 "vision_config.hidden_act",
-                format!("`{}` is not supported (expected gelu_pytorch_tanh)", v.hidden_act),
+                format!(
+                    "`{}` is not supported (expected gelu_pytorch_tanh)",
+                    v.hidden_act
+                ),
             );
         }
         if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
@@ -400,18 +405,30 @@ impl Gemma3Config {
             );
         }
         if t.head_dim % 2 != 0 {
-            return bad("text_config.head_dim", format!("{} is odd; rotary embeddings need an even width", t.head_dim));
+            return bad(
+                "text_config.head_dim",
+                format!(
+                    "{} is odd; rotary embeddings need an even width",
+                    t.head_dim
+                ),
+            );
         }
         if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
             return bad(
                 "vision_config.num_attention_heads",
-                format!("{} does not divide hidden_size = {}", v.num_attention_heads, v.hidden_size),
+                format!(
+                    "{} does not divide hidden_size = {}",
+                    v.num_attention_heads, v.hidden_size
+                ),
             );
         }
         if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
             return bad(
                 "vision_config.patch_size",
-                format!("{} does not divide image_size = {}", v.patch_size, v.image_size),
+                format!(
+                    "{} does not divide image_size = {}",
+                    v.patch_size, v.image_size
+                ),
             );
         }
         let side = (self.mm_tokens_per_image as f64).sqrt().round() as usize;
@@ -439,7 +456,10 @@ impl Gemma3Config {
             ("eoi_token_index", self.eoi_token_index),
         ] {
             if id as usize >= t.vocab_size {
-                return bad(name, format!("{id} is outside the vocabulary of {}", t.vocab_size));
+                return bad(
+                    name,
+                    format!("{id} is outside the vocabulary of {}", t.vocab_size),
+                );
             }
         }
         for kind in [LayerKind::FullAttention, LayerKind::SlidingAttention] {
@@ -447,7 +467,10 @@ impl Gemma3Config {
             if rope.rope_type != "default" && rope.rope_type != "linear" {
                 return bad(
                     "text_config.rope_parameters",
-                    format!("rope_type `{}` is not supported (default or linear)", rope.rope_type),
+                    format!(
+                        "rope_type `{}` is not supported (default or linear)",
+                        rope.rope_type
+                    ),
                 );
             }
         }
@@ -486,7 +509,9 @@ impl Gemma3Config {
             LayerKind::FullAttention => {
                 let scaling = t.rope_scaling.as_ref().filter(|s| s.rope_type != "default");
                 RopeParameters {
-                    rope_type: scaling.map(|s| s.rope_type.clone()).unwrap_or_else(default_rope_type),
+                    rope_type: scaling
+                        .map(|s| s.rope_type.clone())
+                        .unwrap_or_else(default_rope_type),
                     rope_theta: t.rope_theta.unwrap_or(1_000_000.0),
                     factor: scaling.and_then(|s| s.factor),
                 }
@@ -571,7 +596,8 @@ impl Gemma3Config {
         let t = &self.text_config;
         let patches = self.patches_per_side() * self.patches_per_side();
         let vd = v.hidden_size;
-        let vision_layer = 4 * (vd * vd + vd) + 2 * (vd * v.intermediate_size) + v.intermediate_size + vd + 4 * vd;
+        let vision_layer =
+            4 * (vd * vd + vd) + 2 * (vd * v.intermediate_size) + v.intermediate_size + vd + 4 * vd;
         let vision = v.num_channels * v.patch_size * v.patch_size * vd
             + vd
             + patches * vd
@@ -590,7 +616,11 @@ impl Gemma3Config {
             projector,
             embedding: t.vocab_size * d,
             decoder,
-            lm_head: if t.tie_word_embeddings { 0 } else { t.vocab_size * d },
+            lm_head: if t.tie_word_embeddings {
+                0
+            } else {
+                t.vocab_size * d
+            },
         }
     }
 }
@@ -604,10 +634,15 @@ mod tests {
         for name in PRESETS {
             Gemma3Config::preset(name).unwrap();
         }
-        let counts = Gemma3Config::preset("medgemma-4b").unwrap().parameter_counts();
+        let counts = Gemma3Config::preset("medgemma-4b")
+            .unwrap()
+            .parameter_counts();
         // Hugging Face reports 4,300,079,472 parameters for google/medgemma-4b-it.
         assert_eq!(counts.total(), 4_300_079_472, "{counts:?}");
-        let tiny = Gemma3Config::preset("tiny").unwrap().parameter_counts().total();
+        let tiny = Gemma3Config::preset("tiny")
+            .unwrap()
+            .parameter_counts()
+            .total();
         assert!((1_000_000..10_000_000).contains(&tiny), "{tiny}");
     }
 
@@ -617,9 +652,18 @@ mod tests {
         let kinds = c.layer_kinds();
         assert_eq!(kinds[5], LayerKind::FullAttention);
         assert_eq!(kinds[4], LayerKind::SlidingAttention);
-        assert_eq!(kinds.iter().filter(|k| **k == LayerKind::FullAttention).count(), 5);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == LayerKind::FullAttention)
+                .count(),
+            5
+        );
         let global = c.rope_for(LayerKind::FullAttention);
-        assert_eq!((global.rope_type.as_str(), global.factor), ("linear", Some(8.0)));
+        assert_eq!(
+            (global.rope_type.as_str(), global.factor),
+            ("linear", Some(8.0))
+        );
     }
 
     #[test]
@@ -627,10 +671,18 @@ mod tests {
         let mut c = Gemma3Config::preset("tiny").unwrap();
         c.text_config.hidden_activation = "relu".into();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("text_config.hidden_activation") && err.contains("relu"), "{err}");
+        assert!(
+            err.contains("text_config.hidden_activation") && err.contains("relu"),
+            "{err}"
+        );
         let mut c = Gemma3Config::preset("tiny").unwrap();
         c.mm_tokens_per_image = 15;
-        assert!(c.validate().unwrap_err().to_string().contains("mm_tokens_per_image"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mm_tokens_per_image")
+        );
     }
 
     #[test]

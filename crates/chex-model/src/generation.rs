@@ -84,14 +84,19 @@ pub fn generate(
         Some(p) => {
             let n = p.dims()[0];
             if n != prompts.len() {
-                return Err(ModelError::Generation(format!("{n} images for {} prompts", prompts.len())));
+                return Err(ModelError::Generation(format!(
+                    "{n} images for {} prompts",
+                    prompts.len()
+                )));
             }
             Some(model.encode_images(p)?)
         }
         None => None,
     };
     if features.is_none() && prompts.iter().any(|p| p.image_block.is_some()) {
-        return Err(ModelError::Generation("prompts have image tokens but no images were given".into()));
+        return Err(ModelError::Generation(
+            "prompts have image tokens but no images were given".into(),
+        ));
     }
     let rows: Vec<&[u32]> = prompts.iter().map(|p| p.ids.as_slice()).collect();
     let blocks: Vec<_> = prompts.iter().map(|p| p.image_block.clone()).collect();
@@ -133,12 +138,17 @@ pub fn generate(
     // A transposed view would be copied to a contiguous matrix at every step; copy it once.
     let head = model.output_head();
     let head = Tensor::<2>::from_data(head.into_data(), device);
-    let mut cache = config.use_cache.then(|| model.new_cache(prompts.len(), capacity, device));
+    let mut cache = config
+        .use_cache
+        .then(|| model.new_cache(prompts.len(), capacity, device));
     let tokens = token_tensor(&ids, prompts.len(), width, device);
     let hidden = model.forward_hidden(tokens, &prompt_layout, images, cache.as_mut());
     let [p, _, d] = hidden.dims();
     let last = hidden.slice([0..p, width - 1..width, 0..d]);
-    let mut logits = repeat_rows(model.logits_with_head(last, &head).reshape([p, vocab]), group);
+    let mut logits = repeat_rows(
+        model.logits_with_head(last, &head).reshape([p, vocab]),
+        group,
+    );
     if let Some(cache) = cache.as_mut() {
         cache.repeat_rows(group);
     }
@@ -176,7 +186,9 @@ pub fn generate(
             }
             next.push(token);
         }
-        if finished.iter().all(|f| *f) || out.iter().all(|c| c.tokens.len() == config.max_new_tokens) {
+        if finished.iter().all(|f| *f)
+            || out.iter().all(|c| c.tokens.len() == config.max_new_tokens)
+        {
             break;
         }
         let images = features.as_ref().map(|f| ImageInputs {
@@ -187,7 +199,9 @@ pub fn generate(
             Some(cache) => {
                 let step = token_tensor(&next, batch, 1, device);
                 let hidden = model.forward_hidden(step, &layout, None, Some(cache));
-                model.logits_with_head(hidden, &head).reshape([batch, vocab])
+                model
+                    .logits_with_head(hidden, &head)
+                    .reshape([batch, vocab])
             }
             None => {
                 history = history
@@ -211,5 +225,7 @@ fn repeat_rows(t: Tensor<2>, times: usize) -> Tensor<2> {
         return t;
     }
     let [b, v] = t.dims();
-    t.unsqueeze_dim::<3>(1).expand([b, times, v]).reshape([b * times, v])
+    t.unsqueeze_dim::<3>(1)
+        .expand([b, times, v])
+        .reshape([b * times, v])
 }

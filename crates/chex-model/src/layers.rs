@@ -103,7 +103,11 @@ impl LoraLinear {
 
     /// Apply the layer to `[..., d_in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let base = burn::tensor::module::linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
         match &self.lora {
             None => base,
             Some(lora) => {
@@ -120,7 +124,11 @@ impl LoraLinear {
     pub fn attach_lora(mut self, shape: LoraShape, device: &Device) -> Self {
         let [d_in, d_out] = self.dims();
         let bound = (1.0 / d_in as f64).sqrt();
-        let a = Tensor::random([d_in, shape.rank], Distribution::Uniform(-bound, bound), device);
+        let a = Tensor::random(
+            [d_in, shape.rank],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
         let b = Tensor::zeros([shape.rank, d_out], device);
         self.weight = self.weight.set_require_grad(false);
         self.bias = self.bias.map(|b| b.set_require_grad(false));

@@ -16,7 +16,15 @@ use crate::layers::{LoraLinear, LoraShape, LoraWeights};
 use crate::vlm::Gemma3ForConditionalGeneration;
 
 /// The projections LoRA may target, by their checkpoint names.
-pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// Which layers get adapters and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +88,14 @@ pub fn for_each_linear(
             f(&format!("{base}.{name}"), linear)?;
         }
     }
-    for (i, layer) in model.model.vision_tower.encoder.layers.iter_mut().enumerate() {
+    for (i, layer) in model
+        .model
+        .vision_tower
+        .encoder
+        .layers
+        .iter_mut()
+        .enumerate()
+    {
         let base = format!("model.vision_tower.encoder.layers.{i}");
         let a = &mut layer.self_attn;
         for (name, linear) in [
@@ -98,7 +113,11 @@ pub fn for_each_linear(
 }
 
 /// Freeze every base weight and attach fresh adapters to the targeted projections.
-pub fn apply_lora(model: Gemma3ForConditionalGeneration, config: &LoraConfig, device: &Device) -> Gemma3ForConditionalGeneration {
+pub fn apply_lora(
+    model: Gemma3ForConditionalGeneration,
+    config: &LoraConfig,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
     let mut model = model.freeze();
     let _ = for_each_linear(&mut model, &mut |path, linear| {
         if config.targets(path) {
@@ -119,7 +138,10 @@ fn placeholder(device: &Device) -> LoraLinear {
 }
 
 /// Fold every adapter into its base weight.
-pub fn merge_lora(mut model: Gemma3ForConditionalGeneration, device: &Device) -> Gemma3ForConditionalGeneration {
+pub fn merge_lora(
+    mut model: Gemma3ForConditionalGeneration,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
     let _ = for_each_linear(&mut model, &mut |_, linear| {
         let taken = std::mem::replace(linear, placeholder(device));
         *linear = taken.merge_lora();
@@ -134,7 +156,8 @@ pub fn adapter_parameter_count(model: &Gemma3ForConditionalGeneration) -> usize 
     let mut count = 0;
     let _ = for_each_linear(&mut model, &mut |_, linear| {
         if let Some(l) = &linear.lora {
-            count += l.a.val().dims().iter().product::<usize>() + l.b.val().dims().iter().product::<usize>();
+            count += l.a.val().dims().iter().product::<usize>()
+                + l.b.val().dims().iter().product::<usize>();
         }
         Ok(())
     });
@@ -163,7 +186,11 @@ struct PeftConfig {
 const PEFT_PREFIX: &str = "base_model.model.";
 
 /// Write the adapters as PEFT does: `adapter_config.json` and `adapter_model.safetensors`.
-pub fn save_adapter(model: &Gemma3ForConditionalGeneration, config: &LoraConfig, dir: &Path) -> Result<(), ModelError> {
+pub fn save_adapter(
+    model: &Gemma3ForConditionalGeneration,
+    config: &LoraConfig,
+    dir: &Path,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -176,10 +203,14 @@ pub fn save_adapter(model: &Gemma3ForConditionalGeneration, config: &LoraConfig,
             for (name, factor) in [("lora_A", &lora.a), ("lora_B", &lora.b)] {
                 let t = factor.val().transpose();
                 let dims = t.dims().to_vec();
-                let values = t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| ModelError::Adapter {
-                    path: path.to_string(),
-                    message: format!("{e:?}"),
-                })?;
+                let values = t
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| ModelError::Adapter {
+                        path: path.to_string(),
+                        message: format!("{e:?}"),
+                    })?;
                 tensors.push((format!("{PEFT_PREFIX}{path}.{name}.weight"), values, dims));
             }
         }
@@ -189,8 +220,9 @@ pub fn save_adapter(model: &Gemma3ForConditionalGeneration, config: &LoraConfig,
         .iter()
         .map(|(name, values, dims)| {
             let bytes: &[u8] = bytemuck::cast_slice(values);
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
-                .expect("shape and byte length agree");
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
+                    .expect("shape and byte length agree");
             (name.clone(), view)
         })
         .collect();
@@ -229,8 +261,10 @@ pub fn load_adapter(
         path: path.display().to_string(),
         message,
     };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| err(&config_path, e.to_string()))?;
-    let peft: PeftConfig = serde_json::from_str(&text).map_err(|e| err(&config_path, e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| err(&config_path, e.to_string()))?;
+    let peft: PeftConfig =
+        serde_json::from_str(&text).map_err(|e| err(&config_path, e.to_string()))?;
     if peft.peft_type != "LORA" || peft.use_dora || peft.use_rslora {
         return Err(err(
             &config_path,
@@ -242,15 +276,23 @@ pub fn load_adapter(
     }
     let weights_path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| err(&weights_path, e.to_string()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(&weights_path, format!("cannot be read as safetensors ({e}); is the file truncated?")))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        err(
+            &weights_path,
+            format!("cannot be read as safetensors ({e}); is the file truncated?"),
+        )
+    })?;
     let read = |key: &str| -> Result<Option<(Vec<f32>, Vec<usize>)>, ModelError> {
         let view = match file.tensor(key) {
             Ok(v) => v,
             Err(_) => return Ok(None),
         };
         let values = match view.dtype() {
-            safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             safetensors::Dtype::BF16 => view
                 .data()
                 .chunks_exact(2)
@@ -261,7 +303,12 @@ pub fn load_adapter(
                 .chunks_exact(2)
                 .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
                 .collect(),
-            other => return Err(err(&weights_path, format!("tensor `{key}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(err(
+                    &weights_path,
+                    format!("tensor `{key}` has unsupported dtype {other:?}"),
+                ));
+            }
         };
         Ok(Some((values, view.shape().to_vec())))
     };
@@ -280,7 +327,10 @@ pub fn load_adapter(
             return Ok(());
         };
         let [d_in, d_out] = linear.dims();
-        for (key, found, expected) in [(&key_a, &a_shape, vec![peft.r, d_in]), (&key_b, &b_shape, vec![d_out, peft.r])] {
+        for (key, found, expected) in [
+            (&key_a, &a_shape, vec![peft.r, d_in]),
+            (&key_b, &b_shape, vec![d_out, peft.r]),
+        ] {
             if *found != expected {
                 return Err(ModelError::TensorShape {
                     path: weights_path.display().to_string(),
@@ -315,10 +365,17 @@ pub fn load_adapter(
         });
         let stray = known
             .iter()
-            .find(|k| !paths.iter().any(|p| k.starts_with(&format!("{PEFT_PREFIX}{p}."))))
+            .find(|k| {
+                !paths
+                    .iter()
+                    .any(|p| k.starts_with(&format!("{PEFT_PREFIX}{p}.")))
+            })
             .cloned()
             .unwrap_or_default();
-        return Err(err(&weights_path, format!("tensor `{stray}` matches no layer of this model")));
+        return Err(err(
+            &weights_path,
+            format!("tensor `{stray}` matches no layer of this model"),
+        ));
     }
     let include_vision = file.names().iter().any(|n| n.contains("vision_tower"));
     let config = LoraConfig {

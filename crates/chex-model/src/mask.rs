@@ -88,10 +88,20 @@ impl BatchLayout {
 mod tests {
     use super::*;
 
-    fn allowed(layout: &BatchLayout, q: Range<usize>, k: Range<usize>, w: Option<usize>) -> Vec<bool> {
+    fn allowed(
+        layout: &BatchLayout,
+        q: Range<usize>,
+        k: Range<usize>,
+        w: Option<usize>,
+    ) -> Vec<bool> {
         let device = Device::default();
         let m = layout.mask(q, k, w, &device);
-        m.to_data().try_to_vec::<bool>().unwrap().into_iter().map(|f| !f).collect()
+        m.to_data()
+            .try_to_vec::<bool>()
+            .unwrap()
+            .into_iter()
+            .map(|f| !f)
+            .collect()
     }
 
     #[test]

@@ -27,12 +27,20 @@ pub struct EncodedPrompt {
 }
 
 /// Tokenize a chat prompt and check it holds exactly one block of `image_tokens` image tokens.
-pub fn encode_prompt(tokenizer: &ChexTokenizer, question: &str, image_tokens: usize) -> Result<EncodedPrompt, ModelError> {
+pub fn encode_prompt(
+    tokenizer: &ChexTokenizer,
+    question: &str,
+    image_tokens: usize,
+) -> Result<EncodedPrompt, ModelError> {
     let ids = tokenizer.encode(&chat_prompt(question, image_tokens))?;
     let first = ids.iter().position(|&t| t == tokenizer.image);
     let count = ids.iter().filter(|&&t| t == tokenizer.image).count();
     let image_block = first.map(|f| f..f + count);
-    if count != image_tokens || image_block.as_ref().is_some_and(|b| ids[b.clone()].iter().any(|&t| t != tokenizer.image)) {
+    if count != image_tokens
+        || image_block
+            .as_ref()
+            .is_some_and(|b| ids[b.clone()].iter().any(|&t| t != tokenizer.image))
+    {
         return Err(ModelError::Tokenizer {
             path: "(prompt)".into(),
             message: format!("expected one block of {image_tokens} image tokens, found {count}"),
@@ -42,7 +50,11 @@ pub fn encode_prompt(tokenizer: &ChexTokenizer, question: &str, image_tokens: us
 }
 
 /// Left-pad rows to one width: row-major ids and the layout the masks need.
-pub fn left_pad(rows: &[&[u32]], image_blocks: &[Option<Range<usize>>], pad: u32) -> (Vec<u32>, usize, BatchLayout) {
+pub fn left_pad(
+    rows: &[&[u32]],
+    image_blocks: &[Option<Range<usize>>],
+    pad: u32,
+) -> (Vec<u32>, usize, BatchLayout) {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len() * width);
     let mut layout = BatchLayout::default();
@@ -52,7 +64,10 @@ pub fn left_pad(rows: &[&[u32]], image_blocks: &[Option<Range<usize>>], pad: u32
         ids.extend_from_slice(row);
         layout.rows.push(RowLayout {
             padding,
-            image_blocks: block.iter().map(|b| b.start + padding..b.end + padding).collect(),
+            image_blocks: block
+                .iter()
+                .map(|b| b.start + padding..b.end + padding)
+                .collect(),
         });
     }
     (ids, width, layout)

@@ -56,7 +56,13 @@ impl RotaryTable {
 
     /// Cos and sin for row-major `positions` of a `[batch, len]` block, shaped
     /// `[batch, 1, len, head_dim]`. Positions past the table are clamped to its last row.
-    pub fn lookup(&self, positions: &[usize], batch: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    pub fn lookup(
+        &self,
+        positions: &[usize],
+        batch: usize,
+        len: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
         let d = self.head_dim;
         let mut cos = Vec::with_capacity(positions.len() * d);
         let mut sin = Vec::with_capacity(positions.len() * d);

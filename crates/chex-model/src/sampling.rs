@@ -52,9 +52,16 @@ pub fn row_rng(seed: u64, row: usize) -> ChaCha8Rng {
 /// temperature-scaled distribution before top-k/top-p truncation, which is what the GRPO
 /// objective compares new log-probs against (as TRL does).
 pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rng) -> (u32, f32) {
-    let temperature = if config.is_greedy() { 1.0 } else { config.temperature };
+    let temperature = if config.is_greedy() {
+        1.0
+    } else {
+        config.temperature
+    };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
+    let weights: Vec<f32> = logits
+        .iter()
+        .map(|&l| ((l - max) / temperature).exp())
+        .collect();
     let sum: f64 = weights.iter().map(|&w| w as f64).sum();
     let log_norm = sum.ln() as f32;
     let logprob = |i: usize| (logits[i] - max) / temperature - log_norm;
@@ -69,7 +76,11 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rn
         .enumerate()
         .map(|(i, w)| ((!w.to_bits() as u64) << 32) | i as u64)
         .collect();
-    let limit = if config.top_k > 0 { config.top_k.min(keys.len()) } else { keys.len() };
+    let limit = if config.top_k > 0 {
+        config.top_k.min(keys.len())
+    } else {
+        keys.len()
+    };
     if limit < keys.len() {
         keys.select_nth_unstable(limit - 1);
         keys.truncate(limit);
@@ -134,7 +145,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = row_rng(seed, 3);
-            (0..200).map(|_| sample_token(&logits, &config, &mut rng).0).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| sample_token(&logits, &config, &mut rng).0)
+                .collect::<Vec<_>>()
         };
         let a = draw(1);
         assert!(a.iter().all(|&t| t < 2), "tail tokens are never drawn");

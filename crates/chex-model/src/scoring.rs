@@ -44,7 +44,12 @@ pub fn score_completions(
     let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
     let blocks: Vec<_> = rows.iter().map(|r| r.image_block.cloned()).collect();
     let (prompt_ids, width, layout) = left_pad(&prompts, &blocks, 0);
-    let longest = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
+    let longest = rows
+        .iter()
+        .map(|r| r.completion.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let batch = rows.len();
     let total = width + longest;
     let mut ids = Vec::with_capacity(batch * total);
@@ -60,16 +65,25 @@ pub fn score_completions(
         }
     }
     let layout = BatchLayout { rows: layout.rows };
-    let hidden = model.forward_hidden(token_tensor(&ids, batch, total, device), &layout, images, None);
+    let hidden = model.forward_hidden(
+        token_tensor(&ids, batch, total, device),
+        &layout,
+        images,
+        None,
+    );
     let [_, _, d] = hidden.dims();
     // The hidden state at slot t predicts the token at slot t + 1.
     let predicting = hidden.slice([0..batch, width - 1..total - 1, 0..d]);
     let logits = model.logits(predicting) / temperature.max(1e-6) as f64;
     let logp = log_softmax(logits, 2);
-    let targets: Tensor<3, Int> = Tensor::from_data(TensorData::new(targets, [batch, longest, 1]), device);
+    let targets: Tensor<3, Int> =
+        Tensor::from_data(TensorData::new(targets, [batch, longest, 1]), device);
     let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, longest]), device);
     let chosen = logp.clone().gather(2, targets).reshape([batch, longest]);
-    let entropies = (logp.clone().exp() * logp).sum_dim(2).reshape([batch, longest]).neg();
+    let entropies = (logp.clone().exp() * logp)
+        .sum_dim(2)
+        .reshape([batch, longest])
+        .neg();
     TokenScores {
         logprobs: chosen * mask.clone(),
         entropies: entropies * mask.clone(),

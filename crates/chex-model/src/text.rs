@@ -48,8 +48,16 @@ impl TextSpec {
         let t = &config.text_config;
         Self {
             layer_kinds: config.layer_kinds(),
-            rope_global: RotaryTable::new(&config.rope_for(LayerKind::FullAttention), t.head_dim, max_positions),
-            rope_local: RotaryTable::new(&config.rope_for(LayerKind::SlidingAttention), t.head_dim, max_positions),
+            rope_global: RotaryTable::new(
+                &config.rope_for(LayerKind::FullAttention),
+                t.head_dim,
+                max_positions,
+            ),
+            rope_local: RotaryTable::new(
+                &config.rope_for(LayerKind::SlidingAttention),
+                t.head_dim,
+                max_positions,
+            ),
             sliding_window: t.sliding_window,
             heads: t.num_attention_heads,
             kv_heads: t.num_key_value_heads,
@@ -187,7 +195,14 @@ impl Gemma3TextModel {
     ///
     /// `cached` says whether keys come from a cache holding slots `0..start+len`; without one
     /// the keys are this call's tokens alone.
-    pub fn step_inputs(&self, layout: &BatchLayout, start: usize, len: usize, cached: bool, device: &Device) -> StepInputs {
+    pub fn step_inputs(
+        &self,
+        layout: &BatchLayout,
+        start: usize,
+        len: usize,
+        cached: bool,
+        device: &Device,
+    ) -> StepInputs {
         let spec = &self.spec;
         let batch = layout.rows.len();
         let positions = layout.positions(start, len);
@@ -200,19 +215,31 @@ impl Gemma3TextModel {
         } else {
             key_start
         };
-        let group = |mask: Tensor<4, Bool>| expand_for_groups(mask, spec.heads / spec.kv_heads, spec.kv_heads);
+        let group = |mask: Tensor<4, Bool>| {
+            expand_for_groups(mask, spec.heads / spec.kv_heads, spec.kv_heads)
+        };
         StepInputs {
             rope_global: spec.rope_global.lookup(&positions, batch, len, device),
             rope_local: spec.rope_local.lookup(&positions, batch, len, device),
             mask_global: group(layout.mask(start..end, key_start..end, None, device)),
-            mask_local: group(layout.mask(start..end, local_read_from..end, Some(spec.sliding_window), device)),
+            mask_local: group(layout.mask(
+                start..end,
+                local_read_from..end,
+                Some(spec.sliding_window),
+                device,
+            )),
             start,
             local_read_from: local_read_from - key_start,
         }
     }
 
     /// Run the decoder layers on embeddings `[batch, len, hidden]` and apply the final norm.
-    pub fn forward_embeddings(&self, mut x: Tensor<3>, step: &StepInputs, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward_embeddings(
+        &self,
+        mut x: Tensor<3>,
+        step: &StepInputs,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         for (index, layer) in self.layers.iter().enumerate() {
             let kind = self.spec.layer_kinds[index];
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
@@ -247,9 +274,17 @@ impl Gemma3DecoderLayer {
         spec: &TextSpec,
         cache: Option<&mut crate::cache::LayerCache>,
     ) -> Tensor<3> {
-        let h = self.self_attn.forward(self.input_layernorm.forward(x.clone()), kind, step, spec, cache);
+        let h = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            kind,
+            step,
+            spec,
+            cache,
+        );
         let x = x + self.post_attention_layernorm.forward(h);
-        let h = self.mlp.forward(self.pre_feedforward_layernorm.forward(x.clone()));
+        let h = self
+            .mlp
+            .forward(self.pre_feedforward_layernorm.forward(x.clone()));
         x + self.post_feedforward_layernorm.forward(h)
     }
 }
@@ -269,9 +304,23 @@ impl Gemma3Attention {
             LayerKind::FullAttention => (&step.rope_global, &step.mask_global),
             LayerKind::SlidingAttention => (&step.rope_local, &step.mask_local),
         };
-        let q = self.q_norm.forward(self.q_proj.forward(x.clone()).reshape([b, len, heads, d])).swap_dims(1, 2);
-        let k = self.k_norm.forward(self.k_proj.forward(x.clone()).reshape([b, len, kv_heads, d])).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, len, kv_heads, d]).swap_dims(1, 2);
+        let q = self
+            .q_norm
+            .forward(self.q_proj.forward(x.clone()).reshape([b, len, heads, d]))
+            .swap_dims(1, 2);
+        let k = self
+            .k_norm
+            .forward(
+                self.k_proj
+                    .forward(x.clone())
+                    .reshape([b, len, kv_heads, d]),
+            )
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, len, kv_heads, d])
+            .swap_dims(1, 2);
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
         let (k, v) = match cache {
@@ -286,7 +335,10 @@ impl Gemma3Attention {
                 LayerKind::SlidingAttention if step.local_read_from > 0 => {
                     let keys = k.dims()[2];
                     let r = step.local_read_from..keys;
-                    (k.slice([0..b, 0..kv_heads, r.clone(), 0..d]), v.slice([0..b, 0..kv_heads, r, 0..d]))
+                    (
+                        k.slice([0..b, 0..kv_heads, r.clone(), 0..d]),
+                        v.slice([0..b, 0..kv_heads, r, 0..d]),
+                    )
                 }
                 _ => (k, v),
             },
@@ -305,7 +357,10 @@ impl Gemma3Attention {
         } else {
             attention(q, k, v, Some(mask.clone()), None, options)
         };
-        let out = out.reshape([b, heads, len, d]).swap_dims(1, 2).reshape([b, len, heads * d]);
+        let out = out
+            .reshape([b, heads, len, d])
+            .swap_dims(1, 2)
+            .reshape([b, len, heads * d]);
         self.o_proj.forward(out)
     }
 }

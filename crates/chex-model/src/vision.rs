@@ -83,7 +83,11 @@ impl SiglipVisionModel {
     pub fn new(config: &VisionConfig, device: &Device) -> Self {
         let d = config.hidden_size;
         let patches = (config.image_size / config.patch_size).pow(2);
-        let norm = || LayerNormConfig::new(d).with_epsilon(config.layer_norm_eps).init(device);
+        let norm = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device)
+        };
         let linear = |i, o| LoraLinear::new(i, o, true, INIT_STD, device);
         let layers = (0..config.num_hidden_layers)
             .map(|_| SiglipEncoderLayer {
@@ -130,7 +134,9 @@ impl SiglipVisionModel {
         let positions: Tensor<2> = m.embeddings.position_embedding.weight.val();
         let mut x = tokens + positions.unsqueeze::<3>();
         for layer in &m.encoder.layers {
-            let h = layer.self_attn.forward(layer.layer_norm1.forward(x.clone()));
+            let h = layer
+                .self_attn
+                .forward(layer.layer_norm1.forward(x.clone()));
             x = x + h;
             let h = layer.mlp.forward(layer.layer_norm2.forward(x.clone()));
             x = x + h;
@@ -158,7 +164,8 @@ impl SiglipAttention {
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }
 

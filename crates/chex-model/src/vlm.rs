@@ -35,8 +35,11 @@ pub struct Gemma3MultiModalProjector {
 impl Gemma3MultiModalProjector {
     fn new(config: &Gemma3Config, device: &Device) -> Self {
         let v = &config.vision_config;
-        let weight = burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 }
-            .init([v.hidden_size, config.text_config.hidden_size], device);
+        let weight = burn::nn::Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        }
+        .init([v.hidden_size, config.text_config.hidden_size], device);
         Self {
             mm_input_projection_weight: weight,
             mm_soft_emb_norm: GemmaRmsNorm::new(v.hidden_size, v.layer_norm_eps, device),
@@ -104,7 +107,13 @@ impl Gemma3ForConditionalGeneration {
                 language_model: Gemma3TextModel::new(config, max_positions, device),
             },
             lm_head: (!config.text_config.tie_word_embeddings).then(|| {
-                LoraLinear::new(config.text_config.hidden_size, config.text_config.vocab_size, false, 0.02, device)
+                LoraLinear::new(
+                    config.text_config.hidden_size,
+                    config.text_config.vocab_size,
+                    false,
+                    0.02,
+                    device,
+                )
             }),
             config: Arc::new(config.clone()),
         }
@@ -141,16 +150,23 @@ impl Gemma3ForConditionalGeneration {
 
     /// Token embeddings `[batch, len, hidden]` with image features written over each row's
     /// image block (slots counted from `start`).
-    pub fn embed(&self, tokens: Tensor<2, Int>, layout: &BatchLayout, start: usize, images: Option<ImageInputs<'_>>) -> Tensor<3> {
+    pub fn embed(
+        &self,
+        tokens: Tensor<2, Int>,
+        layout: &BatchLayout,
+        start: usize,
+        images: Option<ImageInputs<'_>>,
+    ) -> Tensor<3> {
         let embeddings = self.model.language_model.embed(tokens);
         let Some(images) = images else {
             return embeddings;
         };
         let [batch, len, hidden] = embeddings.dims();
-        let any_block = layout
-            .rows
-            .iter()
-            .any(|r| r.image_blocks.iter().any(|b| b.start >= start && b.end <= start + len));
+        let any_block = layout.rows.iter().any(|r| {
+            r.image_blocks
+                .iter()
+                .any(|b| b.start >= start && b.end <= start + len)
+        });
         if !any_block {
             return embeddings;
         }
@@ -163,10 +179,11 @@ impl Gemma3ForConditionalGeneration {
                     }
                     let image = images.image_of_row[b];
                     let tokens = block.len();
-                    let features = images
-                        .features
-                        .clone()
-                        .slice([image..image + 1, 0..tokens, 0..hidden]);
+                    let features =
+                        images
+                            .features
+                            .clone()
+                            .slice([image..image + 1, 0..tokens, 0..hidden]);
                     let local = (block.start - start)..(block.end - start);
                     row = row.slice_assign([0..1, local, 0..hidden], features);
                 }
@@ -197,7 +214,13 @@ impl Gemma3ForConditionalGeneration {
     pub fn output_head(&self) -> Tensor<2> {
         match &self.lm_head {
             Some(head) => head.weight.val(),
-            None => self.model.language_model.embed_tokens.weight.val().transpose(),
+            None => self
+                .model
+                .language_model
+                .embed_tokens
+                .weight
+                .val()
+                .transpose(),
         }
     }
 
@@ -209,7 +232,11 @@ impl Gemma3ForConditionalGeneration {
     /// [`Self::logits`] with an output head prepared once (see [`Self::output_head`]), which
     /// saves transposing the tied embedding at every generation step.
     pub fn logits_with_head(&self, hidden: Tensor<3>, head: &Tensor<2>) -> Tensor<3> {
-        let bias = self.lm_head.as_ref().and_then(|h| h.bias.as_ref()).map(|b| b.val());
+        let bias = self
+            .lm_head
+            .as_ref()
+            .and_then(|h| h.bias.as_ref())
+            .map(|b| b.val());
         let logits = burn::tensor::module::linear(hidden, head.clone(), bias);
         match self.config.text_config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
@@ -218,14 +245,26 @@ impl Gemma3ForConditionalGeneration {
     }
 
     /// Logits of every slot in one uncached pass.
-    pub fn forward(&self, tokens: Tensor<2, Int>, layout: &BatchLayout, images: Option<ImageInputs<'_>>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        layout: &BatchLayout,
+        images: Option<ImageInputs<'_>>,
+    ) -> Tensor<3> {
         self.logits(self.forward_hidden(tokens, layout, images, None))
     }
 
     /// A cache sized for this model.
     pub fn new_cache(&self, batch: usize, capacity: usize, device: &Device) -> KvCache {
         let t = &self.config.text_config;
-        KvCache::new(t.num_hidden_layers, batch, t.num_key_value_heads, capacity, t.head_dim, device)
+        KvCache::new(
+            t.num_hidden_layers,
+            batch,
+            t.num_key_value_heads,
+            capacity,
+            t.head_dim,
+            device,
+        )
     }
 }
 

@@ -19,7 +19,8 @@ fn fixture() -> PathBuf {
 }
 
 fn expected_json() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap())
+        .unwrap()
 }
 
 fn expected_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
@@ -35,12 +36,19 @@ fn expected_tensor(name: &str) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn pixels(device: &Device) -> Tensor<4> {
     let (values, shape) = expected_tensor("pixel_values");
-    Tensor::from_data(TensorData::new(values, [shape[0], shape[1], shape[2], shape[3]]), device)
+    Tensor::from_data(
+        TensorData::new(values, [shape[0], shape[1], shape[2], shape[3]]),
+        device,
+    )
 }
 
 struct Setup {
@@ -55,26 +63,43 @@ fn setup() -> Setup {
     let tokenizer = ChexTokenizer::from_file(&fixture().join("tokenizer.json")).unwrap();
     tokenizer.check_against(&model.config).unwrap();
     let expected = expected_json();
-    let questions = ["Findings?", "List the CheXpert findings of this chest X-ray."];
+    let questions = [
+        "Findings?",
+        "List the CheXpert findings of this chest X-ray.",
+    ];
     let prompts: Vec<EncodedPrompt> = questions
         .iter()
         .map(|q| encode_prompt(&tokenizer, q, model.config.mm_tokens_per_image).unwrap())
         .collect();
     for (i, p) in prompts.iter().enumerate() {
-        assert_eq!(p.ids, ids(&expected["input_ids"][i]), "prompt {i} tokenizes as transformers does");
+        assert_eq!(
+            p.ids,
+            ids(&expected["input_ids"][i]),
+            "prompt {i} tokenizes as transformers does"
+        );
     }
-    Setup { model, prompts, device }
+    Setup {
+        model,
+        prompts,
+        device,
+    }
 }
 
 fn max_abs_diff(ours: &[f32], theirs: &[f32]) -> f32 {
     assert_eq!(ours.len(), theirs.len());
-    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 fn prompt_logits(s: &Setup, row: usize) -> Vec<f32> {
     let p = &s.prompts[row];
     let (ids, width, layout) = left_pad(&[&p.ids], &[p.image_block.clone()], 0);
-    let images = s.model.encode_images(pixels(&s.device).slice([row..row + 1])).unwrap();
+    let images = s
+        .model
+        .encode_images(pixels(&s.device).slice([row..row + 1]))
+        .unwrap();
     let image_of_row = [0];
     let logits = s.model.forward(
         token_tensor(&ids, 1, width, &s.device),
@@ -109,7 +134,14 @@ fn greedy_continuation_matches_transformers_with_and_without_cache() {
             use_cache,
             ..GenerationConfig::greedy(20)
         };
-        let out = generate(&s.model, &s.prompts, Some(pixels(&s.device)), &config, &s.device).unwrap();
+        let out = generate(
+            &s.model,
+            &s.prompts,
+            Some(pixels(&s.device)),
+            &config,
+            &s.device,
+        )
+        .unwrap();
         let got: Vec<Vec<u32>> = out.iter().map(|c| c.tokens.clone()).collect();
         assert_eq!(got, want, "greedy continuation (cache: {use_cache})");
     }
@@ -147,7 +179,8 @@ fn uncached_forward_of_a_padded_batch_equals_single_rows() {
 #[test]
 fn peft_adapter_reproduces_transformers_and_round_trips() {
     let s = setup();
-    let (model, config) = chex_model::lora::load_adapter(s.model, &fixture().join("adapter"), &s.device).unwrap();
+    let (model, config) =
+        chex_model::lora::load_adapter(s.model, &fixture().join("adapter"), &s.device).unwrap();
     assert_eq!(config.rank, 4);
     let with_adapter = Setup {
         model,
@@ -164,7 +197,8 @@ fn peft_adapter_reproduces_transformers_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     chex_model::lora::save_adapter(&with_adapter.model, &config, dir.path()).unwrap();
     let base = from_pretrained(&fixture(), &with_adapter.device).unwrap();
-    let (reloaded, _) = chex_model::lora::load_adapter(base, dir.path(), &with_adapter.device).unwrap();
+    let (reloaded, _) =
+        chex_model::lora::load_adapter(base, dir.path(), &with_adapter.device).unwrap();
     let again = Setup {
         model: reloaded,
         prompts: with_adapter.prompts.clone(),

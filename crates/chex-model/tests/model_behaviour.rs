@@ -21,7 +21,13 @@ fn fixture() -> PathBuf {
 }
 
 /// The fixture's architecture with fresh random weights, and two prompts with image blocks.
-fn small_model(device: &Device) -> (Gemma3ForConditionalGeneration, Vec<EncodedPrompt>, Tensor<4>) {
+fn small_model(
+    device: &Device,
+) -> (
+    Gemma3ForConditionalGeneration,
+    Vec<EncodedPrompt>,
+    Tensor<4>,
+) {
     device.seed(11);
     let config = Gemma3Config::from_file(&fixture().join("config.json")).unwrap();
     let model = Gemma3ForConditionalGeneration::new(&config, device);
@@ -56,19 +62,35 @@ fn sampling(use_cache: bool, seed: u64) -> GenerationConfig {
 fn sampled_generation_is_seeded_and_the_cache_equals_recomputation() {
     let device = Device::default();
     let (model, prompts, pixels) = small_model(&device);
-    let run = |config: &GenerationConfig| generate(&model, &prompts, Some(pixels.clone()), config, &device).unwrap();
+    let run = |config: &GenerationConfig| {
+        generate(&model, &prompts, Some(pixels.clone()), config, &device).unwrap()
+    };
     let cached = run(&sampling(true, 5));
     assert_eq!(cached.len(), 6);
-    assert_eq!(cached.iter().map(|c| c.prompt).collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(
+        cached.iter().map(|c| c.prompt).collect::<Vec<_>>(),
+        vec![0, 0, 0, 1, 1, 1]
+    );
     let uncached = run(&sampling(false, 5));
     for (a, b) in cached.iter().zip(&uncached) {
-        assert_eq!(a.tokens, b.tokens, "cached and recomputed generation agree token for token");
+        assert_eq!(
+            a.tokens, b.tokens,
+            "cached and recomputed generation agree token for token"
+        );
         for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
             assert!((x - y).abs() < 1e-4);
         }
     }
-    assert_eq!(cached, run(&sampling(true, 5)), "same seed, same completions");
-    assert_ne!(cached, run(&sampling(true, 6)), "another seed, other completions");
+    assert_eq!(
+        cached,
+        run(&sampling(true, 5)),
+        "same seed, same completions"
+    );
+    assert_ne!(
+        cached,
+        run(&sampling(true, 6)),
+        "another seed, other completions"
+    );
 }
 
 #[test]
@@ -103,10 +125,17 @@ fn scoring_reproduces_the_sampling_log_probs() {
     for (r, c) in completions.iter().enumerate() {
         for (i, lp) in c.logprobs.iter().enumerate() {
             let s = scored[r * width + i];
-            assert!((s - lp).abs() < 1e-4, "row {r} token {i}: scored {s} vs sampled {lp}");
+            assert!(
+                (s - lp).abs() < 1e-4,
+                "row {r} token {i}: scored {s} vs sampled {lp}"
+            );
             assert!(entropies[r * width + i] > 0.0);
         }
-        assert!(scored[r * width + c.tokens.len()..(r + 1) * width].iter().all(|v| *v == 0.0));
+        assert!(
+            scored[r * width + c.tokens.len()..(r + 1) * width]
+                .iter()
+                .all(|v| *v == 0.0)
+        );
     }
 }
 
@@ -142,7 +171,11 @@ fn lora_trains_only_the_adapters() {
     );
     let loss = scores.logprobs.sum().neg();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    assert_eq!(grads.len(), layers * 7 * 2, "A and B of seven projections per layer, nothing else");
+    assert_eq!(
+        grads.len(),
+        layers * 7 * 2,
+        "A and B of seven projections per layer, nothing else"
+    );
     // r = 16: q, o (64→64), k, v (64→32), gate, up (64→128), down (128→64).
     let per_layer = 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
     assert_eq!(adapter_parameter_count(&model), layers * per_layer);
@@ -155,8 +188,16 @@ fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     save_pretrained(&model, dir.path()).unwrap();
     let again = from_pretrained(dir.path(), &device).unwrap();
-    let a = model.model.language_model.layers[1].self_attn.q_proj.weight.val();
-    let b = again.model.language_model.layers[1].self_attn.q_proj.weight.val();
+    let a = model.model.language_model.layers[1]
+        .self_attn
+        .q_proj
+        .weight
+        .val();
+    let b = again.model.language_model.layers[1]
+        .self_attn
+        .q_proj
+        .weight
+        .val();
     assert_eq!(a.into_data(), b.into_data());
     assert_eq!(model.num_params(), again.num_params());
 
@@ -177,11 +218,25 @@ fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
         }
         let views: Vec<_> = kept
             .iter()
-            .map(|(n, d, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+            .map(|(n, d, s)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                        .unwrap(),
+                )
+            })
             .collect();
         let bad = tempfile::tempdir().unwrap();
-        std::fs::copy(dir.path().join("config.json"), bad.path().join("config.json")).unwrap();
-        std::fs::write(bad.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        std::fs::copy(
+            dir.path().join("config.json"),
+            bad.path().join("config.json"),
+        )
+        .unwrap();
+        std::fs::write(
+            bad.path().join("model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
         bad
     };
     let key = "model.language_model.layers.2.mlp.up_proj.weight";
@@ -191,14 +246,29 @@ fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
         other => panic!("expected a missing-tensor error, got {other:?}"),
     }
     let misshaped = rewrite("", Some(key));
-    let err = from_pretrained(misshaped.path(), &device).unwrap_err().to_string();
+    let err = from_pretrained(misshaped.path(), &device)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("up_proj") && err.contains("shape"), "{err}");
 
     let truncated = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("config.json"), truncated.path().join("config.json")).unwrap();
-    std::fs::write(truncated.path().join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
-    let err = from_pretrained(truncated.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    std::fs::copy(
+        dir.path().join("config.json"),
+        truncated.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        truncated.path().join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let err = from_pretrained(truncated.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     let bad_config = tempfile::tempdir().unwrap();
@@ -207,6 +277,11 @@ fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
         config.replace("\"gelu_pytorch_tanh\"", "\"silu\""),
     )
     .unwrap();
-    let err = from_pretrained(bad_config.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("hidden_activation") && err.contains("silu"), "{err}");
+    let err = from_pretrained(bad_config.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hidden_activation") && err.contains("silu"),
+        "{err}"
+    );
 }

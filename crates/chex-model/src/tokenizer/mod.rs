@@ -68,10 +68,14 @@ impl ChexTokenizer {
     /// Wrap an in-memory tokenizer (`source` names it in errors).
     pub fn wrap(inner: tokenizers::Tokenizer, source: String) -> Result<Self, ModelError> {
         let id = |token: &str| {
-            inner.token_to_id(token).ok_or_else(|| ModelError::Tokenizer {
-                path: source.clone(),
-                message: format!("has no special token `{token}`, which the chat template needs"),
-            })
+            inner
+                .token_to_id(token)
+                .ok_or_else(|| ModelError::Tokenizer {
+                    path: source.clone(),
+                    message: format!(
+                        "has no special token `{token}`, which the chat template needs"
+                    ),
+                })
         };
         Ok(Self {
             pad: id("<pad>")?,
@@ -95,15 +99,32 @@ impl ChexTokenizer {
     /// Check that the model's special ids and vocabulary agree with this tokenizer.
     pub fn check_against(&self, config: &Gemma3Config) -> Result<(), ModelError> {
         let pairs = [
-            ("image_token_index", config.image_token_index, self.image, "<image_soft_token>"),
-            ("boi_token_index", config.boi_token_index, self.start_of_image, "<start_of_image>"),
-            ("eoi_token_index", config.eoi_token_index, self.end_of_image, "<end_of_image>"),
+            (
+                "image_token_index",
+                config.image_token_index,
+                self.image,
+                "<image_soft_token>",
+            ),
+            (
+                "boi_token_index",
+                config.boi_token_index,
+                self.start_of_image,
+                "<start_of_image>",
+            ),
+            (
+                "eoi_token_index",
+                config.eoi_token_index,
+                self.end_of_image,
+                "<end_of_image>",
+            ),
         ];
         for (field, in_config, in_tokenizer, token) in pairs {
             if in_config != in_tokenizer {
                 return Err(ModelError::Tokenizer {
                     path: self.source.clone(),
-                    message: format!("gives `{token}` id {in_tokenizer} but the model config's {field} is {in_config}"),
+                    message: format!(
+                        "gives `{token}` id {in_tokenizer} but the model config's {field} is {in_config}"
+                    ),
                 });
             }
         }
@@ -133,17 +154,21 @@ impl ChexTokenizer {
 
     /// Text of `ids`, without special tokens when `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
-        self.inner.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer {
-            path: self.source.clone(),
-            message: format!("cannot decode ids: {e}"),
-        })
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.source.clone(),
+                message: format!("cannot decode ids: {e}"),
+            })
     }
 
     /// Save as `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        self.inner.save(path, true).map_err(|e| ModelError::Tokenizer {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        self.inner
+            .save(path, true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
     }
 }

@@ -4,7 +4,10 @@
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerBuilder,
+};
 
 use super::{ChexTokenizer, SPECIAL_TOKENS};
 use crate::error::ModelError;
@@ -19,7 +22,10 @@ where
         path: "(training)".into(),
         message: e.to_string(),
     };
-    let special: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let special: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -51,10 +57,14 @@ mod tests {
 
     #[test]
     fn trained_tokenizer_round_trips_and_keeps_special_ids() {
-        let corpus = ["The heart is enlarged.", "No pneumothorax.", "<solution>Cardiomegaly</solution>"]
-            .iter()
-            .cycle()
-            .take(30);
+        let corpus = [
+            "The heart is enlarged.",
+            "No pneumothorax.",
+            "<solution>Cardiomegaly</solution>",
+        ]
+        .iter()
+        .cycle()
+        .take(30);
         let tok = train_bpe(corpus, 300).unwrap();
         assert_eq!((tok.pad, tok.eos, tok.bos, tok.image), (0, 1, 2, 8));
         let text = "<start_of_turn>user\nIs the heart enlarged?<end_of_turn>";

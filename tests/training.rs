@@ -1,0 +1,207 @@
+//! Trainer behaviour at a miniature size: SFT lowers the validation loss; a run stopped after
+//! one epoch and resumed ends with exactly the weights of the uninterrupted run; a truncated
+//! checkpoint is refused while the previous one stays usable; GRPO logs TRL's metric names.
+
+use std::path::Path;
+
+use chex_grpo::corpus::preset_tokenizer;
+use chex_grpo::data::{ImageSpec, PreparedImage};
+use chex_grpo::model::burn::optim::AdamWConfig;
+use chex_grpo::model::burn::tensor::Device;
+use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration};
+use chex_grpo::prompts::PromptVariant;
+use chex_grpo::training::checkpoint::{latest_checkpoint, load_checkpoint};
+use chex_grpo::training::log::read_jsonl;
+use chex_grpo::training::{Example, GrpoConfig, Policy, SftConfig, train_grpo, train_sft};
+
+/// A two-layer model with the tiny preset's vision tower and tokenizer.
+fn policy(device: &Device) -> Policy {
+    device.seed(3);
+    let mut config = Gemma3Config::preset("tiny").unwrap();
+    config.text_config.num_hidden_layers = 2;
+    config.text_config.hidden_size = 64;
+    config.text_config.intermediate_size = 128;
+    config.vision_config.num_hidden_layers = 1;
+    let tokenizer = preset_tokenizer(config.text_config.vocab_size).unwrap();
+    let model = Gemma3ForConditionalGeneration::new(&config, device);
+    Policy::new(model, tokenizer, PromptVariant::LabelOnly).unwrap()
+}
+
+fn examples() -> Vec<Example> {
+    let spec = ImageSpec::siglip(64);
+    (0..12)
+        .map(|i| {
+            let bright = i % 2 == 0;
+            let pixels = (0..64 * 64)
+                .map(|p| {
+                    if bright {
+                        0.5
+                    } else {
+                        -0.5 + (p % 7) as f32 * 0.01
+                    }
+                })
+                .collect();
+            Example {
+                path: format!("synthetic-{i}.png").into(),
+                image: std::sync::Arc::new(PreparedImage {
+                    size: spec.size,
+                    pixels,
+                }),
+                labels: vec![if bright {
+                    "Cardiomegaly".into()
+                } else {
+                    "No Finding".into()
+                }],
+                reasoning: None,
+            }
+        })
+        .collect()
+}
+
+fn sft_config(epochs: usize) -> SftConfig {
+    SftConfig {
+        epochs,
+        learning_rate: 3e-3,
+        micro_batch: 2,
+        effective_batch: 4,
+        validation_fraction: 0.25,
+        patience: 5,
+        lora: None,
+        ..SftConfig::chexreason()
+    }
+}
+
+fn weights(dir: &Path) -> Vec<f32> {
+    let device = Device::default().autodiff();
+    let p = policy(&Device::default());
+    let model = p.model.to_device(&device);
+    let (model, _, _) = load_checkpoint(dir, model, AdamWConfig::new().init()).unwrap();
+    let mut all = Vec::new();
+    for layer in &model.model.language_model.layers {
+        let w = layer.self_attn.q_proj.weight.val();
+        all.extend(w.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+    }
+    all
+}
+
+use chex_grpo::model::burn::module::Module;
+
+#[test]
+fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
+    let device = Device::default();
+    let data = examples();
+    let full = tempfile::tempdir().unwrap();
+    let outcome = train_sft(
+        policy(&device),
+        &data,
+        &sft_config(3),
+        full.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    let losses = &outcome.validation_losses;
+    assert!(losses[2] < losses[0], "validation loss falls: {losses:?}");
+    let log = read_jsonl(&full.path().join("sft_log.jsonl")).unwrap();
+    assert!(
+        log.iter().any(|r| r.get("eval_loss").is_some())
+            && log.iter().any(|r| r.get("grad_norm").is_some())
+    );
+
+    // Stop after one epoch, then resume to three.
+    let split = tempfile::tempdir().unwrap();
+    train_sft(
+        policy(&device),
+        &data,
+        &sft_config(1),
+        split.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    train_sft(
+        policy(&device),
+        &data,
+        &sft_config(3),
+        split.path(),
+        true,
+        &device,
+    )
+    .unwrap();
+    let a = weights(&full.path().join("checkpoints/sft-last"));
+    let b = weights(&split.path().join("checkpoints/sft-last"));
+    assert_eq!(
+        a, b,
+        "a resumed run ends with the uninterrupted run's weights"
+    );
+
+    // A truncated checkpoint is refused with the file named; the other one still loads.
+    let last = split.path().join("checkpoints/sft-last/model.bpk");
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 3]).unwrap();
+    let p = policy(&Device::default())
+        .model
+        .to_device(&Device::default().autodiff());
+    let err = match load_checkpoint(last.parent().unwrap(), p, AdamWConfig::new().init()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a truncated checkpoint loaded"),
+    };
+    assert!(err.contains("model.bpk"), "{err}");
+    assert!(!weights(&split.path().join("checkpoints/sft-best")).is_empty());
+    assert!(latest_checkpoint(&split.path().join("checkpoints")).is_some());
+}
+
+#[test]
+fn grpo_logs_trl_metrics_every_step() {
+    let device = Device::default();
+    let data = examples();
+    let out = tempfile::tempdir().unwrap();
+    let config = GrpoConfig {
+        steps: 2,
+        prompts_per_step: 2,
+        max_new_tokens: 12,
+        eval_every: 2,
+        loss: chex_grpo::objective::GrpoLossConfig {
+            max_completion_length: 12,
+            ..Default::default()
+        },
+        ..GrpoConfig::chexreason()
+    };
+    let outcome = train_grpo(
+        policy(&device),
+        &data[..8],
+        &data[8..],
+        &config,
+        out.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(outcome.rewards.len(), 2);
+    let log = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+    assert_eq!(log.len(), 2);
+    for key in [
+        "reward",
+        "reward_std",
+        "rewards/hard/mean",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "learning_rate",
+        "grad_norm",
+        "step_time",
+    ] {
+        assert!(log[1].get(key).is_some(), "missing {key} in {}", log[1]);
+    }
+    assert!(log[1].get("eval_macro_f1").is_some());
+    assert!(
+        out.path()
+            .join("checkpoints/grpo-last/adapter/adapter_model.safetensors")
+            .exists()
+    );
+}
