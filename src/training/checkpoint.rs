@@ -121,6 +121,13 @@ pub fn load_checkpoint(
     Ok((model, optimizer, state))
 }
 
+/// `path` with its state, when it is a finished checkpoint.
+pub fn resumable(path: &Path) -> Option<(PathBuf, TrainingState)> {
+    let text = std::fs::read_to_string(path.join("state.json")).ok()?;
+    let state: TrainingState = serde_json::from_str(&text).ok()?;
+    Some((path.to_path_buf(), state))
+}
+
 /// The checkpoint under `dir` with the most steps, ignoring unfinished ones.
 pub fn latest_checkpoint(dir: &Path) -> Option<(PathBuf, TrainingState)> {
     let entries = std::fs::read_dir(dir).ok()?;

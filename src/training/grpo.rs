@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint};
+use super::checkpoint::{TrainingState, load_checkpoint, resumable, save_checkpoint};
 use super::examples::{answer, score_answers};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
@@ -159,10 +159,7 @@ pub fn train_grpo(
         stale_validations: 0,
         seed: config.seed,
     };
-    if resume
-        && let Some((path, _)) =
-            latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("grpo-last"))
-    {
+    if resume && let Some((path, _)) = resumable(&checkpoints.join("grpo-last")) {
         let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
         model = m;
         optimizer = o;
@@ -380,13 +377,15 @@ pub fn train_grpo(
         state.step += 1;
         record["skipped_steps"] = json!(state.skipped_steps);
         record["step_time"] = json!(started.elapsed().as_secs_f64());
-        if config.sample_every > 0 && (state.step % config.sample_every == 0 || state.step == 1) {
+        if config.sample_every > 0
+            && (state.step.is_multiple_of(config.sample_every) || state.step == 1)
+        {
             for (c, text) in completions.iter().zip(&texts).take(group) {
                 samples_log.write(&json!({"step": state.step, "image": chosen[0].path, "truth": chosen[0].labels, "completion": text, "tokens": c.tokens.len()}))?;
             }
         }
         let validate = config.eval_every > 0
-            && (state.step % config.eval_every == 0 || state.step == config.steps);
+            && (state.step.is_multiple_of(config.eval_every) || state.step == config.steps);
         if validate && !validation.is_empty() {
             policy.model = model.valid();
             let answers = answer(&policy, validation, config.max_new_tokens, 32, device)?;

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint};
+use super::checkpoint::{TrainingState, load_checkpoint, resumable, save_checkpoint};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
 use super::schedule::CosineSchedule;
@@ -142,7 +142,7 @@ pub fn train_sft(
     resume: bool,
     device: &Device,
 ) -> Result<SftOutcome, TrainError> {
-    if config.micro_batch == 0 || config.effective_batch % config.micro_batch != 0 {
+    if config.micro_batch == 0 || !config.effective_batch.is_multiple_of(config.micro_batch) {
         return Err(TrainError::Config(format!(
             "effective_batch {} must be a multiple of micro_batch {}",
             config.effective_batch, config.micro_batch
@@ -199,10 +199,7 @@ pub fn train_sft(
         stale_validations: 0,
         seed: config.seed,
     };
-    if resume
-        && let Some((path, _)) =
-            latest_checkpoint(&checkpoints).filter(|(p, _)| p.ends_with("sft-last"))
-    {
+    if resume && let Some((path, _)) = resumable(&checkpoints.join("sft-last")) {
         let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
         model = m;
         optimizer = o;

@@ -160,8 +160,9 @@ pub fn load_weights(
         }
         let tied = model.config.text_config.tie_word_embeddings;
         if let Some(unused) = result.unused.iter().find(|k| {
-            !UNUSED_PREFIXES.iter().any(|p| k.starts_with(p))
-                && !(tied && k.as_str() == "lm_head.weight")
+            let known = UNUSED_PREFIXES.iter().any(|p| k.starts_with(p));
+            let tied_head = tied && k.as_str() == "lm_head.weight";
+            !(known || tied_head)
         }) {
             return Err(ModelError::Checkpoint {
                 path,

@@ -395,7 +395,9 @@ impl Gemma3Config {
                 ),
             );
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             return bad(
                 "text_config.num_key_value_heads",
                 format!(
@@ -404,7 +406,7 @@ impl Gemma3Config {
                 ),
             );
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return bad(
                 "text_config.head_dim",
                 format!(
@@ -413,7 +415,7 @@ impl Gemma3Config {
                 ),
             );
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(
                 "vision_config.num_attention_heads",
                 format!(
@@ -422,7 +424,7 @@ impl Gemma3Config {
                 ),
             );
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(
                 "vision_config.patch_size",
                 format!(
@@ -433,7 +435,7 @@ impl Gemma3Config {
         }
         let side = (self.mm_tokens_per_image as f64).sqrt().round() as usize;
         let patches = v.image_size / v.patch_size;
-        if side * side != self.mm_tokens_per_image || side == 0 || patches % side != 0 {
+        if side * side != self.mm_tokens_per_image || side == 0 || !patches.is_multiple_of(side) {
             return bad(
                 "mm_tokens_per_image",
                 format!(

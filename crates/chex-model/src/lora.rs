@@ -185,6 +185,9 @@ struct PeftConfig {
 
 const PEFT_PREFIX: &str = "base_model.model.";
 
+/// An adapter factor read from a file: values and shape.
+type Factor = (Vec<f32>, Vec<usize>);
+
 /// Write the adapters as PEFT does: `adapter_config.json` and `adapter_model.safetensors`.
 pub fn save_adapter(
     model: &Gemma3ForConditionalGeneration,
@@ -282,7 +285,7 @@ pub fn load_adapter(
             format!("cannot be read as safetensors ({e}); is the file truncated?"),
         )
     })?;
-    let read = |key: &str| -> Result<Option<(Vec<f32>, Vec<usize>)>, ModelError> {
+    let read = |key: &str| -> Result<Option<Factor>, ModelError> {
         let view = match file.tensor(key) {
             Ok(v) => v,
             Err(_) => return Ok(None),

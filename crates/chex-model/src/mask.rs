@@ -109,7 +109,7 @@ mod tests {
         let layout = BatchLayout {
             rows: vec![RowLayout {
                 padding: 1,
-                image_blocks: vec![2..4],
+                image_blocks: std::iter::once(2..4).collect(),
             }],
         };
         let a = allowed(&layout, 0..5, 0..5, None);

@@ -95,10 +95,10 @@ fn max_abs_diff(ours: &[f32], theirs: &[f32]) -> f32 {
 
 fn prompt_logits(s: &Setup, row: usize) -> Vec<f32> {
     let p = &s.prompts[row];
-    let (ids, width, layout) = left_pad(&[&p.ids], &[p.image_block.clone()], 0);
+    let (ids, width, layout) = left_pad(&[&p.ids], std::slice::from_ref(&p.image_block), 0);
     let images = s
         .model
-        .encode_images(pixels(&s.device).slice([row..row + 1]))
+        .encode_images(pixels(&s.device).narrow(0, row, 1))
         .unwrap();
     let image_of_row = [0];
     let logits = s.model.forward(
