@@ -108,12 +108,16 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
             && log.iter().any(|r| r.get("grad_norm").is_some())
     );
 
-    // Stop after one epoch, then resume to three.
+    // The same three-epoch run stopped after its first epoch, then resumed.
     let split = tempfile::tempdir().unwrap();
+    let interrupted = SftConfig {
+        stop_after_epochs: Some(1),
+        ..sft_config(3)
+    };
     train_sft(
         policy(&device),
         &data,
-        &sft_config(1),
+        &interrupted,
         split.path(),
         false,
         &device,
@@ -130,9 +134,13 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
     .unwrap();
     let a = weights(&full.path().join("checkpoints/sft-last"));
     let b = weights(&split.path().join("checkpoints/sft-last"));
+    assert_eq!(a.len(), b.len());
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     assert_eq!(
-        a, b,
-        "a resumed run ends with the uninterrupted run's weights"
+        differing,
+        0,
+        "a resumed run ends with the uninterrupted run's weights ({differing} of {} differ)",
+        a.len()
     );
 
     // A truncated checkpoint is refused with the file named; the other one still loads.
@@ -203,5 +211,80 @@ fn grpo_logs_trl_metrics_every_step() {
         out.path()
             .join("checkpoints/grpo-last/adapter/adapter_model.safetensors")
             .exists()
+    );
+}
+
+#[test]
+fn a_non_finite_loss_skips_the_step_and_changes_nothing() {
+    let device = Device::default();
+    let mut data = examples();
+    for e in data.iter_mut() {
+        let pixels = vec![f32::NAN; 64 * 64];
+        e.image = std::sync::Arc::new(PreparedImage { size: 64, pixels });
+    }
+    let out = tempfile::tempdir().unwrap();
+    let start = policy(&device);
+    let before: Vec<f32> = start.model.model.language_model.layers[0]
+        .self_attn
+        .q_proj
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let config = SftConfig {
+        freeze_vision: false,
+        ..sft_config(1)
+    };
+    let outcome = train_sft(start, &data, &config, out.path(), false, &device).unwrap();
+    assert!(outcome.skipped_steps > 0);
+    let log = read_jsonl(&out.path().join("sft_log.jsonl")).unwrap();
+    assert!(
+        log.iter()
+            .filter(|r| r.get("grad_norm").is_some())
+            .all(|r| r["skipped"] == true)
+    );
+    let after: Vec<f32> = outcome.policy.model.model.language_model.layers[0]
+        .self_attn
+        .q_proj
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert_eq!(before, after, "no update was applied");
+}
+
+#[test]
+fn sft_jsonl_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("x.png");
+    image::GrayImage::from_pixel(8, 8, image::Luma([128u8]))
+        .save(&image)
+        .unwrap();
+    let file = dir.path().join("sft.jsonl");
+    std::fs::write(
+        &file,
+        "{\"image\": \"x.png\", \"labels\": [\"effusion\"], \"reasoning\": \"Blunted angle.\"}\n{\"image\": \"x.png\", \"labels\": [\"Heart Attack\"]}\n",
+    )
+    .unwrap();
+    let cache = chex_grpo::data::ImageCache::new(ImageSpec::siglip(64));
+    let err = chex_grpo::training::examples::read_sft_jsonl(&file, &cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sft.jsonl:2") && err.contains("Heart Attack"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "{\"image\": \"x.png\", \"labels\": [\"effusion\"], \"reasoning\": \"Blunted angle.\"}\n",
+    )
+    .unwrap();
+    let ok = chex_grpo::training::examples::read_sft_jsonl(&file, &cache).unwrap();
+    assert_eq!(ok[0].labels, vec!["Pleural Effusion".to_string()]);
+    assert_eq!(
+        ok[0].reasoning.as_deref(),
+        Some("<think>Blunted angle.</think><solution>Pleural Effusion</solution>")
     );
 }

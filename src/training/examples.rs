@@ -81,6 +81,74 @@ pub fn examples_from(
         .collect()
 }
 
+/// One line of an SFT data file: `{"image": "...", "labels": [...], "reasoning": "..."}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SftRecord {
+    /// Image path, absolute or relative to the file.
+    pub image: PathBuf,
+    /// Positive findings, CheXpert names or synonyms the reward vocabulary knows.
+    pub labels: Vec<String>,
+    /// A teacher-written reasoning trace (the whole answer with its tags, or the reasoning
+    /// alone, which is then wrapped with the labels).
+    #[serde(default)]
+    pub reasoning: Option<String>,
+}
+
+/// Read an SFT JSONL file into examples; a malformed line, an unknown label or an unreadable
+/// image is an error naming the file and line.
+pub fn read_sft_jsonl(
+    path: &std::path::Path,
+    cache: &ImageCache,
+) -> Result<Vec<Example>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let vocabulary = LabelVocabulary::chexpert();
+    let mut examples = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = |message: String| {
+            TrainError::Config(format!("{}:{}: {message}", path.display(), n + 1))
+        };
+        let record: SftRecord = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        let mut labels = Vec::new();
+        for label in &record.labels {
+            let index = vocabulary
+                .lookup(label)
+                .ok_or_else(|| at(format!("unknown label `{label}`")))?;
+            labels.push(vocabulary.labels()[index].clone());
+        }
+        if labels.is_empty() {
+            labels.push("No Finding".into());
+        }
+        let image_path = if record.image.is_absolute() {
+            record.image.clone()
+        } else {
+            base.join(&record.image)
+        };
+        let image = cache.get(&image_path).map_err(|e| at(e.to_string()))?;
+        let reasoning = record.reasoning.map(|r| {
+            if r.contains("<solution>") {
+                r
+            } else {
+                format!(
+                    "<think>{r}</think><solution>{}</solution>",
+                    labels.join(", ")
+                )
+            }
+        });
+        examples.push(Example {
+            path: image_path,
+            image,
+            labels,
+            reasoning,
+        });
+    }
+    Ok(examples)
+}
+
 /// The model being trained with what it reads: tokenizer, prompt variant and encoded prompt.
 #[derive(Clone)]
 pub struct Policy {

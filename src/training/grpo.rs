@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use chex_data::labels::CHEXPERT_LABELS;
 use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::{AdamWConfig, GradientsParams};
@@ -16,7 +17,10 @@ use chex_model::sampling::SamplingConfig;
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
 use chex_objective::{AdvantageScaling, GrpoBatch, GrpoLossConfig, group_advantages, grpo_loss};
-use chex_rewards::{HardReward, RewardContext, RewardSet};
+use chex_rewards::{
+    F1Reward, FormatReward, HardReward, NuancedConfig, NuancedReward, RewardContext, RewardSet,
+    ShortnessPenalty, StrictJaccardReward,
+};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
@@ -30,6 +34,44 @@ use super::optim::clip_global_norm;
 use super::{Example, Policy, TrainError, step_seed};
 use crate::inputs::pixel_batch;
 use crate::progress::progress_bar;
+
+/// Which reward GRPO maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardChoice {
+    /// ChexReason's hard reward: Jaccard, minus a penalty when valid but short, 0 if invalid.
+    Hard,
+    /// ChexReason's nuanced reward (exact-match bonus, partial credit, frequency-weighted false
+    /// positives, invalid/duplicate penalties, mode-collapse guard), scaled by 1/100.
+    Nuanced,
+    /// NV-Reason-CXR's pair: Jaccard under the strict format plus the over-short penalty.
+    NvReason,
+    /// Format reward plus per-sample F1.
+    FormatF1,
+}
+
+impl RewardChoice {
+    /// The weighted reward set this choice stands for.
+    pub fn reward_set(&self, label_frequencies: Option<&[f64]>) -> RewardSet {
+        match self {
+            Self::Hard => RewardSet::default().with(1.0, HardReward::default()),
+            Self::Nuanced => {
+                let mut nuanced =
+                    NuancedReward::new(NuancedConfig::default(), CHEXPERT_LABELS.len());
+                if let Some(f) = label_frequencies {
+                    nuanced = nuanced.with_label_frequencies(f);
+                }
+                RewardSet::default().with(0.01, nuanced)
+            }
+            Self::NvReason => RewardSet::default()
+                .with(1.0, StrictJaccardReward)
+                .with(1.0, ShortnessPenalty::default()),
+            Self::FormatF1 => RewardSet::default()
+                .with(0.5, FormatReward)
+                .with(1.0, F1Reward),
+        }
+    }
+}
 
 /// GRPO settings; [`GrpoConfig::chexreason`] holds the study's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +106,8 @@ pub struct GrpoConfig {
     pub sample_every: usize,
     /// Seed of prompt draws, sampling and dropout.
     pub seed: u64,
+    /// The reward maximised.
+    pub reward: RewardChoice,
 }
 
 impl GrpoConfig {
@@ -88,6 +132,7 @@ impl GrpoConfig {
             eval_every: 50,
             sample_every: 25,
             seed: 0,
+            reward: RewardChoice::Hard,
         }
     }
 }
@@ -139,7 +184,14 @@ pub fn train_grpo(
         ));
     }
     let context = RewardContext::default();
-    let mut rewards_fn = RewardSet::default().with(1.0, HardReward::default());
+    // The nuanced reward weighs false positives by how common each label is in the pool.
+    let mut frequencies = vec![0.0; CHEXPERT_LABELS.len()];
+    for example in pool {
+        for i in example.truth(&context.vocabulary) {
+            frequencies[i] += 1.0 / pool.len() as f64;
+        }
+    }
+    let mut rewards_fn = config.reward.reward_set(Some(&frequencies));
     let ad = device.clone().autodiff();
     let start_model = policy.model.valid();
     let mut model = policy.model.clone().to_device(&ad).train();
@@ -160,7 +212,9 @@ pub fn train_grpo(
         seed: config.seed,
     };
     if resume && let Some((path, _)) = resumable(&checkpoints.join("grpo-last")) {
-        let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
+        let (mut m, o, s) = load_checkpoint(&path, model, optimizer)?;
+        // Loading restores values and ids, not which parameters are frozen.
+        m.model.vision_tower = m.model.vision_tower.freeze();
         model = m;
         optimizer = o;
         state = s;
@@ -391,7 +445,9 @@ pub fn train_grpo(
             let answers = answer(&policy, validation, config.max_new_tokens, 32, device)?;
             let evaluation = score_answers(&answers.texts, validation, &context)?;
             record["eval_macro_f1"] = json!(evaluation.macro_f1);
-            if state.best.is_none_or(|(b, _)| evaluation.macro_f1 > b) {
+            if evaluation.macro_f1.is_finite()
+                && state.best.is_none_or(|(b, _)| evaluation.macro_f1 > b)
+            {
                 state.best = Some((evaluation.macro_f1, state.step));
                 save_checkpoint(
                     &checkpoints,

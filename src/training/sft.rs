@@ -53,6 +53,10 @@ pub struct SftConfig {
     pub freeze_vision: bool,
     /// Seed of shuffling, dropout and traces.
     pub seed: u64,
+    /// End this invocation after this many epochs in total, leaving a resumable checkpoint
+    /// (for jobs on preemptible or time-limited machines); the schedule still spans `epochs`.
+    #[serde(default)]
+    pub stop_after_epochs: Option<usize>,
 }
 
 impl SftConfig {
@@ -72,6 +76,7 @@ impl SftConfig {
             validation_fraction: 0.1,
             freeze_vision: true,
             seed: 0,
+            stop_after_epochs: None,
         }
     }
 }
@@ -201,7 +206,14 @@ pub fn train_sft(
     };
     if resume && let Some((path, _)) = resumable(&checkpoints.join("sft-last")) {
         let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
-        model = m;
+        // Loading restores values and ids, not which parameters are frozen.
+        model = if config.freeze_vision {
+            let mut m = m;
+            m.model.vision_tower = m.model.vision_tower.freeze();
+            m
+        } else {
+            m
+        };
         optimizer = o;
         state = s;
         eprintln!(
@@ -276,7 +288,8 @@ pub fn train_sft(
         let validation_loss = total / batches.max(1) as f64;
         validation_losses.push(validation_loss);
         state.epoch += 1;
-        let improved = state.best.is_none_or(|(b, _)| validation_loss < b);
+        let improved =
+            validation_loss.is_finite() && state.best.is_none_or(|(b, _)| validation_loss < b);
         if improved {
             state.best = Some((validation_loss, state.step));
             state.stale_validations = 0;
@@ -305,6 +318,13 @@ pub fn train_sft(
             &state,
             config.lora.as_ref(),
         )?;
+        if config.stop_after_epochs == Some(state.epoch) && state.epoch < config.epochs {
+            eprintln!(
+                "stopping after epoch {} as asked; resume to continue",
+                state.epoch
+            );
+            break;
+        }
         if state.stale_validations >= config.patience {
             eprintln!(
                 "early stop after epoch {}: validation loss has not improved for {} epochs",
@@ -314,7 +334,12 @@ pub fn train_sft(
         }
     }
     bar.finish_and_clear();
-    let best_path = checkpoints.join("sft-best");
+    // Without any finite validation loss there is no best checkpoint; the last one stands.
+    let best_path = if checkpoints.join("sft-best").join("state.json").exists() {
+        checkpoints.join("sft-best")
+    } else {
+        checkpoints.join("sft-last")
+    };
     let fresh_optimizer = AdamWConfig::new().init();
     let (best, _, _) = load_checkpoint(&best_path, model, fresh_optimizer)?;
     policy.model = best.valid();
