@@ -14,6 +14,14 @@ use chex_grpo::training::checkpoint::{latest_checkpoint, load_checkpoint};
 use chex_grpo::training::log::read_jsonl;
 use chex_grpo::training::{Example, GrpoConfig, Policy, SftConfig, train_grpo, train_sft};
 
+/// burn's random generator is per process, so tests that draw from it (model initialisation,
+/// dropout) run one at a time to keep each one's draws its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A two-layer model with the tiny preset's vision tower and tokenizer.
 fn policy(device: &Device) -> Policy {
     device.seed(3);
@@ -88,6 +96,7 @@ use chex_grpo::model::burn::module::Module;
 
 #[test]
 fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
+    let _serial = serial();
     let device = Device::default();
     let data = examples();
     let full = tempfile::tempdir().unwrap();
@@ -161,6 +170,7 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
 
 #[test]
 fn grpo_logs_trl_metrics_every_step() {
+    let _serial = serial();
     let device = Device::default();
     let data = examples();
     let out = tempfile::tempdir().unwrap();
@@ -216,6 +226,7 @@ fn grpo_logs_trl_metrics_every_step() {
 
 #[test]
 fn a_non_finite_loss_skips_the_step_and_changes_nothing() {
+    let _serial = serial();
     let device = Device::default();
     let mut data = examples();
     for e in data.iter_mut() {
@@ -257,6 +268,7 @@ fn a_non_finite_loss_skips_the_step_and_changes_nothing() {
 
 #[test]
 fn sft_jsonl_errors_name_the_line() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("x.png");
     image::GrayImage::from_pixel(8, 8, image::Luma([128u8]))
