@@ -34,6 +34,21 @@ pub struct TrainingState {
     pub seed: u64,
 }
 
+impl TrainingState {
+    /// A run of `stage` that has not taken a step yet.
+    pub fn start(stage: &str, seed: u64) -> Self {
+        Self {
+            stage: stage.into(),
+            step: 0,
+            epoch: 0,
+            skipped_steps: 0,
+            best: None,
+            stale_validations: 0,
+            seed,
+        }
+    }
+}
+
 fn fail(path: &Path, message: impl Into<String>) -> TrainError {
     TrainError::Checkpoint {
         path: path.display().to_string(),
@@ -119,6 +134,39 @@ pub fn load_checkpoint(
         )
     })?;
     Ok((model, optimizer, state))
+}
+
+/// Continue from `path` when it is a finished checkpoint, keeping the vision tower frozen when
+/// asked (loading restores values and ids, not which parameters are frozen).
+pub fn resume_from(
+    path: &Path,
+    model: Gemma3ForConditionalGeneration,
+    optimizer: ModuleOptimizer,
+    freeze_vision: bool,
+) -> Result<
+    Option<(
+        Gemma3ForConditionalGeneration,
+        ModuleOptimizer,
+        TrainingState,
+    )>,
+    TrainError,
+> {
+    if resumable(path).is_none() {
+        return Ok(None);
+    }
+    let (mut model, optimizer, state) = load_checkpoint(path, model, optimizer)?;
+    if freeze_vision {
+        model.model.vision_tower =
+            chex_model::burn::module::Module::freeze(model.model.vision_tower);
+    }
+    eprintln!(
+        "resuming {} from {} (epoch {}, step {})",
+        state.stage,
+        path.display(),
+        state.epoch,
+        state.step
+    );
+    Ok(Some((model, optimizer, state)))
 }
 
 /// `path` with its state, when it is a finished checkpoint.

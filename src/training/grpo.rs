@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, load_checkpoint, resumable, save_checkpoint};
+use super::checkpoint::{TrainingState, load_checkpoint, resume_from, save_checkpoint};
 use super::examples::{answer, score_answers};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
@@ -202,27 +202,12 @@ pub fn train_grpo(
     let full_reference = config.lora.is_none().then_some(start_model);
     let mut optimizer = AdamWConfig::new().init();
     let checkpoints = out.join("checkpoints");
-    let mut state = TrainingState {
-        stage: "grpo".into(),
-        step: 0,
-        epoch: 0,
-        skipped_steps: 0,
-        best: None,
-        stale_validations: 0,
-        seed: config.seed,
-    };
-    if resume && let Some((path, _)) = resumable(&checkpoints.join("grpo-last")) {
-        let (mut m, o, s) = load_checkpoint(&path, model, optimizer)?;
-        // Loading restores values and ids, not which parameters are frozen.
-        m.model.vision_tower = m.model.vision_tower.freeze();
+    let mut state = TrainingState::start("grpo", config.seed);
+    let last = checkpoints.join("grpo-last");
+    if resume && let Some((m, o, s)) = resume_from(&last, model.clone(), optimizer.clone(), true)? {
         model = m;
         optimizer = o;
         state = s;
-        eprintln!(
-            "resuming GRPO from {} (step {})",
-            path.display(),
-            state.step
-        );
     }
     let mut log = JsonlLog::append(&out.join("grpo_log.jsonl"))?;
     let mut samples_log = JsonlLog::append(&out.join("grpo_samples.jsonl"))?;

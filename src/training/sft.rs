@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, load_checkpoint, resumable, save_checkpoint};
+use super::checkpoint::{TrainingState, load_checkpoint, resume_from, save_checkpoint};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
 use super::schedule::CosineSchedule;
@@ -195,33 +195,19 @@ pub fn train_sft(
         steps_per_epoch * config.epochs,
     );
     let checkpoints = out.join("checkpoints");
-    let mut state = TrainingState {
-        stage: "sft".into(),
-        step: 0,
-        epoch: 0,
-        skipped_steps: 0,
-        best: None,
-        stale_validations: 0,
-        seed: config.seed,
-    };
-    if resume && let Some((path, _)) = resumable(&checkpoints.join("sft-last")) {
-        let (m, o, s) = load_checkpoint(&path, model, optimizer)?;
-        // Loading restores values and ids, not which parameters are frozen.
-        model = if config.freeze_vision {
-            let mut m = m;
-            m.model.vision_tower = m.model.vision_tower.freeze();
-            m
-        } else {
-            m
-        };
+    let mut state = TrainingState::start("sft", config.seed);
+    let last = checkpoints.join("sft-last");
+    if resume
+        && let Some((m, o, s)) = resume_from(
+            &last,
+            model.clone(),
+            optimizer.clone(),
+            config.freeze_vision,
+        )?
+    {
+        model = m;
         optimizer = o;
         state = s;
-        eprintln!(
-            "resuming SFT from {} (epoch {}, step {})",
-            path.display(),
-            state.epoch,
-            state.step
-        );
     }
     let mut log = JsonlLog::append(&out.join("sft_log.jsonl"))?;
     let batch_of = |idx: &[usize]| Batch {
