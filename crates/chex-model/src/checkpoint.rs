@@ -194,10 +194,7 @@ pub fn save_pretrained(
     model: &Gemma3ForConditionalGeneration,
     dir: &Path,
 ) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    create_dir(dir)?;
     let weights = dir.join("model.safetensors");
     let mut store = SafetensorsStore::from_file(&weights)
         .with_predicate(|path, _| !path.contains(".lora."))
@@ -211,6 +208,14 @@ pub fn save_pretrained(
             message: e.to_string(),
         })?;
     write_atomic(&dir.join("config.json"), model.config.to_json().as_bytes())
+}
+
+/// Create a folder and its parents.
+pub fn create_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Write a file through a temporary sibling and a rename.

@@ -10,7 +10,7 @@ use burn::nn::DropoutConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{create_dir, write_atomic};
 use crate::error::ModelError;
 use crate::layers::{LoraLinear, LoraShape, LoraWeights};
 use crate::vlm::Gemma3ForConditionalGeneration;
@@ -194,10 +194,7 @@ pub fn save_adapter(
     config: &LoraConfig,
     dir: &Path,
 ) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    create_dir(dir)?;
     let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
     let mut model = model.clone();
     for_each_linear(&mut model, &mut |path, linear| {

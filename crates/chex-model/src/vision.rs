@@ -143,16 +143,6 @@ impl SiglipVisionModel {
         }
         m.post_layernorm.forward(x)
     }
-
-    /// Stop gradients into the tower (ChexReason trained with it frozen).
-    pub fn frozen(self) -> Self {
-        self.freeze()
-    }
-
-    /// Parameter count.
-    pub fn parameter_count(&self) -> usize {
-        self.num_params()
-    }
 }
 
 impl SiglipAttention {

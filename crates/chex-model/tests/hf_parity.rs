@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use chex_model::checkpoint::from_pretrained;
 use chex_model::generation::{GenerationConfig, generate};
-use chex_model::mask::BatchLayout;
 use chex_model::prompt::{EncodedPrompt, encode_prompt, left_pad};
 use chex_model::vlm::{ImageInputs, token_tensor};
 use chex_model::{ChexTokenizer, Gemma3ForConditionalGeneration};
@@ -173,7 +172,6 @@ fn uncached_forward_of_a_padded_batch_equals_single_rows() {
         .unwrap();
     let alone = prompt_logits(&s, 0);
     assert!(max_abs_diff(&padded, &alone) < 1e-4);
-    let _ = BatchLayout::plain(1);
 }
 
 #[test]
