@@ -1,252 +1,62 @@
-//! The ChexReason study on the built-in two-site benchmark.
+//! The ChexReason study end to end on the built-in two-site benchmark.
 //!
 //! `cargo run --release --example chexreason` writes the synthetic sites (or reuses them),
-//! draws ChexReason's balanced SFT / RL / validation sets from site A, scores reference
-//! baselines in distribution (site A's held-out patients) and cross-site (site B, NIH
-//! vocabulary mapped to CheXpert, ChexReason's nine shared labels), and writes the tables,
-//! metrics and draws to the output folder. The SFT and GRPO stages of the VLM slot in
-//! between the draws and the scoring as they land.
+//! draws ChexReason's balanced SFT / RL / validation sets from site A, evaluates the untrained
+//! tiny model, trains SFT, evaluates, trains GRPO from the SFT checkpoint, evaluates — each
+//! checkpoint on site A's held-out patients (in distribution) and on site B (cross-site, NIH
+//! vocabulary mapped to CheXpert, ChexReason's nine shared labels) — and writes
+//! `outputs/chexreason/report.md` with its figures. About ten minutes on two CPU cores.
+//!
+//! The settings are `configs/tiny-cpu.toml` (compiled in); `--config FILE` reads another and
+//! `--set key=value` changes any value.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use chex_grpo::baseline::{
-    PixelLogistic, PixelLogisticConfig, PrevalenceBaseline, pooled_features,
-};
-use chex_grpo::data::synth::SynthConfig;
-use chex_grpo::data::{
-    BalancedSamplerConfig, CHEXREASON_NIH_EVAL_LABELS, Dataset, ImageCache, ImageSpec, LoadOptions,
-    NihToChexpert, UncertaintyPolicy, ViewFilter, balanced_draws, load_chexpert, load_nih,
-    write_synthetic_sites,
-};
-use chex_grpo::eval::{project_predictions, truth_matrix};
-use chex_grpo::metrics::{
-    BootstrapConfig, EvalInput, Evaluation, ZeroDivision, evaluate, markdown_f1_table,
-    paired_bootstrap, per_label_csv, summary_csv,
-};
-use chex_grpo::progress::progress_bar as bar;
+use chex_grpo::study::{StudyConfig, run_study};
 use clap::Parser;
 
 /// Run the ChexReason study on the synthetic two-site benchmark.
 #[derive(Parser)]
 struct Args {
-    /// Where the synthetic sites are written (reused when unchanged).
-    #[arg(long, default_value = "data/synthetic")]
-    data: PathBuf,
-    /// Output folder for metrics and the report.
-    #[arg(long, default_value = "outputs/chexreason")]
-    out: PathBuf,
-    /// Seed for data, draws, baselines and bootstrap.
-    #[arg(long, default_value_t = 20260101)]
-    seed: u64,
-    /// SFT, RL and validation draw sizes (ChexReason: 2000, 1000, and a held-out 10%).
-    #[arg(long, value_delimiter = ',', default_value = "1000,500,200")]
-    draws: Vec<usize>,
-    /// A miniature benchmark (a few dozen images) for smoke tests.
+    /// A study configuration; by default configs/tiny-cpu.toml as compiled in.
     #[arg(long)]
-    miniature: bool,
-    /// Bootstrap resamples for the 95% intervals.
-    #[arg(long, default_value_t = 1000)]
-    bootstrap: usize,
+    config: Option<PathBuf>,
+    /// Override any configuration value, e.g. `--set grpo.steps=10` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue an interrupted run from its output folder.
+    #[arg(long)]
+    resume: bool,
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+const TINY_CPU: &str = include_str!("../configs/tiny-cpu.toml");
 
-fn features(data: &Dataset, cache: &ImageCache) -> Result<Vec<Vec<f32>>> {
-    let progress = bar(data.len(), "decoding");
-    let paths: Vec<PathBuf> = data.samples.iter().map(|s| s.image.clone()).collect();
-    let size = cache.spec().size as usize;
-    let mut out = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(256) {
-        for image in cache.get_many(chunk) {
-            out.push(pooled_features(&image?.pixels, size, 16));
-        }
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
-    Ok(out)
-}
-
-fn main() -> Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let policy = UncertaintyPolicy::PositiveOnly;
-    let config = if args.miniature {
-        SynthConfig::miniature(args.seed)
-    } else {
-        SynthConfig {
-            seed: args.seed,
-            ..SynthConfig::default()
-        }
+    let mut overrides = args.overrides.clone();
+    if let Some(out) = &args.out {
+        overrides.push(format!("out={:?}", out.display().to_string()));
+    }
+    let config = match &args.config {
+        Some(path) => StudyConfig::from_file(path, &overrides)?,
+        None => StudyConfig::from_toml(TINY_CPU, "configs/tiny-cpu.toml", &overrides)?,
     };
-
-    // 1. The two sites.
-    let progress = bar(
-        chex_grpo::data::synth::planned_images(&config),
-        "synthesising",
-    );
-    let sites = write_synthetic_sites(&args.data, &config, &|| progress.inc(1))?;
-    progress.finish_and_clear();
     println!(
-        "site A: {} images ({}), site B: {} images ({})",
-        sites.site_a_images,
-        sites.site_a_dir.display(),
-        sites.site_b_images,
-        sites.site_b_dir.display()
+        "ChexReason study `{}` → {} (model {}, {} SFT / {} RL images, {} GRPO steps)",
+        config.name,
+        config.out.display(),
+        config.model.preset.as_deref().unwrap_or("pretrained"),
+        config.data.sft_size,
+        config.data.rl_size,
+        config.grpo.steps
     );
-
-    let frontal = LoadOptions {
-        view_filter: ViewFilter::Frontal,
-        check_images_exist: true,
-        ..Default::default()
-    };
-    let site_a_train = load_chexpert(&sites.site_a_dir.join("train.csv"), &frontal)?;
-    let site_a_test = load_chexpert(&sites.site_a_dir.join("valid.csv"), &frontal)?;
-    let site_b = load_nih(&sites.site_b_dir, &frontal)?
-        .nih_to_chexpert(&NihToChexpert::default())?
-        .restrict_labels(&CHEXREASON_NIH_EVAL_LABELS)?;
-    for (name, d) in [
-        ("site A train", &site_a_train),
-        ("site A test", &site_a_test),
-        ("site B", &site_b),
-    ] {
-        println!("{name}: {}", d.report.summary());
+    let report = run_study(&config, args.resume)?;
+    for (title, table) in &report.tables {
+        println!("\n## {title}\n\n{table}");
     }
-
-    // 2. ChexReason's balanced, patient-disjoint draws.
-    let sizes = if args.miniature {
-        vec![16, 8, 6]
-    } else {
-        args.draws.clone()
-    };
-    let pool: Vec<usize> = (0..site_a_train.len()).collect();
-    let sampler = BalancedSamplerConfig {
-        seed: args.seed,
-        policy,
-        ..Default::default()
-    };
-    let draws = balanced_draws(&site_a_train, &pool, &sizes, &sampler)?;
-    for (name, draw) in ["SFT", "RL", "validation"].iter().zip(&draws) {
-        let short: Vec<String> = draw
-            .shortfalls
-            .iter()
-            .map(|(l, want, got)| format!("{l} {got}/{want}"))
-            .collect();
-        println!(
-            "{name} draw: {} images; labels short of 5%: {}",
-            draw.indices.len(),
-            if short.is_empty() {
-                "none".into()
-            } else {
-                short.join(", ")
-            }
-        );
-    }
-    let (sft, val) = (
-        site_a_train.subset(&draws[0].indices),
-        site_a_train.subset(&draws[2].indices),
-    );
-
-    // 3. Reference baselines, scored in distribution and cross-site.
-    let cache = ImageCache::new(ImageSpec::siglip(64));
-    let (x_sft, x_val, x_a, x_b) = (
-        features(&sft, &cache)?,
-        features(&val, &cache)?,
-        features(&site_a_test, &cache)?,
-        features(&site_b, &cache)?,
-    );
-    let (y_sft, y_val) = (truth_matrix(&sft, policy), truth_matrix(&val, policy));
-    let prevalence = PrevalenceBaseline::fit(&y_sft, args.seed);
-    let logistic = PixelLogistic::fit(
-        &x_sft,
-        &y_sft,
-        &x_val,
-        &y_val,
-        &PixelLogisticConfig::default(),
-    );
-    let labels = site_a_train.label_space.labels().to_vec();
-    let bootstrap = BootstrapConfig {
-        resamples: args.bootstrap,
-        seed: args.seed,
-        ..Default::default()
-    };
-
-    let mut sections = Vec::new();
-    std::fs::create_dir_all(args.out.join("metrics"))?;
-    for (site, test, x) in [("site-a", &site_a_test, &x_a), ("site-b", &site_b, &x_b)] {
-        let truth = truth_matrix(test, policy);
-        let site_labels = test.label_space.labels().to_vec();
-        let checkpoints = [
-            ("Prevalence", prevalence.predict(test.len())),
-            ("Pixel logistic", logistic.predict(x)),
-        ];
-        let mut projected = Vec::new();
-        let mut evaluations: Vec<(&str, Evaluation)> = Vec::new();
-        for (name, predicted) in &checkpoints {
-            let p = project_predictions(&labels, &site_labels, predicted)?;
-            let input = EvalInput {
-                labels: &site_labels,
-                truth: &truth,
-                predicted: &p,
-                parsed: None,
-            };
-            evaluations.push((name, evaluate(input, ZeroDivision::Zero, Some(&bootstrap))?));
-            projected.push(p);
-        }
-        let columns: Vec<(&str, &Evaluation)> = evaluations.iter().map(|(n, e)| (*n, e)).collect();
-        let (macro_diff, _) = paired_bootstrap(
-            &truth,
-            &projected[0],
-            &projected[1],
-            ZeroDivision::Zero,
-            &bootstrap,
-        )?;
-        write(
-            &args.out.join("metrics").join(format!("{site}.json")),
-            &serde_json::to_string_pretty(&evaluations)?,
-        )?;
-        write(
-            &args
-                .out
-                .join("metrics")
-                .join(format!("{site}-per-label.csv")),
-            &per_label_csv(&columns)?,
-        )?;
-        write(
-            &args.out.join("metrics").join(format!("{site}-summary.csv")),
-            &summary_csv(&columns),
-        )?;
-        let title = if site == "site-a" {
-            "Site A held-out patients (in distribution)"
-        } else {
-            "Site B (cross-site, ChexReason's NIH label subset)"
-        };
-        sections.push(format!(
-            "## {title}\n\n{} images, macro-F1 with 95% bootstrap intervals ({} resamples).\n\n{}\nPixel logistic − prevalence, macro-F1: {:+.3} [{:+.3}, {:+.3}] (paired bootstrap, p = {:.3}).\n",
-            test.len(),
-            args.bootstrap,
-            markdown_f1_table(&columns)?,
-            macro_diff.delta,
-            macro_diff.interval.low,
-            macro_diff.interval.high,
-            macro_diff.p_value
-        ));
-    }
-    write(
-        &args.out.join("draws.json"),
-        &serde_json::to_string_pretty(&draws)?,
-    )?;
-    let report = format!(
-        "# ChexReason study — synthetic two-site benchmark\n\nSeed {}. Reference baselines (no VLM yet): chance at the SFT draw's prevalence, and per-label logistic regression on 16×16 pooled pixels trained on the SFT draw ({} images) with thresholds tuned on the validation draw ({} images).\n\n{}",
-        args.seed,
-        draws[0].indices.len(),
-        draws[2].indices.len(),
-        sections.join("\n")
-    );
-    let report_path = args.out.join("report.md");
-    write(&report_path, &report)?;
-    println!("\n{report}\nreport: {}", report_path.display());
+    println!("{}\n\nreport: {}", report.verdict, report.path.display());
     Ok(())
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    Ok(chex_grpo::data::write_atomic(path, text.as_bytes())?)
 }

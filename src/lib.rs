@@ -32,6 +32,7 @@ pub mod inputs;
 pub mod progress;
 pub mod prompts;
 pub mod source;
+pub mod study;
 pub mod training;
 
 pub use source::DataSource;

@@ -99,7 +99,7 @@ pub fn save_checkpoint(
 /// and a fresh optimizer.
 pub fn load_checkpoint(
     path: &Path,
-    mut model: Gemma3ForConditionalGeneration,
+    model: Gemma3ForConditionalGeneration,
     optimizer: ModuleOptimizer,
 ) -> Result<
     (
@@ -114,6 +114,36 @@ pub fn load_checkpoint(
         .map_err(|_| fail(path, "has no state.json: the checkpoint is incomplete"))?;
     let state: TrainingState =
         serde_json::from_str(&text).map_err(|e| fail(&state_path, e.to_string()))?;
+    let model = load_checkpoint_model(path, model)?;
+    let optimizer = optimizer.load(path.join("optimizer.bpk")).map_err(|e| {
+        fail(
+            &path.join("optimizer.bpk"),
+            format!("cannot be read ({e:?}); is it truncated?"),
+        )
+    })?;
+    Ok((model, optimizer, state))
+}
+
+/// Remove a stage's checkpoints before a fresh start, so a best checkpoint of an earlier run
+/// is never mistaken for this run's.
+pub fn clear_stage(dir: &Path, stage: &str) -> Result<(), TrainError> {
+    for name in [format!("{stage}-best"), format!("{stage}-last")] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Restore only the model of a checkpoint (for evaluation), onto a model of the same structure.
+pub fn load_checkpoint_model(
+    path: &Path,
+    mut model: Gemma3ForConditionalGeneration,
+) -> Result<Gemma3ForConditionalGeneration, TrainError> {
+    if !path.join("state.json").exists() {
+        return Err(fail(path, "has no state.json: the checkpoint is incomplete"));
+    }
     let mut store = BurnpackStore::from_file(path.join("model.bpk"));
     let result = model.load_from(&mut store).map_err(|e| {
         fail(
@@ -127,13 +157,7 @@ pub fn load_checkpoint(
             format!("has no tensor `{missing}` (a different model or LoRA setting?)"),
         ));
     }
-    let optimizer = optimizer.load(path.join("optimizer.bpk")).map_err(|e| {
-        fail(
-            &path.join("optimizer.bpk"),
-            format!("cannot be read ({e:?}); is it truncated?"),
-        )
-    })?;
-    Ok((model, optimizer, state))
+    Ok(model)
 }
 
 /// Continue from `path` when it is a finished checkpoint, keeping the vision tower frozen when

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, load_checkpoint, resume_from, save_checkpoint};
+use super::checkpoint::{clear_stage, TrainingState, load_checkpoint, resume_from, save_checkpoint};
 use super::examples::{answer, score_answers};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
@@ -209,8 +209,11 @@ pub fn train_grpo(
         optimizer = o;
         state = s;
     }
-    let mut log = JsonlLog::append(&out.join("grpo_log.jsonl"))?;
-    let mut samples_log = JsonlLog::append(&out.join("grpo_samples.jsonl"))?;
+    if state.step == 0 {
+        clear_stage(&checkpoints, "grpo")?;
+    }
+    let mut log = JsonlLog::at_step(&out.join("grpo_log.jsonl"), state.step)?;
+    let mut samples_log = JsonlLog::at_step(&out.join("grpo_samples.jsonl"), state.step)?;
     let mut mean_rewards = Vec::new();
     let bar = progress_bar(config.steps, "GRPO");
     bar.set_position(state.step as u64);

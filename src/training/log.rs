@@ -29,6 +29,26 @@ impl JsonlLog {
         })
     }
 
+    /// Open a run's log at optimizer step `step`: records of later steps (written after the
+    /// checkpoint a resumed run restarts from, or by an earlier run when starting afresh at 0)
+    /// are dropped, so the log always describes one run.
+    pub fn at_step(path: &Path, step: usize) -> Result<Self, TrainError> {
+        if path.exists() {
+            let kept: Vec<serde_json::Value> = read_jsonl(path)?
+                .into_iter()
+                .filter(|r| {
+                    step > 0
+                        && r.get("step")
+                            .and_then(|s| s.as_u64())
+                            .is_some_and(|s| s as usize <= step)
+                })
+                .collect();
+            let text: String = kept.iter().map(|r| format!("{r}\n")).collect();
+            std::fs::write(path, text).map_err(|e| TrainError::io(path, e))?;
+        }
+        Self::append(path)
+    }
+
     /// Write one record.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
         let line = format!("{record}\n");

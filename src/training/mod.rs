@@ -21,6 +21,8 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] chex_data::DataError),
     #[error(transparent)]
+    Metrics(#[from] chex_metrics::MetricsError),
+    #[error(transparent)]
     Objective(#[from] chex_objective::ObjectiveError),
     #[error("{path}: {source}")]
     Io {

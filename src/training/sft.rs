@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{TrainingState, load_checkpoint, resume_from, save_checkpoint};
+use super::checkpoint::{clear_stage, TrainingState, load_checkpoint, resume_from, save_checkpoint};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
 use super::schedule::CosineSchedule;
@@ -209,7 +209,10 @@ pub fn train_sft(
         optimizer = o;
         state = s;
     }
-    let mut log = JsonlLog::append(&out.join("sft_log.jsonl"))?;
+    if state.step == 0 {
+        clear_stage(&checkpoints, "sft")?;
+    }
+    let mut log = JsonlLog::at_step(&out.join("sft_log.jsonl"), state.step)?;
     let batch_of = |idx: &[usize]| Batch {
         prompt_ids: policy.prompt.ids.clone(),
         image_block: policy.prompt.image_block.clone().unwrap_or(0..0),

@@ -2,6 +2,7 @@
 
 mod data_cmd;
 mod model_cmd;
+mod study_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,18 @@ enum Command {
     /// Inspect model presets and checkpoints.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Run the whole study: evaluate the untrained model, SFT, evaluate, GRPO, evaluate, report.
+    Run(study_cmd::RunArgs),
+    /// Supervised fine-tuning on the SFT draw (writes checkpoints/sft-best and sft-last).
+    Sft(study_cmd::StageArgs),
+    /// GRPO from the SFT checkpoint on the RL draw (writes checkpoints/grpo-best and grpo-last).
+    Grpo(study_cmd::StageArgs),
+    /// Score one checkpoint on every test set (writes predictions/ and metrics/).
+    Eval(study_cmd::EvalArgs),
+    /// Answer images with one checkpoint and show the parsed labels.
+    Generate(study_cmd::GenerateArgs),
+    /// Rebuild report.md and the figures from an output folder.
+    Report(study_cmd::ReportArgs),
     /// Show the compiled backends and check that a device runs a computation.
     Device {
         /// Device to check: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
@@ -34,6 +47,12 @@ fn main() {
     let result = match cli.command {
         Command::Data(command) => data_cmd::run(command),
         Command::Model(command) => model_cmd::run(command),
+        Command::Run(args) => study_cmd::run(args),
+        Command::Sft(args) => study_cmd::sft(args),
+        Command::Grpo(args) => study_cmd::grpo(args),
+        Command::Eval(args) => study_cmd::eval(args),
+        Command::Generate(args) => study_cmd::generate_answers(args),
+        Command::Report(args) => study_cmd::report(args),
         Command::Device { device } => check_device(&device),
     };
     if let Err(error) = result {

@@ -1,0 +1,249 @@
+//! `chex run | sft | grpo | eval | generate | report`: the study's stages over one output folder.
+
+use std::path::PathBuf;
+
+use chex_grpo::data::{ImageCache, ImageSpec, PreparedImage};
+use chex_grpo::inputs::pixel_batch;
+use chex_grpo::model::generation::{GenerationConfig, generate};
+use chex_grpo::model::sampling::SamplingConfig;
+use chex_grpo::rewards::{RewardContext, extract_labels, parse_output};
+use chex_grpo::study::evaluate::evaluate_checkpoint;
+use chex_grpo::study::pipeline::{
+    base_policy, grpo_stage, load_data, model_config, save_config, sft_stage, study_device,
+};
+use chex_grpo::study::{Report, StudyConfig, load_policy, run_study, write_report};
+use clap::Args;
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Where the configuration comes from and what the command line changes in it.
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// The study configuration (TOML), e.g. configs/tiny-cpu.toml; unset keys take
+    /// ChexReason's defaults.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Override any configuration value, e.g. `--set grpo.steps=20 --set sft.lora=none`
+    /// (repeatable; values are read as TOML, otherwise as text).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Output folder (the config's `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Backend and device: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N (the config's `device`).
+    #[arg(long)]
+    device: Option<String>,
+    /// Seed of data, draws, initialisation and bootstrap (the config's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Root of an NIH ChestX-ray14 folder; replaces the root of every NIH source.
+    #[arg(long, value_name = "DIR")]
+    nih_root: Option<PathBuf>,
+    /// Continue from the checkpoints, logs and metrics already in the output folder.
+    #[arg(long)]
+    resume: bool,
+}
+
+impl ConfigArgs {
+    fn resolve(&self) -> Result<StudyConfig, Box<dyn std::error::Error>> {
+        let mut overrides = self.overrides.clone();
+        if let Some(out) = &self.out {
+            overrides.push(format!("out={}", toml_string(&out.display().to_string())));
+        }
+        if let Some(device) = &self.device {
+            overrides.push(format!("device={}", toml_string(device)));
+        }
+        if let Some(seed) = self.seed {
+            overrides.push(format!("seed={seed}"));
+        }
+        let mut config = StudyConfig::from_file(&self.config, &overrides)?;
+        if let Some(root) = &self.nih_root {
+            config.set_nih_root(root);
+        }
+        Ok(config)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `chex run`: the whole study.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// `chex sft` / `chex grpo`: one training stage.
+#[derive(Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// `chex eval`: score one checkpoint on every test set.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Which checkpoint of the output folder: base, sft or grpo.
+    #[arg(long, default_value = "grpo")]
+    checkpoint: String,
+}
+
+/// `chex generate`: answer a few images with one checkpoint.
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Which checkpoint of the output folder: base, sft or grpo.
+    #[arg(long, default_value = "grpo")]
+    checkpoint: String,
+    /// Images to read (PNG or JPEG).
+    #[arg(long, required = true, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Sampling temperature (0 is greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Answers per image.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Longest answer in tokens (default: the config's eval.max_new_tokens).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+}
+
+/// `chex report`: rebuild the report from an output folder.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run's output folder (with config.toml, metrics/ and predictions/).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn print_report(report: &Report) {
+    for (title, table) in &report.tables {
+        println!("\n## {title}\n\n{table}");
+    }
+    println!("{}\n", report.verdict);
+    println!("report: {}", report.path.display());
+}
+
+pub fn run(args: RunArgs) -> CliResult {
+    let config = args.config.resolve()?;
+    let report = run_study(&config, args.config.resume)?;
+    print_report(&report);
+    Ok(())
+}
+
+pub fn sft(args: StageArgs) -> CliResult {
+    let config = args.config.resolve()?;
+    let device = study_device(&config)?;
+    save_config(&config)?;
+    let data = load_data(&config)?;
+    sft_stage(base_policy(&config, &device)?, &data, &config, args.config.resume, &device)?;
+    println!("SFT checkpoints: {}", config.out.join("checkpoints").display());
+    Ok(())
+}
+
+pub fn grpo(args: StageArgs) -> CliResult {
+    let config = args.config.resolve()?;
+    let device = study_device(&config)?;
+    save_config(&config)?;
+    let data = load_data(&config)?;
+    let policy = load_policy(&config, "sft", &device)?;
+    grpo_stage(policy, &data, &config, args.config.resume, &device)?;
+    println!("GRPO checkpoints: {}", config.out.join("checkpoints").display());
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> CliResult {
+    let config = args.config.resolve()?;
+    let device = study_device(&config)?;
+    save_config(&config)?;
+    let data = load_data(&config)?;
+    let policy = load_policy(&config, &args.checkpoint, &device)?;
+    let scores = evaluate_checkpoint(&policy, &args.checkpoint, &data.tests, &config, &device)?;
+    for (test, e) in data.tests.iter().zip(&scores) {
+        println!(
+            "{} on {}: macro-F1 {:.3} [{}], micro-F1 {:.3}, unparseable {:.1}%",
+            args.checkpoint,
+            test.config.name,
+            e.macro_f1,
+            e.macro_f1_ci
+                .map_or("–".into(), |c| format!("{:.3}, {:.3}", c.low, c.high)),
+            e.micro_f1,
+            100.0 * e.unparseable_rate
+        );
+    }
+    println!("metrics: {}", config.out.join("metrics").display());
+    Ok(())
+}
+
+pub fn generate_answers(args: GenerateArgs) -> CliResult {
+    let config = args.config.resolve()?;
+    let device = study_device(&config)?;
+    let policy = load_policy(&config, &args.checkpoint, &device)?;
+    let size = model_config(&config)?.vision_config.image_size as u32;
+    let cache = ImageCache::new(ImageSpec::siglip(size));
+    let images = args
+        .image
+        .iter()
+        .map(|p| cache.get(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&PreparedImage> = images.iter().map(|i| i.as_ref()).collect();
+    let generation = GenerationConfig {
+        max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
+        samples_per_prompt: args.samples.max(1),
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: 0,
+        },
+        stop_tokens: policy.stop_tokens(),
+        seed: config.seed,
+        use_cache: true,
+    };
+    let prompts = vec![policy.prompt.clone(); refs.len()];
+    let completions = generate(
+        &policy.model,
+        &prompts,
+        Some(pixel_batch(&refs, &device)),
+        &generation,
+        &device,
+    )?;
+    let context = RewardContext::default();
+    for completion in completions {
+        let text = policy.tokenizer.decode(&completion.tokens, true)?;
+        let parsed = parse_output(&text, &context.format, context.mode);
+        let labels: Vec<String> = parsed
+            .answer
+            .as_deref()
+            .map(|a| extract_labels(a, &context.vocabulary).labels)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| context.vocabulary.labels()[i].clone())
+            .collect();
+        println!(
+            "{} ({} tokens, {:?}):\n{text}\nparsed labels: {}\n",
+            args.image[completion.prompt].display(),
+            completion.tokens.len(),
+            completion.stop,
+            if parsed.answer.is_some() {
+                labels.join(", ")
+            } else {
+                "unparseable".into()
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> CliResult {
+    print_report(&write_report(&args.out)?);
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! The study's configuration: one TOML file (see `configs/`) layered over built-in defaults
+//! (ChexReason's settings), then `section.key=value` overrides from the command line. The
+//! resolved configuration is saved next to the outputs, so a run can be repeated exactly.
+
+use std::path::{Path, PathBuf};
+
+use chex_data::{OfficialSplit, ViewFilter};
+use serde::{Deserialize, Serialize};
+
+use crate::DataSource;
+use crate::prompts::PromptVariant;
+use crate::training::{GrpoConfig, SftConfig, TrainError};
+
+/// Everything one study run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudyConfig {
+    /// A short name, printed in the report's title.
+    pub name: String,
+    /// Seed of data synthesis, draws, model initialisation, evaluation subsets and bootstrap.
+    pub seed: u64,
+    /// Backend and device: `cpu`, `ndarray`, `tch-cpu`, `tch-cuda:0`, `cuda:0`.
+    pub device: String,
+    /// The output folder: config, logs, checkpoints, predictions, metrics, report.
+    pub out: PathBuf,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub sft: SftConfig,
+    pub grpo: GrpoConfig,
+    pub eval: EvalSection,
+}
+
+/// Which model to train.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSection {
+    /// A built-in preset (`tiny`, `small`, `medgemma-4b`) initialised at random, with a BPE
+    /// tokenizer trained on the project's corpus.
+    pub preset: Option<String>,
+    /// A Hugging Face checkpoint folder (`config.json`, safetensors, `tokenizer.json`); wins
+    /// over `preset`.
+    pub pretrained: Option<PathBuf>,
+    /// How the model is asked and how it answers.
+    pub prompt: PromptVariant,
+}
+
+/// Where the images come from and how they are drawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataSection {
+    /// Write (or reuse) the built-in synthetic two-site benchmark before loading.
+    pub synthetic: Option<SyntheticSection>,
+    /// The training site: SFT, RL and validation draws come from it.
+    pub train: TrainSite,
+    /// Teacher-written SFT data (JSONL lines `{"image", "labels", "reasoning"}`) used instead of
+    /// the SFT draw; without it SFT learns the prompt style's templated reasoning.
+    #[serde(default)]
+    pub sft_traces: Option<PathBuf>,
+    /// Draw sizes from the training site (ChexReason: 2,000 SFT and 1,000 RL).
+    pub sft_size: usize,
+    pub rl_size: usize,
+    pub validation_size: usize,
+    /// The test sets every checkpoint is scored on.
+    pub tests: Vec<TestSetConfig>,
+}
+
+/// The synthetic benchmark's folder and size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyntheticSection {
+    pub dir: PathBuf,
+    /// A few dozen images per site (tests and quick looks).
+    pub miniature: bool,
+}
+
+/// The training site.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSite {
+    pub source: DataSource,
+    /// Views the draws may use.
+    pub view: ViewFilter,
+    /// Keep only this official split (e.g. `train`); unset keeps every row.
+    #[serde(default)]
+    pub split: Option<OfficialSplit>,
+    /// Read NIH findings in CheXpert's vocabulary (for an NIH-layout training site).
+    pub nih_to_chexpert: bool,
+    /// Patients held out of the draws for a test set with `holdout = true` (0 holds out none).
+    pub holdout_fraction: f64,
+}
+
+/// Whether a test set is in distribution or another site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestRole {
+    InDistribution,
+    CrossSite,
+}
+
+/// One test set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestSetConfig {
+    /// File-name stem of its metrics and predictions, e.g. `site-a`.
+    pub name: String,
+    /// Heading in the report.
+    pub title: String,
+    pub role: TestRole,
+    /// Its own source; without one, the training site's held-out patients (`holdout`).
+    #[serde(default)]
+    pub source: Option<DataSource>,
+    #[serde(default)]
+    pub view: ViewFilter,
+    /// Keep only this official split of the source (e.g. `test` for NIH's `test_list.txt`).
+    #[serde(default)]
+    pub split: Option<OfficialSplit>,
+    #[serde(default)]
+    pub nih_to_chexpert: bool,
+    /// Score only these labels (e.g. ChexReason's nine labels shared with NIH).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// At most this many images, drawn with the seed (0 keeps all).
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// How checkpoints are scored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalSection {
+    /// Longest greedy answer.
+    pub max_new_tokens: usize,
+    /// Images per generation batch.
+    pub batch: usize,
+    /// Bootstrap resamples for the 95% intervals and the paired differences.
+    pub bootstrap_resamples: usize,
+    /// Reasoning traces shown per checkpoint in the report.
+    pub traces: usize,
+}
+
+impl Default for StudyConfig {
+    /// ChexReason's settings on the synthetic benchmark with the small preset.
+    fn default() -> Self {
+        let synthetic = PathBuf::from("data/synthetic");
+        Self {
+            name: "chexreason".into(),
+            seed: 20260101,
+            device: "cpu".into(),
+            out: "outputs/chexreason".into(),
+            model: ModelSection {
+                preset: Some("small".into()),
+                pretrained: None,
+                prompt: PromptVariant::StructuredSteps,
+            },
+            data: DataSection {
+                train: TrainSite {
+                    source: DataSource::Chexpert {
+                        csv: synthetic.join("site-a/CheXpert-v1.0-small/train.csv"),
+                    },
+                    view: ViewFilter::Frontal,
+                    split: None,
+                    nih_to_chexpert: false,
+                    holdout_fraction: 0.0,
+                },
+                sft_traces: None,
+                synthetic: Some(SyntheticSection {
+                    dir: synthetic.clone(),
+                    miniature: false,
+                }),
+                sft_size: 2000,
+                rl_size: 1000,
+                validation_size: 200,
+                tests: vec![
+                    TestSetConfig {
+                        name: "site-a".into(),
+                        title: "Site A held-out patients (in distribution)".into(),
+                        role: TestRole::InDistribution,
+                        source: Some(DataSource::Chexpert {
+                            csv: synthetic.join("site-a/CheXpert-v1.0-small/valid.csv"),
+                        }),
+                        view: ViewFilter::Frontal,
+                        split: None,
+                        nih_to_chexpert: false,
+                        labels: None,
+                        limit: 0,
+                    },
+                    TestSetConfig {
+                        name: "site-b".into(),
+                        title: "Site B (cross-site, NIH layout, ChexReason's nine shared labels)"
+                            .into(),
+                        role: TestRole::CrossSite,
+                        source: Some(DataSource::Nih {
+                            root: synthetic.join("site-b"),
+                        }),
+                        view: ViewFilter::Frontal,
+                        split: None,
+                        nih_to_chexpert: true,
+                        labels: Some(
+                            chex_data::CHEXREASON_NIH_EVAL_LABELS
+                                .iter()
+                                .map(|s| s.to_string())
+                                .collect(),
+                        ),
+                        limit: 0,
+                    },
+                ],
+            },
+            sft: SftConfig::chexreason(),
+            grpo: GrpoConfig::chexreason(),
+            eval: EvalSection {
+                max_new_tokens: 512,
+                batch: 16,
+                bootstrap_resamples: 1000,
+                traces: 3,
+            },
+        }
+    }
+}
+
+fn config_error(message: String) -> TrainError {
+    TrainError::Config(message)
+}
+
+/// Overlay `top` onto `base`: tables merge key by key, anything else is replaced; the string
+/// `"none"` removes a key (how a file turns off an optional section such as `sft.lora`).
+fn merge(base: &mut toml::Value, top: toml::Value) {
+    match (base, top) {
+        (toml::Value::Table(b), toml::Value::Table(t)) => {
+            for (key, value) in t {
+                if value.as_str() == Some("none") {
+                    b.remove(&key);
+                } else if let Some(existing) = b.get_mut(&key) {
+                    merge(existing, value);
+                } else {
+                    b.insert(key, value);
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
+}
+
+/// Write `"none"` for each key the defaults have and `value` lacks (an optional section turned
+/// off), so the saved file reads back to the same configuration.
+fn mark_absent(defaults: &toml::Value, value: &mut toml::Value) {
+    if let (toml::Value::Table(d), toml::Value::Table(v)) = (defaults, value) {
+        for (key, default) in d {
+            match v.get_mut(key) {
+                Some(inner) => mark_absent(default, inner),
+                None => {
+                    v.insert(key.clone(), toml::Value::String("none".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Turn `a.b.c=value` into a nested table; the value is read as TOML (numbers, booleans,
+/// arrays) and otherwise taken as a string.
+fn override_table(assignment: &str) -> Result<toml::Value, TrainError> {
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
+        config_error(format!(
+            "override `{assignment}` should look like `section.key=value`"
+        ))
+    })?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut value = value;
+    for key in path.trim().rsplit('.') {
+        if key.is_empty() {
+            return Err(config_error(format!(
+                "override `{assignment}` has an empty key"
+            )));
+        }
+        let mut table = toml::Table::new();
+        table.insert(key.to_string(), value);
+        value = toml::Value::Table(table);
+    }
+    Ok(value)
+}
+
+impl StudyConfig {
+    /// Parse a configuration text over the defaults, then apply `overrides`; `origin` names
+    /// the text in errors.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut value = toml::Value::try_from(Self::default())
+            .map_err(|e| config_error(format!("defaults: {e}")))?;
+        let file: toml::Table =
+            toml::from_str(text).map_err(|e| config_error(format!("{origin}: {e}")))?;
+        merge(&mut value, toml::Value::Table(file));
+        for assignment in overrides {
+            merge(&mut value, override_table(assignment)?);
+        }
+        let config: Self = value
+            .try_into()
+            .map_err(|e| config_error(format!("{origin}: {e}")))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Read a configuration file (see [`StudyConfig::from_toml`]).
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// The resolved configuration as TOML (what `config.toml` in the output folder holds).
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        let failed = |e: String| config_error(format!("writing the config: {e}"));
+        let mut value = toml::Value::try_from(self).map_err(|e| failed(e.to_string()))?;
+        let defaults = toml::Value::try_from(Self::default()).map_err(|e| failed(e.to_string()))?;
+        mark_absent(&defaults, &mut value);
+        toml::to_string_pretty(&value).map_err(|e| failed(e.to_string()))
+    }
+
+    /// Point every NIH source at `root` (the `--nih-root` flag).
+    pub fn set_nih_root(&mut self, root: &Path) {
+        let sources = std::iter::once(&mut self.data.train.source)
+            .chain(self.data.tests.iter_mut().filter_map(|t| t.source.as_mut()));
+        for source in sources {
+            if let DataSource::Nih { root: r } = source {
+                *r = root.to_path_buf();
+            }
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(config_error(format!("{origin}: {m}")));
+        if self.model.preset.is_none() && self.model.pretrained.is_none() {
+            return bad("model: give `preset` or `pretrained`");
+        }
+        if self.data.tests.is_empty() {
+            return bad("data.tests: at least one test set is needed");
+        }
+        if !(0.0..1.0).contains(&self.data.train.holdout_fraction) {
+            return bad("data.train.holdout_fraction must lie in [0, 1)");
+        }
+        for test in &self.data.tests {
+            if test.source.is_none() && self.data.train.holdout_fraction == 0.0 {
+                return Err(config_error(format!(
+                    "{origin}: test set `{}` has no source and data.train.holdout_fraction is 0",
+                    test.name
+                )));
+            }
+            if test.name.is_empty() || test.name.contains(['/', '\\']) {
+                return Err(config_error(format!(
+                    "{origin}: test set name `{}` must be a plain file-name stem",
+                    test.name
+                )));
+            }
+        }
+        if self.data.sft_size == 0 || self.data.rl_size == 0 {
+            return bad("data.sft_size and data.rl_size must be positive");
+        }
+        if self.eval.batch == 0 || self.eval.max_new_tokens == 0 {
+            return bad("eval.batch and eval.max_new_tokens must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_merge_over_defaults_and_overrides_win() {
+        let text = "name = \"t\"\n[sft]\nepochs = 2\nlora = \"none\"\n[grpo.lora]\nrank = 4\n";
+        let config = StudyConfig::from_toml(
+            text,
+            "t.toml",
+            &["grpo.steps=7".into(), "model.preset=tiny".into()],
+        )
+        .unwrap();
+        assert_eq!(config.sft.epochs, 2);
+        assert!(config.sft.lora.is_none());
+        assert_eq!(config.grpo.lora.as_ref().unwrap().rank, 4);
+        assert_eq!(config.grpo.lora.as_ref().unwrap().alpha, 32.0);
+        assert_eq!(config.grpo.steps, 7);
+        assert_eq!(config.model.preset.as_deref(), Some("tiny"));
+        let again = StudyConfig::from_toml(&config.to_toml().unwrap(), "saved", &[]).unwrap();
+        assert_eq!(again.to_toml().unwrap(), config.to_toml().unwrap());
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_key() {
+        let e = StudyConfig::from_toml("[sft]\nepochs = \"many\"\n", "x.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("epochs"), "{e}");
+        let e = StudyConfig::from_toml("", "x.toml", &["grpo.steps".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grpo.steps"), "{e}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The stages of a study and the whole run: evaluate the untrained model, SFT, evaluate, GRPO
+//! from the SFT checkpoint, evaluate, report. Each stage writes into the one output folder, so
+//! the stages can also be run one at a time (`chex sft`, `chex grpo`, `chex eval`, `chex report`)
+//! and an interrupted run resumes where it stopped.
+
+use std::path::Path;
+use std::time::Instant;
+
+use chex_model::burn::tensor::Device;
+use chex_model::checkpoint::from_pretrained;
+use chex_model::lora::{apply_lora, merge_lora};
+use chex_model::{ChexTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+use serde_json::json;
+
+use super::config::StudyConfig;
+use super::data::{StudyData, prepare_data};
+use super::evaluate::{CHECKPOINTS, evaluate_checkpoint, metrics_path};
+use super::report::{Report, write_report};
+use crate::corpus::preset_tokenizer;
+use crate::training::checkpoint::load_checkpoint_model;
+use crate::training::{Policy, TrainError, train_grpo, train_sft};
+
+/// The device a configuration names, seeded with the study's seed.
+pub fn study_device(config: &StudyConfig) -> Result<Device, TrainError> {
+    let device = select_device(&config.device)?;
+    device.seed(config.seed);
+    Ok(device)
+}
+
+/// The model configuration the study trains.
+pub fn model_config(config: &StudyConfig) -> Result<Gemma3Config, TrainError> {
+    Ok(match (&config.model.pretrained, &config.model.preset) {
+        (Some(dir), _) => Gemma3Config::from_file(&dir.join("config.json"))?,
+        (None, Some(preset)) => Gemma3Config::preset(preset)?,
+        (None, None) => {
+            return Err(TrainError::Config(
+                "model: give `preset` or `pretrained`".into(),
+            ));
+        }
+    })
+}
+
+/// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed.
+pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy, TrainError> {
+    let (model, tokenizer) = match &config.model.pretrained {
+        Some(dir) => (
+            from_pretrained(dir, device)?,
+            ChexTokenizer::from_file(&dir.join("tokenizer.json"))?,
+        ),
+        None => {
+            let model_config = model_config(config)?;
+            device.seed(config.seed);
+            let model = Gemma3ForConditionalGeneration::new(&model_config, device);
+            let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+            (model, tokenizer)
+        }
+    };
+    Policy::new(model, tokenizer, config.model.prompt)
+}
+
+fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf, TrainError> {
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.join("state.json").exists())
+        .ok_or_else(|| {
+            TrainError::Config(format!(
+                "no finished {} or {} checkpoint under {}; run that stage first",
+                names[0],
+                names[1],
+                dir.display()
+            ))
+        })
+}
+
+/// The SFT policy as GRPO starts from it: adapters (if SFT used them) merged into the weights.
+fn after_sft(model: Gemma3ForConditionalGeneration, config: &StudyConfig, device: &Device) -> Gemma3ForConditionalGeneration {
+    if config.sft.lora.is_some() {
+        merge_lora(model, device)
+    } else {
+        model
+    }
+}
+
+/// A stage's policy read back from the output folder: `base`, `sft` (best, else last) or `grpo`
+/// (best, else last).
+pub fn load_policy(config: &StudyConfig, stage: &str, device: &Device) -> Result<Policy, TrainError> {
+    let mut policy = base_policy(config, device)?;
+    if stage == "base" {
+        return Ok(policy);
+    }
+    let checkpoints = config.out.join("checkpoints");
+    let mut model = policy.model.clone();
+    if let Some(lora) = &config.sft.lora {
+        model = apply_lora(model, lora, device);
+    }
+    model = load_checkpoint_model(&finished(&checkpoints, ["sft-best", "sft-last"])?, model)?;
+    model = after_sft(model, config, device);
+    match stage {
+        "sft" => {}
+        "grpo" => {
+            if let Some(lora) = &config.grpo.lora {
+                model = apply_lora(model, lora, device);
+            }
+            model =
+                load_checkpoint_model(&finished(&checkpoints, ["grpo-best", "grpo-last"])?, model)?;
+        }
+        other => {
+            return Err(TrainError::Config(format!(
+                "unknown checkpoint `{other}`: use base, sft or grpo"
+            )));
+        }
+    }
+    policy.model = model;
+    Ok(policy)
+}
+
+/// Save the resolved configuration as `out/config.toml` (what the report and later stages read).
+pub fn save_config(config: &StudyConfig) -> Result<(), TrainError> {
+    chex_data::write_atomic(&config.out.join("config.toml"), config.to_toml()?.as_bytes())?;
+    Ok(())
+}
+
+/// Load the data a configuration names, printing what was loaded and writing `draws.json`.
+pub fn load_data(config: &StudyConfig) -> Result<StudyData, TrainError> {
+    let image_size = model_config(config)?.vision_config.image_size as u32;
+    let data = prepare_data(config, image_size)?;
+    for line in &data.summary {
+        println!("{line}");
+    }
+    let paths = |e: &[crate::training::Example]| -> Vec<String> {
+        e.iter().map(|x| x.path.display().to_string()).collect()
+    };
+    let shortfalls: Vec<_> = data.draws.iter().map(|d| &d.shortfalls).collect();
+    let draws = json!({
+        "sft": paths(&data.sft), "rl": paths(&data.rl), "validation": paths(&data.validation),
+        "shortfalls": shortfalls,
+    });
+    let text = serde_json::to_string_pretty(&draws).map_err(|e| TrainError::Config(e.to_string()))?;
+    chex_data::write_atomic(&config.out.join("draws.json"), text.as_bytes())?;
+    Ok(data)
+}
+
+/// SFT from `policy` on the SFT draw; returns the best policy, adapters merged.
+pub fn sft_stage(
+    policy: Policy,
+    data: &StudyData,
+    config: &StudyConfig,
+    resume: bool,
+    device: &Device,
+) -> Result<Policy, TrainError> {
+    let mut outcome = train_sft(policy, &data.sft, &config.sft, &config.out, resume, device)?;
+    outcome.policy.model = after_sft(outcome.policy.model, config, device);
+    Ok(outcome.policy)
+}
+
+/// GRPO from the SFT policy on the RL draw, validated on the validation draw.
+pub fn grpo_stage(
+    policy: Policy,
+    data: &StudyData,
+    config: &StudyConfig,
+    resume: bool,
+    device: &Device,
+) -> Result<Policy, TrainError> {
+    Ok(train_grpo(
+        policy,
+        &data.rl,
+        &data.validation,
+        &config.grpo,
+        &config.out,
+        resume,
+        device,
+    )?
+    .policy)
+}
+
+/// Whether every test set of `checkpoint` already has metrics (so a resumed run skips it).
+pub fn evaluated(config: &StudyConfig, checkpoint: &str) -> bool {
+    config
+        .data
+        .tests
+        .iter()
+        .all(|t| metrics_path(&config.out, checkpoint, &t.name).exists())
+}
+
+struct Timings {
+    path: std::path::PathBuf,
+    stages: Vec<(String, f64)>,
+}
+
+impl Timings {
+    fn open(out: &Path) -> Self {
+        let path = out.join("timings.json");
+        let stages = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Self { path, stages }
+    }
+
+    fn record(&mut self, stage: &str, started: Instant) -> Result<(), TrainError> {
+        let seconds = started.elapsed().as_secs_f64();
+        self.stages.retain(|(s, _)| s != stage);
+        self.stages.push((stage.to_string(), seconds));
+        println!("{stage}: {seconds:.0} s");
+        let text = serde_json::to_string(&self.stages).map_err(|e| TrainError::Config(e.to_string()))?;
+        chex_data::write_atomic(&self.path, text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The whole study; with `resume`, finished stages are read back instead of rerun.
+pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainError> {
+    let device = study_device(config)?;
+    std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
+    save_config(config)?;
+    let mut timings = Timings::open(&config.out);
+    let started = Instant::now();
+    let data = load_data(config)?;
+    timings.record("data", started)?;
+
+    let mut policy = base_policy(config, &device)?;
+    for (checkpoint, _) in CHECKPOINTS {
+        let started = Instant::now();
+        match checkpoint {
+            "base" => {}
+            "sft" => policy = sft_stage(policy, &data, config, resume, &device)?,
+            _ => policy = grpo_stage(policy, &data, config, resume, &device)?,
+        }
+        if checkpoint != "base" {
+            timings.record(checkpoint, started)?;
+        }
+        if !(resume && evaluated(config, checkpoint)) {
+            let started = Instant::now();
+            let scores = evaluate_checkpoint(&policy, checkpoint, &data.tests, config, &device)?;
+            for (test, e) in data.tests.iter().zip(&scores) {
+                println!(
+                    "{checkpoint} on {}: macro-F1 {:.3}, micro-F1 {:.3}, unparseable {:.1}%",
+                    test.config.name,
+                    e.macro_f1,
+                    e.micro_f1,
+                    100.0 * e.unparseable_rate
+                );
+            }
+            timings.record(&format!("evaluate {checkpoint}"), started)?;
+        }
+    }
+    write_report(&config.out)
+}

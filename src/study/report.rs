@@ -1,0 +1,447 @@
+//! The study report, built only from what a run left in its output folder (`config.toml`,
+//! `metrics/`, `predictions/`, the training logs), so `chex report` can rebuild it and its
+//! numbers are exactly the metrics files' numbers.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chex_metrics::{
+    Evaluation, PairedDifference, ZeroDivision, markdown_f1_table, paired_bootstrap,
+    per_label_csv, summary_csv,
+};
+use serde::{Deserialize, Serialize};
+
+use super::config::{StudyConfig, TestRole};
+use super::evaluate::{
+    CHECKPOINTS, Prediction, bootstrap_config, metrics_path, prediction_matrices,
+    predictions_path, read_predictions,
+};
+use super::plots::{Panel, Series, grouped_bars, line_panels, rolling_mean};
+use crate::training::TrainError;
+use crate::training::log::read_jsonl;
+
+/// One paired comparison between two checkpoints on one test set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub test: String,
+    pub role: TestRole,
+    pub from: String,
+    pub to: String,
+    pub macro_f1: PairedDifference,
+    pub micro_f1: PairedDifference,
+}
+
+/// What the report says, for printing.
+pub struct Report {
+    pub path: PathBuf,
+    /// Per test set: its title and its per-label table (Markdown).
+    pub tables: Vec<(String, String)>,
+    /// The generalization verdict in one paragraph.
+    pub verdict: String,
+    /// Every file written.
+    pub files: Vec<PathBuf>,
+}
+
+fn write(path: &Path, text: &str, files: &mut Vec<PathBuf>) -> Result<(), TrainError> {
+    chex_data::write_atomic(path, text.as_bytes())?;
+    files.push(path.to_path_buf());
+    Ok(())
+}
+
+fn read_evaluation(path: &Path) -> Result<Evaluation, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
+fn signed(d: &PairedDifference) -> String {
+    format!(
+        "{:+.3} [{:+.3}, {:+.3}], p = {:.3}",
+        d.delta, d.interval.low, d.interval.high, d.p_value
+    )
+}
+
+fn significant(d: &PairedDifference) -> bool {
+    d.interval.low > 0.0 || d.interval.high < 0.0
+}
+
+/// The plain-language verdict on SFT → GRPO.
+fn verdict(comparisons: &[Comparison]) -> String {
+    let pick = |role: TestRole| {
+        comparisons
+            .iter()
+            .find(|c| c.role == role && c.from == "sft" && c.to == "grpo")
+    };
+    let (Some(inside), Some(cross)) = (pick(TestRole::InDistribution), pick(TestRole::CrossSite))
+    else {
+        return "The generalization check needs SFT and GRPO scores on an in-distribution and a \
+                cross-site test set; this run does not have both."
+            .into();
+    };
+    let change = |d: &PairedDifference| {
+        let how = if d.delta > 0.0 {
+            "rose"
+        } else if d.delta < 0.0 {
+            "fell"
+        } else {
+            "did not change"
+        };
+        format!(
+            "{how} ({:+.3}, 95% CI [{:+.3}, {:+.3}])",
+            d.delta, d.interval.low, d.interval.high
+        )
+    };
+    let mut text = format!(
+        "From SFT to GRPO, macro-F1 {} in distribution ({}) and {} cross-site ({}). ",
+        change(&inside.macro_f1),
+        inside.test,
+        change(&cross.macro_f1),
+        cross.test
+    );
+    let paradox = inside.macro_f1.delta > 0.0 && cross.macro_f1.delta < 0.0;
+    let both_significant = significant(&inside.macro_f1) && significant(&cross.macro_f1);
+    text.push_str(match (paradox, both_significant) {
+        (true, true) => {
+            "**The paradox appeared in this run**: GRPO gained in distribution and lost \
+             cross-site, and both paired-bootstrap intervals exclude zero."
+        }
+        (true, false) => {
+            "**The paradox's direction appeared in this run** (up in distribution, down \
+             cross-site), but at least one paired-bootstrap interval includes zero, so this run \
+             cannot tell it from resampling noise."
+        }
+        (false, _) => {
+            "**The paradox did not appear in this run**: GRPO did not both gain in distribution \
+             and lose cross-site."
+        }
+    });
+    text
+}
+
+fn log_series(records: &[serde_json::Value], x: &str, keys: &[(&str, &str)]) -> Vec<Series> {
+    keys.iter()
+        .map(|(key, name)| {
+            let points = records
+                .iter()
+                .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(*key)?.as_f64()?)))
+                .collect();
+            (name.to_string(), points)
+        })
+        .filter(|(_, p): &Series| !p.is_empty())
+        .collect()
+}
+
+fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>, TrainError> {
+    let figures = out.join("figures");
+    let mut shown = Vec::new();
+    let grpo_log = out.join("grpo_log.jsonl");
+    if grpo_log.exists() {
+        let records = read_jsonl(&grpo_log)?;
+        let panel = |title: &str, keys: &[(&str, &str)]| Panel {
+            title: title.into(),
+            x_label: "GRPO step".into(),
+            series: log_series(&records, "step", keys),
+        };
+        let mut reward = panel("Mean reward", &[("reward", "per step")]);
+        if let Some((_, points)) = reward.series.first() {
+            let smooth = rolling_mean(points, 10);
+            reward.series.push(("10-step mean".into(), smooth));
+        }
+        let panels = vec![
+            reward,
+            panel("KL to the SFT policy", &[("kl", "kl")]),
+            panel("Entropy (nats / token)", &[("entropy", "entropy")]),
+            panel(
+                "Completion length (tokens)",
+                &[("completions/mean_length", "mean length")],
+            ),
+            panel(
+                "Clip and truncation fractions",
+                &[
+                    ("clip_ratio/low_mean", "low"),
+                    ("clip_ratio/high_mean", "high"),
+                    ("clip_ratio/region_mean", "region"),
+                    ("completions/clipped_ratio", "truncated"),
+                ],
+            ),
+            panel("Validation macro-F1", &[("eval_macro_f1", "macro-F1")]),
+        ];
+        let path = figures.join("grpo_curves.png");
+        line_panels(&path, "GRPO training", &panels, 3)?;
+        files.push(path);
+        shown.push("![GRPO training curves](figures/grpo_curves.png)".into());
+    }
+    let sft_log = out.join("sft_log.jsonl");
+    if sft_log.exists() {
+        let records = read_jsonl(&sft_log)?;
+        let steps: Vec<serde_json::Value> = records
+            .iter()
+            .filter(|r| r.get("loss").is_some())
+            .cloned()
+            .collect();
+        let epochs: Vec<serde_json::Value> = records
+            .iter()
+            .filter(|r| r.get("eval_loss").is_some())
+            .cloned()
+            .collect();
+        let panels = vec![
+            Panel {
+                title: "Training loss per step".into(),
+                x_label: "optimizer step".into(),
+                series: log_series(&steps, "step", &[("loss", "train")]),
+            },
+            Panel {
+                title: "Loss per epoch".into(),
+                x_label: "epoch".into(),
+                series: log_series(
+                    &epochs,
+                    "epoch",
+                    &[("train_loss", "train"), ("eval_loss", "validation")],
+                ),
+            },
+        ];
+        let path = figures.join("sft_loss.png");
+        line_panels(&path, "SFT", &panels, 2)?;
+        files.push(path);
+        shown.push("![SFT loss](figures/sft_loss.png)".into());
+    }
+    Ok(shown)
+}
+
+/// The last three components of an image path (patient / study / file for CheXpert).
+fn short_path(path: &Path) -> String {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts[parts.len().saturating_sub(3)..].join("/")
+}
+
+fn one_line(text: &str) -> String {
+    let flat = text.replace('\n', " ⏎ ").replace('|', "\\|");
+    if flat.chars().count() > 600 {
+        format!("{}…", flat.chars().take(600).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+/// A unit enum as configs spell it (`structured_steps`, `hard`).
+fn serde_name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Rebuild the report of the run in `out` from its files.
+pub fn write_report(out: &Path) -> Result<Report, TrainError> {
+    let config = StudyConfig::from_file(&out.join("config.toml"), &[])?;
+    let bootstrap = bootstrap_config(&config);
+    let mut files = Vec::new();
+    let mut tables = Vec::new();
+    let mut sections = Vec::new();
+    let mut comparisons = Vec::new();
+    let mut parse_rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut traces = String::new();
+
+    for test in &config.data.tests {
+        let mut columns: Vec<(&str, Evaluation, Vec<Prediction>)> = Vec::new();
+        for (key, name) in CHECKPOINTS {
+            let metrics = metrics_path(out, key, &test.name);
+            if metrics.exists() {
+                let predictions = read_predictions(&predictions_path(out, key, &test.name))?;
+                columns.push((name, read_evaluation(&metrics)?, predictions));
+            }
+        }
+        if columns.is_empty() {
+            continue;
+        }
+        let view: Vec<(&str, &Evaluation)> = columns.iter().map(|(n, e, _)| (*n, e)).collect();
+        let table = markdown_f1_table(&view)?;
+        let metrics_dir = out.join("metrics");
+        write(
+            &metrics_dir.join(format!("{}-per-label.csv", test.name)),
+            &per_label_csv(&view)?,
+            &mut files,
+        )?;
+        write(
+            &metrics_dir.join(format!("{}-summary.csv", test.name)),
+            &summary_csv(&view),
+            &mut files,
+        )?;
+        let labels: Vec<String> = columns[0].1.per_label.iter().map(|l| l.label.clone()).collect();
+        let figure = out.join("figures").join(format!("per_label_f1-{}.png", test.name));
+        grouped_bars(
+            &figure,
+            &format!("Per-label F1 — {}", test.title),
+            &labels,
+            &columns
+                .iter()
+                .map(|(n, e, _)| (n.to_string(), e.per_label.iter().map(|l| l.f1).collect()))
+                .collect::<Vec<_>>(),
+        )?;
+        files.push(figure);
+
+        let mut deltas = String::new();
+        for (from, to) in [("base", "sft"), ("sft", "grpo")] {
+            let find = |key: &str| {
+                let name = CHECKPOINTS.iter().find(|(k, _)| *k == key).map(|c| c.1);
+                columns.iter().find(|(n, _, _)| Some(*n) == name)
+            };
+            let (Some(a), Some(b)) = (find(from), find(to)) else {
+                continue;
+            };
+            let (truth, predicted_a, _) = prediction_matrices(&a.2, &labels);
+            let (_, predicted_b, _) = prediction_matrices(&b.2, &labels);
+            let (macro_f1, micro_f1) = paired_bootstrap(
+                &truth,
+                &predicted_a,
+                &predicted_b,
+                ZeroDivision::Zero,
+                &bootstrap,
+            )?;
+            let _ = writeln!(
+                deltas,
+                "| {} → {} | {} | {} |",
+                a.0,
+                b.0,
+                signed(&macro_f1),
+                signed(&micro_f1)
+            );
+            comparisons.push(Comparison {
+                test: test.name.clone(),
+                role: test.role,
+                from: from.into(),
+                to: to.into(),
+                macro_f1,
+                micro_f1,
+            });
+        }
+        let samples = columns[0].1.samples;
+        let mut section = format!(
+            "## {}\n\n{samples} images, {} labels; 95% bootstrap intervals over {} resamples.\n\n{table}\n\n![Per-label F1](figures/per_label_f1-{}.png)\n",
+            test.title,
+            labels.len(),
+            bootstrap.resamples,
+            test.name
+        );
+        if !deltas.is_empty() {
+            section.push_str(&format!(
+                "\nPaired-bootstrap differences (same images resampled for both checkpoints):\n\n| Change | Δ macro-F1 [95% CI] | Δ micro-F1 [95% CI] |\n|---|---:|---:|\n{deltas}"
+            ));
+        }
+        sections.push(section);
+        tables.push((test.title.clone(), table));
+
+        for (name, evaluation, predictions) in &columns {
+            let rate = format!(
+                "{:.1}% ({} of {})",
+                100.0 * evaluation.unparseable_rate,
+                predictions.iter().filter(|p| !p.parsed).count(),
+                predictions.len()
+            );
+            match parse_rows.iter_mut().find(|(n, _)| n == name) {
+                Some((_, cells)) => cells.push(rate),
+                None => parse_rows.push((name.to_string(), vec![rate])),
+            }
+        }
+        if test.role == TestRole::InDistribution && traces.is_empty() {
+            let n = columns[0].2.len();
+            let shown = config.eval.traces.min(n);
+            // The same images for every checkpoint, spread over the test set.
+            let picks: Vec<usize> = (0..shown).map(|i| i * n / shown.max(1)).collect();
+            for (name, _, predictions) in &columns {
+                let _ = writeln!(traces, "### {name}\n");
+                for &i in &picks {
+                    let p = &predictions[i];
+                    let _ = writeln!(
+                        traces,
+                        "- `{}` — truth: {}; parsed: {}; reward {:.2}\n\n  > {}\n",
+                        short_path(&p.image),
+                        p.truth.join(", "),
+                        if p.parsed {
+                            if p.predicted.is_empty() { "(no scored label)".to_string() } else { p.predicted.join(", ") }
+                        } else {
+                            "unparseable".into()
+                        },
+                        p.reward,
+                        one_line(&p.completion)
+                    );
+                }
+            }
+        }
+    }
+    if sections.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: no metrics found under metrics/; run the evaluation first",
+            out.display()
+        )));
+    }
+    let comparisons_json = serde_json::to_string_pretty(&comparisons)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    write(&out.join("metrics").join("comparisons.json"), &comparisons_json, &mut files)?;
+    let verdict = verdict(&comparisons);
+    let figures = training_figures(out, &mut files)?;
+
+    let mut parse_table = String::from("| Checkpoint |");
+    for test in &config.data.tests {
+        let _ = write!(parse_table, " {} |", test.name);
+    }
+    parse_table.push_str("\n|---|");
+    parse_table.push_str(&"---:|".repeat(config.data.tests.len()));
+    parse_table.push('\n');
+    for (name, cells) in &parse_rows {
+        let _ = writeln!(parse_table, "| {name} | {} |", cells.join(" | "));
+    }
+    let model = config
+        .model
+        .pretrained
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .or_else(|| config.model.preset.as_ref().map(|p| format!("preset `{p}`")))
+        .unwrap_or_default();
+    let timings = std::fs::read_to_string(out.join("timings.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<(String, f64)>>(&t).ok())
+        .map(|t| {
+            t.iter()
+                .map(|(stage, s)| format!("{stage} {s:.0} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let mut report = format!(
+        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, reward `{}`.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures\n\nShare of answers with no answer block (they count as predicting nothing).\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
+        config.name,
+        serde_name(&config.model.prompt),
+        config.device,
+        config.seed,
+        config.data.sft_size,
+        config.data.rl_size,
+        config.data.validation_size,
+        config.sft.epochs,
+        config.sft.learning_rate,
+        if config.sft.lora.is_some() { "LoRA" } else { "every weight" },
+        config.grpo.steps,
+        config.grpo.group_size,
+        config.grpo.prompts_per_step,
+        config.grpo.loss.beta,
+        config.grpo.learning_rate,
+        serde_name(&config.grpo.reward),
+        if timings.is_empty() { String::new() } else { format!(" Wall time: {timings}.") },
+        sections.join("\n"),
+        if figures.is_empty() { "No training logs in this folder.".to_string() } else { figures.join("\n\n") },
+    );
+    if !report.ends_with('\n') {
+        report.push('\n');
+    }
+    let path = out.join("report.md");
+    write(&path, &report, &mut files)?;
+    Ok(Report {
+        path,
+        tables,
+        verdict,
+        files,
+    })
+}

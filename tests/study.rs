@@ -1,0 +1,193 @@
+//! The whole study at miniature size (a few dozen synthetic images, a few steps), checking
+//! every artefact of the report exists and parses, and that the report's numbers are the
+//! metrics files' numbers.
+
+use std::path::{Path, PathBuf};
+
+use chex_grpo::DataSource;
+use chex_grpo::metrics::Evaluation;
+use chex_grpo::study::evaluate::{CHECKPOINTS, read_predictions};
+use chex_grpo::study::report::Comparison;
+use chex_grpo::study::{StudyConfig, run_study, write_report};
+
+fn configs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_config_parses_and_round_trips() {
+    let files = configs();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in [
+        "chexreason.toml",
+        "medgemma-4b.toml",
+        "nih1000.toml",
+        "tiny-cpu.toml",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "configs/{expected}");
+    }
+    for file in files {
+        let config = StudyConfig::from_file(&file, &[]).unwrap();
+        let saved = config.to_toml().unwrap();
+        let again = StudyConfig::from_toml(&saved, "saved", &[]).unwrap();
+        assert_eq!(again.to_toml().unwrap(), saved, "{}", file.display());
+    }
+    let nih = StudyConfig::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nih1000.toml"),
+        &[],
+    )
+    .unwrap();
+    assert!(nih.data.synthetic.is_none());
+    assert!(nih.sft.lora.is_none());
+}
+
+/// The tiny-cpu study with everything shrunk and every path under `dir`.
+fn miniature(dir: &Path) -> StudyConfig {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-cpu.toml"),
+    )
+    .unwrap();
+    let overrides: Vec<String> = [
+        "data.synthetic.miniature=true",
+        "data.sft_size=12",
+        "data.rl_size=6",
+        "data.validation_size=4",
+        "sft.epochs=1",
+        "grpo.steps=2",
+        "grpo.eval_every=1",
+        "grpo.sample_every=1",
+        "grpo.max_new_tokens=12",
+        "grpo.loss.max_completion_length=12",
+        "eval.max_new_tokens=12",
+        "eval.batch=4",
+        "eval.bootstrap_resamples=50",
+        "eval.traces=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut config = StudyConfig::from_toml(&text, "tiny-cpu.toml", &overrides).unwrap();
+    let synth = dir.join("synthetic");
+    config.out = dir.join("out");
+    config.data.synthetic.as_mut().unwrap().dir = synth.clone();
+    let site_a = synth.join("site-a/CheXpert-v1.0-small");
+    config.data.train.source = DataSource::Chexpert {
+        csv: site_a.join("train.csv"),
+    };
+    config.data.tests[0].source = Some(DataSource::Chexpert {
+        csv: site_a.join("valid.csv"),
+    });
+    config.data.tests[0].limit = 8;
+    config.data.tests[1].source = Some(DataSource::Nih {
+        root: synth.join("site-b"),
+    });
+    config.data.tests[1].limit = 8;
+    config
+}
+
+/// `0.123` as the report writes scores.
+fn three(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+#[test]
+fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = miniature(dir.path());
+    let report = run_study(&config, false).unwrap();
+    let out = &config.out;
+
+    // The resolved config reads back to the same run.
+    let saved = StudyConfig::from_file(&out.join("config.toml"), &[]).unwrap();
+    assert_eq!(saved.to_toml().unwrap(), config.to_toml().unwrap());
+
+    let text = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(report.path, out.join("report.md"));
+    for test in &config.data.tests {
+        assert!(text.contains(&format!("## {}", test.title)), "{}", test.title);
+        let mut macro_cells = Vec::new();
+        for (key, name) in CHECKPOINTS {
+            let metrics: Evaluation = serde_json::from_str(
+                &std::fs::read_to_string(out.join(format!("metrics/{key}-{}.json", test.name)))
+                    .unwrap(),
+            )
+            .unwrap();
+            let predictions =
+                read_predictions(&out.join(format!("predictions/{key}-{}.jsonl", test.name)))
+                    .unwrap();
+            assert_eq!(predictions.len(), metrics.samples, "{name} on {}", test.name);
+            assert_eq!(predictions.len(), 8);
+            let ci = metrics.macro_f1_ci.expect("bootstrap interval");
+            macro_cells.push(format!(
+                "**{} [{}, {}]**",
+                three(metrics.macro_f1),
+                three(ci.low),
+                three(ci.high)
+            ));
+            let unparsed = predictions.iter().filter(|p| !p.parsed).count();
+            assert!((metrics.unparseable_rate - unparsed as f64 / 8.0).abs() < 1e-12);
+        }
+        // The macro-F1 row of this test's table is exactly the three metrics files' values.
+        let (_, table) = report
+            .tables
+            .iter()
+            .find(|(title, _)| title == &test.title)
+            .unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| **Macro-F1**"))
+            .unwrap();
+        assert_eq!(row, format!("| **Macro-F1** | {} |", macro_cells.join(" | ")));
+        assert!(text.contains(row));
+        for suffix in ["per-label.csv", "summary.csv"] {
+            let csv = std::fs::read_to_string(out.join(format!("metrics/{}-{suffix}", test.name)))
+                .unwrap();
+            assert!(csv.lines().count() > 3, "{suffix}");
+        }
+        let bars = image::open(out.join(format!("figures/per_label_f1-{}.png", test.name)))
+            .unwrap();
+        assert!(bars.width() >= 640);
+    }
+    for figure in ["grpo_curves.png", "sft_loss.png"] {
+        let png = image::open(out.join("figures").join(figure)).unwrap();
+        assert!(png.width() > 400 && png.height() > 200, "{figure}");
+        assert!(text.contains(&format!("figures/{figure}")));
+    }
+    let comparisons: Vec<Comparison> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("metrics/comparisons.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(comparisons.len(), 4, "base→SFT and SFT→GRPO on two test sets");
+    assert!(
+        text.contains("paradox") && report.verdict.contains("paradox"),
+        "{}",
+        report.verdict
+    );
+    assert!(text.contains("## Parse failures"));
+    assert!(text.contains("## Sampled reasoning traces") && text.contains("### GRPO"));
+    for log in ["sft_log.jsonl", "grpo_log.jsonl", "draws.json", "timings.json"] {
+        assert!(out.join(log).exists(), "{log}");
+    }
+    assert!(out.join("checkpoints/sft-best/state.json").exists());
+    assert!(out.join("checkpoints/grpo-last/state.json").exists());
+
+    // Rebuilding the report from the folder alone gives the same report.
+    let rebuilt = write_report(out).unwrap();
+    assert_eq!(std::fs::read_to_string(&rebuilt.path).unwrap(), text);
+
+    // A resumed run reads every finished stage back and changes no score.
+    let before = std::fs::read_to_string(out.join("metrics/grpo-site-a.json")).unwrap();
+    run_study(&config, true).unwrap();
+    let after = std::fs::read_to_string(out.join("metrics/grpo-site-a.json")).unwrap();
+    assert_eq!(before, after);
+}
