@@ -114,7 +114,11 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
     let text = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert_eq!(report.path, out.join("report.md"));
     for test in &config.data.tests {
-        assert!(text.contains(&format!("## {}", test.title)), "{}", test.title);
+        assert!(
+            text.contains(&format!("## {}", test.title)),
+            "{}",
+            test.title
+        );
         let mut macro_cells = Vec::new();
         for (key, name) in CHECKPOINTS {
             let metrics: Evaluation = serde_json::from_str(
@@ -125,7 +129,12 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
             let predictions =
                 read_predictions(&out.join(format!("predictions/{key}-{}.jsonl", test.name)))
                     .unwrap();
-            assert_eq!(predictions.len(), metrics.samples, "{name} on {}", test.name);
+            assert_eq!(
+                predictions.len(),
+                metrics.samples,
+                "{name} on {}",
+                test.name
+            );
             assert_eq!(predictions.len(), 8);
             let ci = metrics.macro_f1_ci.expect("bootstrap interval");
             macro_cells.push(format!(
@@ -147,15 +156,18 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
             .lines()
             .find(|l| l.starts_with("| **Macro-F1**"))
             .unwrap();
-        assert_eq!(row, format!("| **Macro-F1** | {} |", macro_cells.join(" | ")));
+        assert_eq!(
+            row,
+            format!("| **Macro-F1** | {} |", macro_cells.join(" | "))
+        );
         assert!(text.contains(row));
         for suffix in ["per-label.csv", "summary.csv"] {
             let csv = std::fs::read_to_string(out.join(format!("metrics/{}-{suffix}", test.name)))
                 .unwrap();
             assert!(csv.lines().count() > 3, "{suffix}");
         }
-        let bars = image::open(out.join(format!("figures/per_label_f1-{}.png", test.name)))
-            .unwrap();
+        let bars =
+            image::open(out.join(format!("figures/per_label_f1-{}.png", test.name))).unwrap();
         assert!(bars.width() >= 640);
     }
     for figure in ["grpo_curves.png", "sft_loss.png"] {
@@ -167,7 +179,11 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
         &std::fs::read_to_string(out.join("metrics/comparisons.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(comparisons.len(), 4, "base→SFT and SFT→GRPO on two test sets");
+    assert_eq!(
+        comparisons.len(),
+        4,
+        "base→SFT and SFT→GRPO on two test sets"
+    );
     assert!(
         text.contains("paradox") && report.verdict.contains("paradox"),
         "{}",
@@ -175,7 +191,12 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
     );
     assert!(text.contains("## Parse failures"));
     assert!(text.contains("## Sampled reasoning traces") && text.contains("### GRPO"));
-    for log in ["sft_log.jsonl", "grpo_log.jsonl", "draws.json", "timings.json"] {
+    for log in [
+        "sft_log.jsonl",
+        "grpo_log.jsonl",
+        "draws.json",
+        "timings.json",
+    ] {
         assert!(out.join(log).exists(), "{log}");
     }
     assert!(out.join("checkpoints/sft-best/state.json").exists());

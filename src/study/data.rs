@@ -70,14 +70,10 @@ fn limited(indices: Vec<usize>, limit: usize, seed: u64) -> Vec<usize> {
     if limit == 0 || indices.len() <= limit {
         return indices;
     }
-    let mut chosen: Vec<usize> = sample(
-        &mut ChaCha8Rng::seed_from_u64(seed),
-        indices.len(),
-        limit,
-    )
-    .into_iter()
-    .map(|i| indices[i])
-    .collect();
+    let mut chosen: Vec<usize> = sample(&mut ChaCha8Rng::seed_from_u64(seed), indices.len(), limit)
+        .into_iter()
+        .map(|i| indices[i])
+        .collect();
     chosen.sort_unstable();
     chosen
 }
@@ -133,7 +129,18 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData, 
         policy: POLICY,
         ..Default::default()
     };
-    let draws = balanced_draws(&train, &pool, &sizes, &sampler)?;
+    let draws = balanced_draws(&train, &pool, &sizes, &sampler).map_err(|e| {
+        let patients: std::collections::BTreeSet<&str> = pool
+            .iter()
+            .map(|&i| train.samples[i].patient_id.as_str())
+            .collect();
+        TrainError::Config(format!(
+            "the training site's pool ({} images of {} patients) cannot fill patient-disjoint \
+             draws of {sizes:?} images ({e}); lower data.sft_size / rl_size / validation_size",
+            pool.len(),
+            patients.len()
+        ))
+    })?;
     let cache = ImageCache::new(ImageSpec::siglip(image_size));
     let bar = progress_bar(wanted, "decoding draws");
     let mut decoded = Vec::new();

@@ -47,7 +47,8 @@ pub fn predictions_path(out: &Path, checkpoint: &str, test: &str) -> PathBuf {
 
 /// `out/metrics/{checkpoint}-{test}.json`.
 pub fn metrics_path(out: &Path, checkpoint: &str, test: &str) -> PathBuf {
-    out.join("metrics").join(format!("{checkpoint}-{test}.json"))
+    out.join("metrics")
+        .join(format!("{checkpoint}-{test}.json"))
 }
 
 /// The bootstrap every interval of a study uses.
@@ -183,7 +184,9 @@ pub fn evaluate_checkpoint(
         let evaluation = score(&rows, &test.labels, &bootstrap_config(config))?;
         let mut jsonl = String::new();
         for row in &rows {
-            jsonl.push_str(&serde_json::to_string(row).map_err(|e| TrainError::Config(e.to_string()))?);
+            jsonl.push_str(
+                &serde_json::to_string(row).map_err(|e| TrainError::Config(e.to_string()))?,
+            );
             jsonl.push('\n');
         }
         let predictions = predictions_path(&config.out, checkpoint, &test.config.name);

@@ -74,7 +74,11 @@ fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf, TrainErr
 }
 
 /// The SFT policy as GRPO starts from it: adapters (if SFT used them) merged into the weights.
-fn after_sft(model: Gemma3ForConditionalGeneration, config: &StudyConfig, device: &Device) -> Gemma3ForConditionalGeneration {
+fn after_sft(
+    model: Gemma3ForConditionalGeneration,
+    config: &StudyConfig,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
     if config.sft.lora.is_some() {
         merge_lora(model, device)
     } else {
@@ -84,7 +88,11 @@ fn after_sft(model: Gemma3ForConditionalGeneration, config: &StudyConfig, device
 
 /// A stage's policy read back from the output folder: `base`, `sft` (best, else last) or `grpo`
 /// (best, else last).
-pub fn load_policy(config: &StudyConfig, stage: &str, device: &Device) -> Result<Policy, TrainError> {
+pub fn load_policy(
+    config: &StudyConfig,
+    stage: &str,
+    device: &Device,
+) -> Result<Policy, TrainError> {
     let mut policy = base_policy(config, device)?;
     if stage == "base" {
         return Ok(policy);
@@ -117,7 +125,10 @@ pub fn load_policy(config: &StudyConfig, stage: &str, device: &Device) -> Result
 
 /// Save the resolved configuration as `out/config.toml` (what the report and later stages read).
 pub fn save_config(config: &StudyConfig) -> Result<(), TrainError> {
-    chex_data::write_atomic(&config.out.join("config.toml"), config.to_toml()?.as_bytes())?;
+    chex_data::write_atomic(
+        &config.out.join("config.toml"),
+        config.to_toml()?.as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -136,7 +147,8 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData, TrainError> {
         "sft": paths(&data.sft), "rl": paths(&data.rl), "validation": paths(&data.validation),
         "shortfalls": shortfalls,
     });
-    let text = serde_json::to_string_pretty(&draws).map_err(|e| TrainError::Config(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&draws).map_err(|e| TrainError::Config(e.to_string()))?;
     chex_data::write_atomic(&config.out.join("draws.json"), text.as_bytes())?;
     Ok(data)
 }
@@ -203,7 +215,8 @@ impl Timings {
         self.stages.retain(|(s, _)| s != stage);
         self.stages.push((stage.to_string(), seconds));
         println!("{stage}: {seconds:.0} s");
-        let text = serde_json::to_string(&self.stages).map_err(|e| TrainError::Config(e.to_string()))?;
+        let text =
+            serde_json::to_string(&self.stages).map_err(|e| TrainError::Config(e.to_string()))?;
         chex_data::write_atomic(&self.path, text.as_bytes())?;
         Ok(())
     }

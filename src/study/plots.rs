@@ -73,7 +73,11 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 fn tick(v: f64) -> String {
     let text = format!("{v:.4}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" { "0".into() } else { text.into() }
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
+    }
 }
 
 /// A trailing mean over `window` points, for noisy per-step curves.
@@ -85,7 +89,10 @@ pub fn rolling_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .map(|(i, &(x, _))| {
             let from = (i + 1).saturating_sub(window);
             let slice = &points[from..=i];
-            (x, slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64)
+            (
+                x,
+                slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64,
+            )
         })
         .collect()
 }
@@ -142,11 +149,7 @@ pub fn line_panels(
             // Few points read better as markers.
             if finite.len() <= 12 {
                 chart
-                    .draw_series(
-                        finite
-                            .iter()
-                            .map(|&p| Circle::new(p, 3, colour.filled())),
-                    )
+                    .draw_series(finite.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                     .map_err(|e| plot_error(path, e))?;
             }
         }

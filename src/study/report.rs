@@ -6,15 +6,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use chex_metrics::{
-    Evaluation, PairedDifference, ZeroDivision, markdown_f1_table, paired_bootstrap,
-    per_label_csv, summary_csv,
+    Evaluation, PairedDifference, ZeroDivision, markdown_f1_table, paired_bootstrap, per_label_csv,
+    summary_csv,
 };
 use serde::{Deserialize, Serialize};
 
 use super::config::{StudyConfig, TestRole};
 use super::evaluate::{
-    CHECKPOINTS, Prediction, bootstrap_config, metrics_path, prediction_matrices,
-    predictions_path, read_predictions,
+    CHECKPOINTS, Prediction, bootstrap_config, metrics_path, prediction_matrices, predictions_path,
+    read_predictions,
 };
 use super::plots::{Panel, Series, grouped_bars, line_panels, rolling_mean};
 use crate::training::TrainError;
@@ -50,8 +50,7 @@ fn write(path: &Path, text: &str, files: &mut Vec<PathBuf>) -> Result<(), TrainE
 
 fn read_evaluation(path: &Path) -> Result<Evaluation, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
 
 fn signed(d: &PairedDifference) -> String {
@@ -270,8 +269,15 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
             &summary_csv(&view),
             &mut files,
         )?;
-        let labels: Vec<String> = columns[0].1.per_label.iter().map(|l| l.label.clone()).collect();
-        let figure = out.join("figures").join(format!("per_label_f1-{}.png", test.name));
+        let labels: Vec<String> = columns[0]
+            .1
+            .per_label
+            .iter()
+            .map(|l| l.label.clone())
+            .collect();
+        let figure = out
+            .join("figures")
+            .join(format!("per_label_f1-{}.png", test.name));
         grouped_bars(
             &figure,
             &format!("Per-label F1 — {}", test.title),
@@ -361,7 +367,11 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
                         short_path(&p.image),
                         p.truth.join(", "),
                         if p.parsed {
-                            if p.predicted.is_empty() { "(no scored label)".to_string() } else { p.predicted.join(", ") }
+                            if p.predicted.is_empty() {
+                                "(no scored label)".to_string()
+                            } else {
+                                p.predicted.join(", ")
+                            }
                         } else {
                             "unparseable".into()
                         },
@@ -380,7 +390,11 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
     }
     let comparisons_json = serde_json::to_string_pretty(&comparisons)
         .map_err(|e| TrainError::Config(e.to_string()))?;
-    write(&out.join("metrics").join("comparisons.json"), &comparisons_json, &mut files)?;
+    write(
+        &out.join("metrics").join("comparisons.json"),
+        &comparisons_json,
+        &mut files,
+    )?;
     let verdict = verdict(&comparisons);
     let figures = training_figures(out, &mut files)?;
 
@@ -399,7 +413,13 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         .pretrained
         .as_ref()
         .map(|p| p.display().to_string())
-        .or_else(|| config.model.preset.as_ref().map(|p| format!("preset `{p}`")))
+        .or_else(|| {
+            config
+                .model
+                .preset
+                .as_ref()
+                .map(|p| format!("preset `{p}`"))
+        })
         .unwrap_or_default();
     let timings = std::fs::read_to_string(out.join("timings.json"))
         .ok()
@@ -422,16 +442,28 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         config.data.validation_size,
         config.sft.epochs,
         config.sft.learning_rate,
-        if config.sft.lora.is_some() { "LoRA" } else { "every weight" },
+        if config.sft.lora.is_some() {
+            "LoRA"
+        } else {
+            "every weight"
+        },
         config.grpo.steps,
         config.grpo.group_size,
         config.grpo.prompts_per_step,
         config.grpo.loss.beta,
         config.grpo.learning_rate,
         serde_name(&config.grpo.reward),
-        if timings.is_empty() { String::new() } else { format!(" Wall time: {timings}.") },
+        if timings.is_empty() {
+            String::new()
+        } else {
+            format!(" Wall time: {timings}.")
+        },
         sections.join("\n"),
-        if figures.is_empty() { "No training logs in this folder.".to_string() } else { figures.join("\n\n") },
+        if figures.is_empty() {
+            "No training logs in this folder.".to_string()
+        } else {
+            figures.join("\n\n")
+        },
     );
     if !report.ends_with('\n') {
         report.push('\n');

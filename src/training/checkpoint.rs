@@ -142,7 +142,10 @@ pub fn load_checkpoint_model(
     mut model: Gemma3ForConditionalGeneration,
 ) -> Result<Gemma3ForConditionalGeneration, TrainError> {
     if !path.join("state.json").exists() {
-        return Err(fail(path, "has no state.json: the checkpoint is incomplete"));
+        return Err(fail(
+            path,
+            "has no state.json: the checkpoint is incomplete",
+        ));
     }
     let mut store = BurnpackStore::from_file(path.join("model.bpk"));
     let result = model.load_from(&mut store).map_err(|e| {

@@ -27,7 +27,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{clear_stage, TrainingState, load_checkpoint, resume_from, save_checkpoint};
+use super::checkpoint::{
+    TrainingState, clear_stage, load_checkpoint, resume_from, save_checkpoint,
+};
 use super::examples::{answer, score_answers};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
@@ -232,6 +234,7 @@ pub fn train_grpo(
         let mut totals = Vec::new();
         let mut component_logs = Vec::new();
         let mut all_equal_groups = 0usize;
+        let mut groups_drawn = 0usize;
         for draw in 0..if config.dynamic_sampling { 3 } else { 1 } {
             let need = config.prompts_per_step - chosen.len() / group;
             if need == 0 {
@@ -240,6 +243,7 @@ pub fn train_grpo(
             let batch: Vec<&Example> = (0..need)
                 .map(|_| pool.choose(&mut rng).expect("pool is not empty"))
                 .collect();
+            groups_drawn += batch.len();
             let images: Vec<_> = batch.iter().map(|e| e.image.as_ref()).collect();
             let generation = GenerationConfig {
                 max_new_tokens: config.max_new_tokens,
@@ -312,7 +316,7 @@ pub fn train_grpo(
             "step": step + 1,
             "reward": mean_reward,
             "reward_std": reward_std,
-            "frac_reward_zero_std": all_equal_groups as f64 / config.prompts_per_step.max(1) as f64,
+            "frac_reward_zero_std": all_equal_groups as f64 / groups_drawn.max(1) as f64,
             "completions/mean_length": completions.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / rows.max(1) as f64,
             "completions/clipped_ratio": completions.iter().filter(|c| c.stop == StopReason::MaxNewTokens).count() as f64 / rows.max(1) as f64,
             "learning_rate": config.learning_rate,

@@ -17,7 +17,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::checkpoint::{clear_stage, TrainingState, load_checkpoint, resume_from, save_checkpoint};
+use super::checkpoint::{
+    TrainingState, clear_stage, load_checkpoint, resume_from, save_checkpoint,
+};
 use super::log::JsonlLog;
 use super::optim::clip_global_norm;
 use super::schedule::CosineSchedule;

@@ -145,8 +145,17 @@ pub fn sft(args: StageArgs) -> CliResult {
     let device = study_device(&config)?;
     save_config(&config)?;
     let data = load_data(&config)?;
-    sft_stage(base_policy(&config, &device)?, &data, &config, args.config.resume, &device)?;
-    println!("SFT checkpoints: {}", config.out.join("checkpoints").display());
+    sft_stage(
+        base_policy(&config, &device)?,
+        &data,
+        &config,
+        args.config.resume,
+        &device,
+    )?;
+    println!(
+        "SFT checkpoints: {}",
+        config.out.join("checkpoints").display()
+    );
     Ok(())
 }
 
@@ -157,7 +166,10 @@ pub fn grpo(args: StageArgs) -> CliResult {
     let data = load_data(&config)?;
     let policy = load_policy(&config, "sft", &device)?;
     grpo_stage(policy, &data, &config, args.config.resume, &device)?;
-    println!("GRPO checkpoints: {}", config.out.join("checkpoints").display());
+    println!(
+        "GRPO checkpoints: {}",
+        config.out.join("checkpoints").display()
+    );
     Ok(())
 }
 

@@ -109,3 +109,81 @@ fn a_backend_not_compiled_in_names_its_feature() {
     let (ok, stdout, _) = chex(&["device", "--device", "cpu"]);
     assert!(ok && stdout.contains("sums to 54"));
 }
+
+#[test]
+fn run_on_the_real_nih_sample_writes_a_report_that_report_rebuilds() {
+    let root = shared_data().join("nih1000");
+    let out = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/nih1000.toml");
+    let mut args = vec![
+        "run",
+        "--config",
+        config,
+        "--nih-root",
+        root.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    for set in [
+        "data.sft_size=12",
+        "data.rl_size=6",
+        "data.validation_size=4",
+        "sft.epochs=1",
+        "grpo.steps=1",
+        "grpo.eval_every=1",
+        "grpo.max_new_tokens=8",
+        "grpo.loss.max_completion_length=8",
+        "eval.max_new_tokens=8",
+        "eval.bootstrap_resamples=20",
+    ] {
+        args.extend(["--set", set]);
+    }
+    let (ok, stdout, stderr) = chex(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("## NIH held-out patients, PA films (in distribution)"));
+    assert!(stdout.contains("| **Macro-F1** |") && stdout.contains("paradox"));
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    let saved = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
+    assert!(saved.contains("sft_size = 12") && saved.contains(root.to_str().unwrap()));
+
+    std::fs::remove_file(out.path().join("report.md")).unwrap();
+    let (ok, stdout, stderr) = chex(&["report", "--out", out.path().to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("report:"));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("report.md")).unwrap(),
+        report
+    );
+}
+
+#[test]
+fn bad_configs_and_missing_runs_are_clear_errors() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/tiny-cpu.toml");
+    let (ok, _, stderr) = chex(&["run", "--config", config, "--set", "grpo.steps=many"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("tiny-cpu.toml") && stderr.contains("steps"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = chex(&["run", "--config", "/nonexistent/study.toml"]);
+    assert!(
+        !ok && stderr.contains("/nonexistent/study.toml"),
+        "{stderr}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = chex(&["report", "--out", empty.path().to_str().unwrap()]);
+    assert!(!ok && stderr.contains("config.toml"), "{stderr}");
+    let (ok, stdout, _) = chex(&["run", "--help"]);
+    assert!(ok);
+    for flag in [
+        "--config",
+        "--set",
+        "--out",
+        "--device",
+        "--seed",
+        "--nih-root",
+        "--resume",
+    ] {
+        assert!(stdout.contains(flag), "{flag} in run --help");
+    }
+}
