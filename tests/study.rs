@@ -189,7 +189,7 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
         "{}",
         report.verdict
     );
-    assert!(text.contains("## Parse failures"));
+    assert!(text.contains("## Parse failures and distinct answers"));
     assert!(text.contains("## Sampled reasoning traces") && text.contains("### GRPO"));
     for log in [
         "sft_log.jsonl",

@@ -65,7 +65,7 @@ fn significant(d: &PairedDifference) -> bool {
 }
 
 /// The plain-language verdict on SFT → GRPO.
-fn verdict(comparisons: &[Comparison]) -> String {
+fn verdict(comparisons: &[Comparison], collapsed: &[(String, String)]) -> String {
     let pick = |role: TestRole| {
         comparisons
             .iter()
@@ -114,6 +114,20 @@ fn verdict(comparisons: &[Comparison]) -> String {
              and lose cross-site."
         }
     });
+    for test in [&inside.test, &cross.test] {
+        let same: Vec<&str> = collapsed
+            .iter()
+            .filter(|(t, c)| t == test && (c == "SFT" || c == "GRPO"))
+            .map(|(_, c)| c.as_str())
+            .collect();
+        if !same.is_empty() {
+            text.push_str(&format!(
+                " Caution: on {test}, {} gave every image the same answer, so the scores there \
+                 reflect that one answer, not reading the images.",
+                same.join(" and ")
+            ));
+        }
+    }
     text
 }
 
@@ -243,6 +257,7 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
     let mut comparisons = Vec::new();
     let mut parse_rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut traces = String::new();
+    let mut collapsed: Vec<(String, String)> = Vec::new();
 
     for test in &config.data.tests {
         let mut columns: Vec<(&str, Evaluation, Vec<Prediction>)> = Vec::new();
@@ -341,11 +356,22 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         tables.push((test.title.clone(), table));
 
         for (name, evaluation, predictions) in &columns {
+            // A policy that gives every image the same answer has collapsed onto it; its F1 says
+            // nothing about reading images, so the count is shown beside the parse failures.
+            let distinct: std::collections::BTreeSet<Vec<String>> = predictions
+                .iter()
+                .filter(|p| p.parsed)
+                .map(|p| p.predicted.clone())
+                .collect();
+            if distinct.len() <= 1 && predictions.len() > 1 {
+                collapsed.push((test.name.clone(), name.to_string()));
+            }
             let rate = format!(
-                "{:.1}% ({} of {})",
+                "{:.1}% ({} of {}); {} distinct",
                 100.0 * evaluation.unparseable_rate,
                 predictions.iter().filter(|p| !p.parsed).count(),
-                predictions.len()
+                predictions.len(),
+                distinct.len()
             );
             match parse_rows.iter_mut().find(|(n, _)| n == name) {
                 Some((_, cells)) => cells.push(rate),
@@ -395,7 +421,7 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         &comparisons_json,
         &mut files,
     )?;
-    let verdict = verdict(&comparisons);
+    let verdict = verdict(&comparisons, &collapsed);
     let figures = training_figures(out, &mut files)?;
 
     let mut parse_table = String::from("| Checkpoint |");
@@ -432,7 +458,7 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         })
         .unwrap_or_default();
     let mut report = format!(
-        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, reward `{}`.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures\n\nShare of answers with no answer block (they count as predicting nothing).\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
+        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, reward `{}`.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
         config.name,
         serde_name(&config.model.prompt),
         config.device,
@@ -476,4 +502,55 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         verdict,
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chex_metrics::Interval;
+
+    use super::*;
+
+    fn change(test: &str, role: TestRole, delta: f64, low: f64, high: f64) -> Comparison {
+        let d = PairedDifference {
+            delta,
+            interval: Interval { low, high },
+            p_value: 0.5,
+        };
+        Comparison {
+            test: test.into(),
+            role,
+            from: "sft".into(),
+            to: "grpo".into(),
+            macro_f1: d,
+            micro_f1: d,
+        }
+    }
+
+    #[test]
+    fn the_verdict_separates_a_significant_paradox_from_a_direction_and_from_none() {
+        let inside = change("a", TestRole::InDistribution, 0.06, 0.02, 0.1);
+        let significant = verdict(
+            &[
+                inside.clone(),
+                change("b", TestRole::CrossSite, -0.05, -0.09, -0.01),
+            ],
+            &[],
+        );
+        assert!(significant.contains("**The paradox appeared in this run**"));
+        let noisy = verdict(
+            &[
+                inside.clone(),
+                change("b", TestRole::CrossSite, -0.05, -0.09, 0.02),
+            ],
+            &[],
+        );
+        assert!(noisy.contains("direction appeared") && noisy.contains("cannot tell"));
+        let none = verdict(
+            &[inside, change("b", TestRole::CrossSite, 0.0, 0.0, 0.0)],
+            &[("b".into(), "GRPO".into())],
+        );
+        assert!(none.contains("did not appear") && none.contains("did not change"));
+        assert!(none.contains("on b, GRPO gave every image the same answer"));
+        assert!(verdict(&[], &[]).contains("does not have both"));
+    }
 }
