@@ -210,8 +210,12 @@ impl Timings {
         Self { path, stages }
     }
 
-    fn record(&mut self, stage: &str, started: Instant) -> Result<(), TrainError> {
-        let seconds = started.elapsed().as_secs_f64();
+    /// Record a stage's wall time; a resumed stage adds to what earlier invocations spent.
+    fn record(&mut self, stage: &str, started: Instant, resumed: bool) -> Result<(), TrainError> {
+        let mut seconds = started.elapsed().as_secs_f64();
+        if resumed && let Some((_, earlier)) = self.stages.iter().find(|(s, _)| s == stage) {
+            seconds += earlier;
+        }
         self.stages.retain(|(s, _)| s != stage);
         self.stages.push((stage.to_string(), seconds));
         println!("{stage}: {seconds:.0} s");
@@ -230,7 +234,7 @@ pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainErro
     let mut timings = Timings::open(&config.out);
     let started = Instant::now();
     let data = load_data(config)?;
-    timings.record("data", started)?;
+    timings.record("data", started, false)?;
 
     let mut policy = base_policy(config, &device)?;
     for (checkpoint, _) in CHECKPOINTS {
@@ -241,7 +245,7 @@ pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainErro
             _ => policy = grpo_stage(policy, &data, config, resume, &device)?,
         }
         if checkpoint != "base" {
-            timings.record(checkpoint, started)?;
+            timings.record(checkpoint, started, resume)?;
         }
         if !(resume && evaluated(config, checkpoint)) {
             let started = Instant::now();
@@ -255,7 +259,7 @@ pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainErro
                     100.0 * e.unparseable_rate
                 );
             }
-            timings.record(&format!("evaluate {checkpoint}"), started)?;
+            timings.record(&format!("evaluate {checkpoint}"), started, false)?;
         }
     }
     write_report(&config.out)
