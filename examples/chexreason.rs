@@ -36,14 +36,13 @@ const TINY_CPU: &str = include_str!("../configs/tiny-cpu.toml");
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let mut overrides = args.overrides.clone();
-    if let Some(out) = &args.out {
-        overrides.push(format!("out={:?}", out.display().to_string()));
-    }
-    let config = match &args.config {
-        Some(path) => StudyConfig::from_file(path, &overrides)?,
-        None => StudyConfig::from_toml(TINY_CPU, "configs/tiny-cpu.toml", &overrides)?,
+    let mut config = match &args.config {
+        Some(path) => StudyConfig::from_file(path, &args.overrides)?,
+        None => StudyConfig::from_toml(TINY_CPU, "configs/tiny-cpu.toml", &args.overrides)?,
     };
+    if let Some(out) = &args.out {
+        config.out = out.clone();
+    }
     println!(
         "ChexReason study `{}` → {} (model {}, {} SFT / {} RL images, {} GRPO steps)",
         config.name,

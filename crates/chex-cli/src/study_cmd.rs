@@ -46,26 +46,21 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     fn resolve(&self) -> Result<StudyConfig, Box<dyn std::error::Error>> {
-        let mut overrides = self.overrides.clone();
+        let mut config = StudyConfig::from_file(&self.config, &self.overrides)?;
         if let Some(out) = &self.out {
-            overrides.push(format!("out={}", toml_string(&out.display().to_string())));
+            config.out = out.clone();
         }
         if let Some(device) = &self.device {
-            overrides.push(format!("device={}", toml_string(device)));
+            config.device = device.clone();
         }
         if let Some(seed) = self.seed {
-            overrides.push(format!("seed={seed}"));
+            config.seed = seed;
         }
-        let mut config = StudyConfig::from_file(&self.config, &overrides)?;
         if let Some(root) = &self.nih_root {
             config.set_nih_root(root);
         }
         Ok(config)
     }
-}
-
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// `chex run`: the whole study.
