@@ -109,6 +109,21 @@ pub fn score(
     )?)
 }
 
+/// One console line per test set: macro-F1 with its interval, micro-F1, parse failures.
+pub fn print_scores(checkpoint: &str, tests: &[TestSet], scores: &[Evaluation]) {
+    for (test, e) in tests.iter().zip(scores) {
+        println!(
+            "{checkpoint} on {}: macro-F1 {:.3} [{}], micro-F1 {:.3}, unparseable {:.1}%",
+            test.config.name,
+            e.macro_f1,
+            e.macro_f1_ci
+                .map_or("–".into(), |c| format!("{:.3}, {:.3}", c.low, c.high)),
+            e.micro_f1,
+            100.0 * e.unparseable_rate
+        );
+    }
+}
+
 /// Answer every test image with `policy`, write the predictions and metrics of `checkpoint`,
 /// and return the evaluations in test-set order.
 pub fn evaluate_checkpoint(

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::config::StudyConfig;
 use super::data::{StudyData, prepare_data};
-use super::evaluate::{CHECKPOINTS, evaluate_checkpoint, metrics_path};
+use super::evaluate::{CHECKPOINTS, evaluate_checkpoint, metrics_path, print_scores};
 use super::report::{Report, write_report};
 use crate::corpus::preset_tokenizer;
 use crate::training::checkpoint::load_checkpoint_model;
@@ -153,6 +153,14 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData, TrainError> {
     Ok(data)
 }
 
+/// What every stage starts from: the seeded device, the resolved configuration saved in the
+/// output folder, and the data.
+pub fn open_study(config: &StudyConfig) -> Result<(Device, StudyData), TrainError> {
+    let device = study_device(config)?;
+    save_config(config)?;
+    Ok((device, load_data(config)?))
+}
+
 /// SFT from `policy` on the SFT draw; returns the best policy, adapters merged.
 pub fn sft_stage(
     policy: Policy,
@@ -228,12 +236,9 @@ impl Timings {
 
 /// The whole study; with `resume`, finished stages are read back instead of rerun.
 pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainError> {
-    let device = study_device(config)?;
-    std::fs::create_dir_all(&config.out).map_err(|e| TrainError::io(&config.out, e))?;
-    save_config(config)?;
     let mut timings = Timings::open(&config.out);
     let started = Instant::now();
-    let data = load_data(config)?;
+    let (device, data) = open_study(config)?;
     timings.record("data", started, false)?;
 
     let mut policy = base_policy(config, &device)?;
@@ -250,15 +255,7 @@ pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainErro
         if !(resume && evaluated(config, checkpoint)) {
             let started = Instant::now();
             let scores = evaluate_checkpoint(&policy, checkpoint, &data.tests, config, &device)?;
-            for (test, e) in data.tests.iter().zip(&scores) {
-                println!(
-                    "{checkpoint} on {}: macro-F1 {:.3}, micro-F1 {:.3}, unparseable {:.1}%",
-                    test.config.name,
-                    e.macro_f1,
-                    e.micro_f1,
-                    100.0 * e.unparseable_rate
-                );
-            }
+            print_scores(checkpoint, &data.tests, &scores);
             timings.record(&format!("evaluate {checkpoint}"), started, false)?;
         }
     }

@@ -6,10 +6,10 @@ use chex_grpo::data::{ImageCache, ImageSpec, PreparedImage};
 use chex_grpo::inputs::pixel_batch;
 use chex_grpo::model::generation::{GenerationConfig, generate};
 use chex_grpo::model::sampling::SamplingConfig;
-use chex_grpo::rewards::{RewardContext, extract_labels, parse_output};
-use chex_grpo::study::evaluate::evaluate_checkpoint;
+use chex_grpo::rewards::RewardContext;
+use chex_grpo::study::evaluate::{evaluate_checkpoint, print_scores};
 use chex_grpo::study::pipeline::{
-    base_policy, grpo_stage, load_data, model_config, save_config, sft_stage, study_device,
+    base_policy, grpo_stage, model_config, open_study, sft_stage, study_device,
 };
 use chex_grpo::study::{Report, StudyConfig, load_policy, run_study, write_report};
 use clap::Args;
@@ -137,9 +137,7 @@ pub fn run(args: RunArgs) -> CliResult {
 
 pub fn sft(args: StageArgs) -> CliResult {
     let config = args.config.resolve()?;
-    let device = study_device(&config)?;
-    save_config(&config)?;
-    let data = load_data(&config)?;
+    let (device, data) = open_study(&config)?;
     sft_stage(
         base_policy(&config, &device)?,
         &data,
@@ -156,9 +154,7 @@ pub fn sft(args: StageArgs) -> CliResult {
 
 pub fn grpo(args: StageArgs) -> CliResult {
     let config = args.config.resolve()?;
-    let device = study_device(&config)?;
-    save_config(&config)?;
-    let data = load_data(&config)?;
+    let (device, data) = open_study(&config)?;
     let policy = load_policy(&config, "sft", &device)?;
     grpo_stage(policy, &data, &config, args.config.resume, &device)?;
     println!(
@@ -170,23 +166,10 @@ pub fn grpo(args: StageArgs) -> CliResult {
 
 pub fn eval(args: EvalArgs) -> CliResult {
     let config = args.config.resolve()?;
-    let device = study_device(&config)?;
-    save_config(&config)?;
-    let data = load_data(&config)?;
+    let (device, data) = open_study(&config)?;
     let policy = load_policy(&config, &args.checkpoint, &device)?;
     let scores = evaluate_checkpoint(&policy, &args.checkpoint, &data.tests, &config, &device)?;
-    for (test, e) in data.tests.iter().zip(&scores) {
-        println!(
-            "{} on {}: macro-F1 {:.3} [{}], micro-F1 {:.3}, unparseable {:.1}%",
-            args.checkpoint,
-            test.config.name,
-            e.macro_f1,
-            e.macro_f1_ci
-                .map_or("–".into(), |c| format!("{:.3}, {:.3}", c.low, c.high)),
-            e.micro_f1,
-            100.0 * e.unparseable_rate
-        );
-    }
+    print_scores(&args.checkpoint, &data.tests, &scores);
     println!("metrics: {}", config.out.join("metrics").display());
     Ok(())
 }
@@ -226,21 +209,19 @@ pub fn generate_answers(args: GenerateArgs) -> CliResult {
     let context = RewardContext::default();
     for completion in completions {
         let text = policy.tokenizer.decode(&completion.tokens, true)?;
-        let parsed = parse_output(&text, &context.format, context.mode);
-        let labels: Vec<String> = parsed
-            .answer
-            .as_deref()
-            .map(|a| extract_labels(a, &context.vocabulary).labels)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| context.vocabulary.labels()[i].clone())
+        let prepared = context.prepare(&text, completion.tokens.len(), &[]);
+        let labels: Vec<String> = prepared
+            .extracted
+            .labels
+            .iter()
+            .map(|&i| context.vocabulary.labels()[i].clone())
             .collect();
         println!(
             "{} ({} tokens, {:?}):\n{text}\nparsed labels: {}\n",
             args.image[completion.prompt].display(),
             completion.tokens.len(),
             completion.stop,
-            if parsed.answer.is_some() {
+            if prepared.parsed.answer.is_some() {
                 labels.join(", ")
             } else {
                 "unparseable".into()
