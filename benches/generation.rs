@@ -1,17 +1,18 @@
 //! Generation and scoring speed of the tiny and small presets, shaped like a GRPO rollout:
 //! 8 prompts × 4 samples = batch 32, prompts of 24 text tokens around 16 image tokens, 128 new
 //! tokens at temperature 0.8 and top-p 0.95 (the shape `../shared/peer/hf_generate_baseline.py`
-//! measures for Hugging Face transformers). Run: `cargo bench --bench generation`.
+//! measures for Hugging Face transformers). Run: `cargo bench --bench generation`; set
+//! `CHEX_BENCH_DEVICE` (`cpu`, `ndarray`, `tch-cpu`, `tch-cuda:0`, …) to measure another backend.
 
 use std::time::Duration;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use chex_grpo::model::generation::{GenerationConfig, generate};
 use chex_grpo::model::prompt::EncodedPrompt;
 use chex_grpo::model::sampling::SamplingConfig;
 use chex_grpo::model::scoring::{ScoringRow, score_completions};
 use chex_grpo::model::vlm::ImageInputs;
-use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, burn};
+use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, burn, select_device};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const PROMPTS: usize = 8;
@@ -37,7 +38,9 @@ fn prompts(config: &Gemma3Config) -> Vec<EncodedPrompt> {
 }
 
 fn bench_preset(c: &mut Criterion, preset: &str) {
-    let device = Device::default();
+    // burn's own default prefers libtorch over flex when both are compiled; name the device.
+    let spec = std::env::var("CHEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = select_device(&spec).unwrap_or_else(|e| panic!("CHEX_BENCH_DEVICE: {e}"));
     device.seed(0);
     let config = Gemma3Config::preset(preset).unwrap();
     let model = Gemma3ForConditionalGeneration::new(&config, &device);

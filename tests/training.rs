@@ -1,6 +1,8 @@
 //! Trainer behaviour at a miniature size: SFT lowers the validation loss; a run stopped after
 //! one epoch and resumed ends with exactly the weights of the uninterrupted run; a truncated
-//! checkpoint is refused while the previous one stays usable; GRPO logs TRL's metric names.
+//! checkpoint is refused while the previous one stays usable; GRPO logs TRL's metric names and
+//! starts at zero KL; the same imported weights give the same validation loss on every backend.
+//! Each numerical test runs on every backend under test (`chex_model::device::test_devices`).
 
 use std::path::Path;
 
@@ -8,6 +10,8 @@ use chex_grpo::corpus::preset_tokenizer;
 use chex_grpo::data::{ImageSpec, PreparedImage};
 use chex_grpo::model::burn::optim::AdamWConfig;
 use chex_grpo::model::burn::tensor::Device;
+use chex_grpo::model::checkpoint::{from_pretrained, save_pretrained};
+use chex_grpo::model::device::{DeviceChoice, on_every_test_device, test_devices};
 use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration};
 use chex_grpo::prompts::PromptVariant;
 use chex_grpo::training::checkpoint::{latest_checkpoint, load_checkpoint};
@@ -22,17 +26,28 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A two-layer model with the tiny preset's vision tower and tokenizer.
-fn policy(device: &Device) -> Policy {
-    device.seed(3);
+/// The miniature architecture: two decoder layers, the tiny preset's vision tower and tokenizer.
+fn miniature_config() -> Gemma3Config {
     let mut config = Gemma3Config::preset("tiny").unwrap();
     config.text_config.num_hidden_layers = 2;
     config.text_config.hidden_size = 64;
     config.text_config.intermediate_size = 128;
     config.vision_config.num_hidden_layers = 1;
-    let tokenizer = preset_tokenizer(config.text_config.vocab_size).unwrap();
-    let model = Gemma3ForConditionalGeneration::new(&config, device);
+    config
+}
+
+fn with_tokenizer(model: Gemma3ForConditionalGeneration) -> Policy {
+    let tokenizer = preset_tokenizer(model.config.text_config.vocab_size).unwrap();
     Policy::new(model, tokenizer, PromptVariant::LabelOnly).unwrap()
+}
+
+/// A freshly initialised miniature policy, seeded on `device`.
+fn policy(device: &Device) -> Policy {
+    device.seed(3);
+    with_tokenizer(Gemma3ForConditionalGeneration::new(
+        &miniature_config(),
+        device,
+    ))
 }
 
 fn examples() -> Vec<Example> {
@@ -79,10 +94,9 @@ fn sft_config(epochs: usize) -> SftConfig {
     }
 }
 
-fn weights(dir: &Path) -> Vec<f32> {
-    let device = Device::default().autodiff();
-    let p = policy(&Device::default());
-    let model = p.model.to_device(&device);
+fn weights(dir: &Path, device: &Device) -> Vec<f32> {
+    let p = policy(device);
+    let model = p.model.to_device(&device.clone().autodiff());
     let (model, _, _) = load_checkpoint(dir, model, AdamWConfig::new().init()).unwrap();
     q_proj_weights(&model)
 }
@@ -102,159 +116,166 @@ use chex_grpo::model::burn::module::Module;
 #[test]
 fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
     let _serial = serial();
-    let device = Device::default();
-    let data = examples();
-    let full = tempfile::tempdir().unwrap();
-    let outcome = train_sft(
-        policy(&device),
-        &data,
-        &sft_config(3),
-        full.path(),
-        false,
-        &device,
-    )
-    .unwrap();
-    let losses = &outcome.validation_losses;
-    assert!(losses[2] < losses[0], "validation loss falls: {losses:?}");
-    let log = read_jsonl(&full.path().join("sft_log.jsonl")).unwrap();
-    assert!(
-        log.iter().any(|r| r.get("eval_loss").is_some())
-            && log.iter().any(|r| r.get("grad_norm").is_some())
-    );
+    on_every_test_device(|_, device| {
+        let data = examples();
+        let full = tempfile::tempdir().unwrap();
+        let outcome = train_sft(
+            policy(device),
+            &data,
+            &sft_config(3),
+            full.path(),
+            false,
+            device,
+        )
+        .unwrap();
+        let losses = &outcome.validation_losses;
+        assert!(losses[2] < losses[0], "validation loss falls: {losses:?}");
+        let log = read_jsonl(&full.path().join("sft_log.jsonl")).unwrap();
+        assert!(
+            log.iter().any(|r| r.get("eval_loss").is_some())
+                && log.iter().any(|r| r.get("grad_norm").is_some())
+        );
 
-    // The same three-epoch run stopped after its first epoch, then resumed.
-    let split = tempfile::tempdir().unwrap();
-    let interrupted = SftConfig {
-        stop_after_epochs: Some(1),
-        ..sft_config(3)
-    };
-    train_sft(
-        policy(&device),
-        &data,
-        &interrupted,
-        split.path(),
-        false,
-        &device,
-    )
-    .unwrap();
-    train_sft(
-        policy(&device),
-        &data,
-        &sft_config(3),
-        split.path(),
-        true,
-        &device,
-    )
-    .unwrap();
-    let a = weights(&full.path().join("checkpoints/sft-last"));
-    let b = weights(&split.path().join("checkpoints/sft-last"));
-    assert_eq!(a.len(), b.len());
-    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    assert_eq!(
-        differing,
-        0,
-        "a resumed run ends with the uninterrupted run's weights ({differing} of {} differ)",
-        a.len()
-    );
+        // The same three-epoch run stopped after its first epoch, then resumed.
+        let split = tempfile::tempdir().unwrap();
+        let interrupted = SftConfig {
+            stop_after_epochs: Some(1),
+            ..sft_config(3)
+        };
+        train_sft(
+            policy(device),
+            &data,
+            &interrupted,
+            split.path(),
+            false,
+            device,
+        )
+        .unwrap();
+        train_sft(
+            policy(device),
+            &data,
+            &sft_config(3),
+            split.path(),
+            true,
+            device,
+        )
+        .unwrap();
+        let a = weights(&full.path().join("checkpoints/sft-last"), device);
+        let b = weights(&split.path().join("checkpoints/sft-last"), device);
+        assert_eq!(a.len(), b.len());
+        let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differing,
+            0,
+            "a resumed run ends with the uninterrupted run's weights ({differing} of {} differ)",
+            a.len()
+        );
 
-    // A truncated checkpoint is refused with the file named; the other one still loads.
-    let last = split.path().join("checkpoints/sft-last/model.bpk");
-    let bytes = std::fs::read(&last).unwrap();
-    std::fs::write(&last, &bytes[..bytes.len() / 3]).unwrap();
-    let p = policy(&Device::default())
-        .model
-        .to_device(&Device::default().autodiff());
-    let err = match load_checkpoint(last.parent().unwrap(), p, AdamWConfig::new().init()) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("a truncated checkpoint loaded"),
-    };
-    assert!(err.contains("model.bpk"), "{err}");
-    assert!(!weights(&split.path().join("checkpoints/sft-best")).is_empty());
-    assert!(latest_checkpoint(&split.path().join("checkpoints")).is_some());
+        // A truncated checkpoint is refused with the file named; the other one still loads.
+        let last = split.path().join("checkpoints/sft-last/model.bpk");
+        let bytes = std::fs::read(&last).unwrap();
+        std::fs::write(&last, &bytes[..bytes.len() / 3]).unwrap();
+        let p = policy(device).model.to_device(&device.clone().autodiff());
+        let err = match load_checkpoint(last.parent().unwrap(), p, AdamWConfig::new().init()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a truncated checkpoint loaded"),
+        };
+        assert!(err.contains("model.bpk"), "{err}");
+        assert!(!weights(&split.path().join("checkpoints/sft-best"), device).is_empty());
+        assert!(latest_checkpoint(&split.path().join("checkpoints")).is_some());
+    });
 }
 
 #[test]
 fn grpo_logs_trl_metrics_every_step() {
     let _serial = serial();
-    let device = Device::default();
-    let data = examples();
-    let out = tempfile::tempdir().unwrap();
-    let config = GrpoConfig {
-        steps: 2,
-        prompts_per_step: 2,
-        max_new_tokens: 12,
-        eval_every: 2,
-        loss: chex_grpo::objective::GrpoLossConfig {
-            max_completion_length: 12,
-            ..Default::default()
-        },
-        ..GrpoConfig::chexreason()
-    };
-    let outcome = train_grpo(
-        policy(&device),
-        &data[..8],
-        &data[8..],
-        &config,
-        out.path(),
-        false,
-        &device,
-    )
-    .unwrap();
-    assert_eq!(outcome.rewards.len(), 2);
-    let log = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
-    assert_eq!(log.len(), 2);
-    for key in [
-        "reward",
-        "reward_std",
-        "rewards/hard/mean",
-        "frac_reward_zero_std",
-        "kl",
-        "entropy",
-        "clip_ratio/low_mean",
-        "clip_ratio/high_mean",
-        "clip_ratio/region_mean",
-        "completions/mean_length",
-        "completions/clipped_ratio",
-        "learning_rate",
-        "grad_norm",
-        "step_time",
-    ] {
-        assert!(log[1].get(key).is_some(), "missing {key} in {}", log[1]);
-    }
-    assert!(log[1].get("eval_macro_f1").is_some());
-    assert!(
-        out.path()
-            .join("checkpoints/grpo-last/adapter/adapter_model.safetensors")
-            .exists()
-    );
+    on_every_test_device(|_, device| {
+        let data = examples();
+        let out = tempfile::tempdir().unwrap();
+        let config = GrpoConfig {
+            steps: 2,
+            prompts_per_step: 2,
+            max_new_tokens: 12,
+            eval_every: 2,
+            loss: chex_grpo::objective::GrpoLossConfig {
+                max_completion_length: 12,
+                ..Default::default()
+            },
+            ..GrpoConfig::chexreason()
+        };
+        let outcome = train_grpo(
+            policy(device),
+            &data[..8],
+            &data[8..],
+            &config,
+            out.path(),
+            false,
+            device,
+        )
+        .unwrap();
+        assert_eq!(outcome.rewards.len(), 2);
+        let log = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+        assert_eq!(log.len(), 2);
+        for key in [
+            "reward",
+            "reward_std",
+            "rewards/hard/mean",
+            "frac_reward_zero_std",
+            "kl",
+            "entropy",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "clip_ratio/region_mean",
+            "completions/mean_length",
+            "completions/clipped_ratio",
+            "learning_rate",
+            "grad_norm",
+            "step_time",
+        ] {
+            assert!(log[1].get(key).is_some(), "missing {key} in {}", log[1]);
+        }
+        assert!(log[1].get("eval_macro_f1").is_some());
+        // LoRA's B matrices start at zero, so the first policy is the reference exactly.
+        let kl = log[0]["kl"].as_f64().unwrap();
+        assert!(
+            kl.abs() < 1e-6,
+            "step-1 kl {kl} (must be 0: adapters start at zero)"
+        );
+        assert!(
+            out.path()
+                .join("checkpoints/grpo-last/adapter/adapter_model.safetensors")
+                .exists()
+        );
+    });
 }
 
 #[test]
 fn a_non_finite_loss_skips_the_step_and_changes_nothing() {
     let _serial = serial();
-    let device = Device::default();
-    let mut data = examples();
-    for e in data.iter_mut() {
-        let pixels = vec![f32::NAN; 64 * 64];
-        e.image = std::sync::Arc::new(PreparedImage { size: 64, pixels });
-    }
-    let out = tempfile::tempdir().unwrap();
-    let start = policy(&device);
-    let before = q_proj_weights(&start.model);
-    let config = SftConfig {
-        freeze_vision: false,
-        ..sft_config(1)
-    };
-    let outcome = train_sft(start, &data, &config, out.path(), false, &device).unwrap();
-    assert!(outcome.skipped_steps > 0);
-    let log = read_jsonl(&out.path().join("sft_log.jsonl")).unwrap();
-    assert!(
-        log.iter()
-            .filter(|r| r.get("grad_norm").is_some())
-            .all(|r| r["skipped"] == true)
-    );
-    let after = q_proj_weights(&outcome.policy.model);
-    assert_eq!(before, after, "no update was applied");
+    on_every_test_device(|_, device| {
+        let mut data = examples();
+        for e in data.iter_mut() {
+            let pixels = vec![f32::NAN; 64 * 64];
+            e.image = std::sync::Arc::new(PreparedImage { size: 64, pixels });
+        }
+        let out = tempfile::tempdir().unwrap();
+        let start = policy(device);
+        let before = q_proj_weights(&start.model);
+        let config = SftConfig {
+            freeze_vision: false,
+            ..sft_config(1)
+        };
+        let outcome = train_sft(start, &data, &config, out.path(), false, device).unwrap();
+        assert!(outcome.skipped_steps > 0);
+        let log = read_jsonl(&out.path().join("sft_log.jsonl")).unwrap();
+        assert!(
+            log.iter()
+                .filter(|r| r.get("grad_norm").is_some())
+                .all(|r| r["skipped"] == true)
+        );
+        let after = q_proj_weights(&outcome.policy.model);
+        assert_eq!(before, after, "no update was applied");
+    });
 }
 
 #[test]
@@ -290,4 +311,73 @@ fn sft_jsonl_errors_name_the_line() {
         ok[0].reasoning.as_deref(),
         Some("<think>Blunted angle.</think><solution>Pleural Effusion</solution>")
     );
+}
+
+/// A miniature model initialised once on flex and saved, then imported on `device`: seeds draw
+/// differently per backend, imported weights are the same everywhere.
+fn imported_policy(dir: &Path, device: &Device) -> Policy {
+    if !dir.join("model.safetensors").exists() {
+        let flex = DeviceChoice::Cpu.device().unwrap();
+        flex.seed(3);
+        let model = Gemma3ForConditionalGeneration::new(&miniature_config(), &flex);
+        save_pretrained(&model, dir).unwrap();
+    }
+    with_tokenizer(from_pretrained(dir, device).unwrap())
+}
+
+#[test]
+fn sft_validation_loss_agrees_across_backends_on_the_same_imported_weights() {
+    let _serial = serial();
+    let weights = tempfile::tempdir().unwrap();
+    let data = examples();
+    // Full fine-tuning without dropout: nothing random happens on the device, so every backend
+    // computes the same function of the same numbers.
+    let config = |learning_rate: f64, epochs: usize| SftConfig {
+        learning_rate,
+        ..sft_config(epochs)
+    };
+    let mut untrained = Vec::new();
+    let mut trained = Vec::new();
+    for (choice, device) in test_devices().unwrap() {
+        let run = |config: &SftConfig| {
+            let out = tempfile::tempdir().unwrap();
+            let policy = imported_policy(weights.path(), &device);
+            let outcome = train_sft(policy, &data, config, out.path(), false, &device).unwrap();
+            outcome.validation_losses
+        };
+        // A learning rate of 0 leaves the weights alone: the validation loss is the imported
+        // model's own, computed by the inference (non-autodiff) path.
+        untrained.push((choice, run(&config(0.0, 1))[0]));
+        trained.push((choice, run(&config(3e-3, 2))));
+    }
+    println!("untrained validation loss per backend: {untrained:?}");
+    println!("trained validation losses per backend: {trained:?}");
+    let (reference, loss) = untrained[0];
+    for &(choice, other) in &untrained[1..] {
+        // Same weights, same inputs: only the order of f32 summation differs between backends.
+        // Measured: 3e-8 relative (flex, ndarray and tch-cpu on this loss of 7.58), a fraction
+        // of one f32 ulp per reduction. 1e-5 allows a hundred times that and still catches any
+        // real difference: the inverted attention mask moved flex vs tch-cpu validation loss
+        // by 16% (4.36 vs 5.06) on the NIH sample.
+        let relative = (other - loss).abs() / loss.abs();
+        assert!(
+            relative < 1e-5,
+            "untrained validation loss: {reference} {loss} vs {choice} {other} ({relative:e} relative)"
+        );
+    }
+    let (reference, losses) = &trained[0];
+    for (choice, other) in &trained[1..] {
+        for (epoch, (a, b)) in losses.iter().zip(other).enumerate() {
+            // Six AdamW steps can amplify rounding (Adam divides a gradient by its own running
+            // scale, so noise-sized gradients still move weights by about the learning rate).
+            // Measured: at most 7e-8 relative after each epoch on every backend; the bound is
+            // the untrained one, 1e-5.
+            let relative = (a - b).abs() / a.abs();
+            assert!(
+                relative < 1e-5,
+                "epoch {} validation loss: {reference} {a} vs {choice} {b} ({relative:e} relative)",
+                epoch + 1
+            );
+        }
+    }
 }

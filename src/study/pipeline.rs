@@ -49,8 +49,7 @@ pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy, Trai
         ),
         None => {
             let model_config = model_config(config)?;
-            device.seed(config.seed);
-            let model = Gemma3ForConditionalGeneration::new(&model_config, device);
+            let model = Gemma3ForConditionalGeneration::seeded(&model_config, config.seed, device);
             let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
             (model, tokenizer)
         }
@@ -100,7 +99,8 @@ pub fn load_policy(
     let checkpoints = config.out.join("checkpoints");
     let mut model = policy.model.clone();
     if let Some(lora) = &config.sft.lora {
-        model = apply_lora(model, lora, device);
+        // The checkpoint's adapters replace these right away; the seed only shapes them.
+        model = apply_lora(model, lora, config.seed, device);
     }
     model = load_checkpoint_model(&finished(&checkpoints, ["sft-best", "sft-last"])?, model)?;
     model = after_sft(model, config, device);
@@ -108,7 +108,7 @@ pub fn load_policy(
         "sft" => {}
         "grpo" => {
             if let Some(lora) = &config.grpo.lora {
-                model = apply_lora(model, lora, device);
+                model = apply_lora(model, lora, config.seed, device);
             }
             model =
                 load_checkpoint_model(&finished(&checkpoints, ["grpo-best", "grpo-last"])?, model)?;

@@ -199,7 +199,7 @@ pub fn train_grpo(
     let mut model = policy.model.clone().to_device(&ad).train();
     model.model.vision_tower = model.model.vision_tower.freeze();
     if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, &ad);
+        model = apply_lora(model, lora, config.seed, &ad);
     }
     let full_reference = config.lora.is_none().then_some(start_model);
     let mut optimizer = AdamWConfig::new().init();

@@ -184,7 +184,7 @@ pub fn train_sft(
         model.model.vision_tower = model.model.vision_tower.freeze();
     }
     if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, &ad);
+        model = apply_lora(model, lora, config.seed, &ad);
     }
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)

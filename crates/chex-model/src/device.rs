@@ -125,6 +125,54 @@ pub fn select_device(spec: &str) -> Result<Device, ModelError> {
     spec.parse::<DeviceChoice>()?.device()
 }
 
+/// The variable that lists the devices numerical tests run on, comma-separated
+/// (`CHEX_TEST_DEVICES=cpu,tch-cpu`, or `tch-cuda:0` on a GPU machine).
+pub const TEST_DEVICES_VAR: &str = "CHEX_TEST_DEVICES";
+
+/// The devices numerical tests run on: those listed in [`TEST_DEVICES_VAR`], else every CPU
+/// backend compiled into this build (`cpu`, `ndarray`, `tch-cpu`).
+///
+/// A backend that no test runs on goes wrong unnoticed (libtorch once trained to garbage while
+/// every flex test passed), so a listed backend that is not compiled is an error rather than a
+/// silent skip.
+pub fn test_devices() -> Result<Vec<(DeviceChoice, Device)>, ModelError> {
+    let choices: Vec<DeviceChoice> = match std::env::var(TEST_DEVICES_VAR) {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?,
+        _ => [
+            DeviceChoice::Cpu,
+            DeviceChoice::NdArray,
+            DeviceChoice::TchCpu,
+        ]
+        .into_iter()
+        .filter(|c| compiled_backends().contains(&c.feature()))
+        .collect(),
+    };
+    choices
+        .into_iter()
+        .map(|choice| Ok((choice, choice.device()?)))
+        .collect()
+}
+
+/// Runs `check` on every device of [`test_devices`], in turn. A failure is reported with the
+/// backend it happened on, then propagated, so a test names the backend that broke.
+pub fn on_every_test_device(check: impl Fn(DeviceChoice, &Device)) {
+    let devices = test_devices().unwrap_or_else(|e| panic!("{TEST_DEVICES_VAR}: {e}"));
+    for (choice, device) in devices {
+        eprintln!("-- on backend {choice}");
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(choice, &device)));
+        if let Err(panic) = outcome {
+            eprintln!("-- FAILED on backend {choice}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

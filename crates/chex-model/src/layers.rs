@@ -3,7 +3,9 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Gemma's RMSNorm: `x / rms(x) * (1 + weight)`, so a zero weight is the identity.
 #[derive(Module, Debug)]
@@ -121,14 +123,16 @@ impl LoraLinear {
 
     /// Attach a fresh adapter initialised as PEFT does: A uniform in ±1/√d_in (its
     /// Kaiming-uniform default) and B = 0, so the output is unchanged until training moves it.
-    pub fn attach_lora(mut self, shape: LoraShape, device: &Device) -> Self {
+    /// A is drawn on the host from `seed`, so the same seed gives the same adapter on every
+    /// backend (burn's own generators draw differently per backend).
+    pub fn attach_lora(mut self, shape: LoraShape, seed: u64, device: &Device) -> Self {
         let [d_in, d_out] = self.dims();
-        let bound = (1.0 / d_in as f64).sqrt();
-        let a = Tensor::random(
-            [d_in, shape.rank],
-            Distribution::Uniform(-bound, bound),
-            device,
-        );
+        let bound = (1.0 / d_in as f64).sqrt() as f32;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..d_in * shape.rank)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let a = Tensor::from_data(TensorData::new(values, [d_in, shape.rank]), device);
         let b = Tensor::zeros([shape.rank, d_out], device);
         self.weight = self.weight.set_require_grad(false);
         self.bias = self.bias.map(|b| b.set_require_grad(false));

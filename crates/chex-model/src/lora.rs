@@ -112,21 +112,33 @@ pub fn for_each_linear(
     Ok(())
 }
 
-/// Freeze every base weight and attach fresh adapters to the targeted projections.
+/// Freeze every base weight and attach fresh adapters to the targeted projections. Each
+/// adapter's A is drawn from `seed` and its layer's path, on the host, so that a seed gives the
+/// same adapters on every backend.
 pub fn apply_lora(
     model: Gemma3ForConditionalGeneration,
     config: &LoraConfig,
+    seed: u64,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
     let mut model = model.freeze();
     let _ = for_each_linear(&mut model, &mut |path, linear| {
         if config.targets(path) {
             let taken = std::mem::replace(linear, placeholder(device));
-            *linear = taken.attach_lora(config.shape(), device);
+            *linear = taken.attach_lora(config.shape(), layer_seed(seed, path), device);
         }
         Ok(())
     });
     model
+}
+
+/// A seed for one layer: FNV-1a of its path mixed into the run's seed.
+fn layer_seed(seed: u64, path: &str) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in path.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    seed.rotate_left(17) ^ hash
 }
 
 fn placeholder(device: &Device) -> LoraLinear {
@@ -343,7 +355,8 @@ pub fn load_adapter(
         let a = Tensor::<2>::from_data(TensorData::new(a, [peft.r, d_in]), device).transpose();
         let b = Tensor::<2>::from_data(TensorData::new(b, [d_out, peft.r]), device).transpose();
         let taken = std::mem::replace(linear, placeholder(device));
-        let mut adapted = taken.attach_lora(shape, device);
+        // Attaching freezes the base weights; the loaded A and B replace the drawn ones.
+        let mut adapted = taken.attach_lora(shape, 0, device);
         adapted.lora = Some(LoraWeights {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::cache::KvCache;
@@ -96,6 +96,41 @@ pub struct ImageInputs<'a> {
 }
 
 impl Gemma3ForConditionalGeneration {
+    /// A randomly initialised model whose weights depend on `seed` alone, not on the backend:
+    /// drawn on the CPU with flex and moved to `device`. burn's generators draw differently per
+    /// backend, so seeding `device` itself would give every backend another model, and the same
+    /// study another result. Builds without flex draw on `device`.
+    pub fn seeded(config: &Gemma3Config, seed: u64, device: &Device) -> Self {
+        #[cfg(feature = "flex")]
+        {
+            let host = Device::flex();
+            host.seed(seed);
+            let model = Self::new(config, &host).materialized();
+            if &host == device {
+                return model;
+            }
+            return model.to_device(device);
+        }
+        #[allow(unreachable_code)]
+        {
+            device.seed(seed);
+            Self::new(config, device).materialized()
+        }
+    }
+
+    /// burn initialises parameters lazily, at first use and on the device they are then on:
+    /// draw every one now, in module order, so that moving the model moves these values.
+    fn materialized(self) -> Self {
+        struct DrawEveryParameter;
+        impl ModuleVisitor for DrawEveryParameter {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        self.visit(&mut DrawEveryParameter);
+        self
+    }
+
     /// A randomly initialised model (rotary tables cover the config's maximum positions, capped
     /// at 8,192 to keep tables small; longer contexts need [`Self::with_max_positions`]).
     pub fn new(config: &Gemma3Config, device: &Device) -> Self {

@@ -1,21 +1,21 @@
 //! Parity with Hugging Face `transformers`: the fixture in `fixtures/gemma3_tiny` was written by
 //! `scripts/make_model_fixture.py` from a random `Gemma3ForConditionalGeneration`. We load the
 //! same checkpoint through our import path and must reproduce its logits and its greedy
-//! continuation, with and without the key/value cache.
+//! continuation, with and without the key/value cache, on every backend under test
+//! (`chex_model::device::test_devices`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixture;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use chex_model::checkpoint::from_pretrained;
+use chex_model::device::on_every_test_device;
 use chex_model::generation::{GenerationConfig, generate};
 use chex_model::prompt::{EncodedPrompt, encode_prompt, left_pad};
 use chex_model::vlm::{ImageInputs, token_tensor};
 use chex_model::{ChexTokenizer, Gemma3ForConditionalGeneration};
 use serde_json::Value;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3_tiny")
-}
 
 fn expected_json() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap())
@@ -56,8 +56,11 @@ struct Setup {
     device: Device,
 }
 
-fn setup() -> Setup {
-    let device = Device::default();
+fn on_every_backend(check: impl Fn(Setup)) {
+    on_every_test_device(|_, device| check(setup(device.clone())));
+}
+
+fn setup(device: Device) -> Setup {
     let model = from_pretrained(&fixture(), &device).unwrap();
     let tokenizer = ChexTokenizer::from_file(&fixture().join("tokenizer.json")).unwrap();
     tokenizer.check_against(&model.config).unwrap();
@@ -113,102 +116,106 @@ fn prompt_logits(s: &Setup, row: usize) -> Vec<f32> {
 
 #[test]
 fn logits_match_transformers() {
-    let s = setup();
-    for row in 0..2 {
-        let (theirs, shape) = expected_tensor(&format!("logits_{row}"));
-        let ours = prompt_logits(&s, row);
-        let diff = max_abs_diff(&ours, &theirs);
-        println!("prompt {row}: {shape:?} logits, max |Δ| = {diff:e}");
-        assert!(diff <= 1e-4, "prompt {row}: max |Δlogit| {diff} > 1e-4");
-    }
+    on_every_backend(|s| {
+        for row in 0..2 {
+            let (theirs, shape) = expected_tensor(&format!("logits_{row}"));
+            let ours = prompt_logits(&s, row);
+            let diff = max_abs_diff(&ours, &theirs);
+            println!("prompt {row}: {shape:?} logits, max |Δ| = {diff:e}");
+            assert!(diff <= 1e-4, "prompt {row}: max |Δlogit| {diff} > 1e-4");
+        }
+    });
 }
 
 #[test]
 fn greedy_continuation_matches_transformers_with_and_without_cache() {
-    let s = setup();
-    let expected = expected_json();
-    let want: Vec<Vec<u32>> = (0..2).map(|i| ids(&expected["greedy"][i])).collect();
-    for use_cache in [true, false] {
-        let config = GenerationConfig {
-            use_cache,
-            ..GenerationConfig::greedy(20)
-        };
-        let out = generate(
-            &s.model,
-            &s.prompts,
-            Some(pixels(&s.device)),
-            &config,
-            &s.device,
-        )
-        .unwrap();
-        let got: Vec<Vec<u32>> = out.iter().map(|c| c.tokens.clone()).collect();
-        assert_eq!(got, want, "greedy continuation (cache: {use_cache})");
-    }
+    on_every_backend(|s| {
+        let expected = expected_json();
+        let want: Vec<Vec<u32>> = (0..2).map(|i| ids(&expected["greedy"][i])).collect();
+        for use_cache in [true, false] {
+            let config = GenerationConfig {
+                use_cache,
+                ..GenerationConfig::greedy(20)
+            };
+            let out = generate(
+                &s.model,
+                &s.prompts,
+                Some(pixels(&s.device)),
+                &config,
+                &s.device,
+            )
+            .unwrap();
+            let got: Vec<Vec<u32>> = out.iter().map(|c| c.tokens.clone()).collect();
+            assert_eq!(got, want, "greedy continuation (cache: {use_cache})");
+        }
+    });
 }
 
 #[test]
 fn uncached_forward_of_a_padded_batch_equals_single_rows() {
     // The left-padded batch must give each row the logits it gets alone.
-    let s = setup();
-    let rows: Vec<&[u32]> = s.prompts.iter().map(|p| p.ids.as_slice()).collect();
-    let blocks: Vec<_> = s.prompts.iter().map(|p| p.image_block.clone()).collect();
-    let (ids, width, layout) = left_pad(&rows, &blocks, 0);
-    let images = s.model.encode_images(pixels(&s.device)).unwrap();
-    let image_of_row = [0, 1];
-    let logits = s.model.forward(
-        token_tensor(&ids, 2, width, &s.device),
-        &layout,
-        Some(ImageInputs {
-            features: &images,
-            image_of_row: &image_of_row,
-        }),
-    );
-    let vocab = s.model.config.text_config.vocab_size;
-    let short = s.prompts[0].ids.len();
-    let padded = logits
-        .slice([0..1, width - short..width, 0..vocab])
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let alone = prompt_logits(&s, 0);
-    assert!(max_abs_diff(&padded, &alone) < 1e-4);
+    on_every_backend(|s| {
+        let rows: Vec<&[u32]> = s.prompts.iter().map(|p| p.ids.as_slice()).collect();
+        let blocks: Vec<_> = s.prompts.iter().map(|p| p.image_block.clone()).collect();
+        let (ids, width, layout) = left_pad(&rows, &blocks, 0);
+        let images = s.model.encode_images(pixels(&s.device)).unwrap();
+        let image_of_row = [0, 1];
+        let logits = s.model.forward(
+            token_tensor(&ids, 2, width, &s.device),
+            &layout,
+            Some(ImageInputs {
+                features: &images,
+                image_of_row: &image_of_row,
+            }),
+        );
+        let vocab = s.model.config.text_config.vocab_size;
+        let short = s.prompts[0].ids.len();
+        let padded = logits
+            .slice([0..1, width - short..width, 0..vocab])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let alone = prompt_logits(&s, 0);
+        assert!(max_abs_diff(&padded, &alone) < 1e-4);
+    });
 }
 
 #[test]
 fn peft_adapter_reproduces_transformers_and_round_trips() {
-    let s = setup();
-    let (model, config) =
-        chex_model::lora::load_adapter(s.model, &fixture().join("adapter"), &s.device).unwrap();
-    assert_eq!(config.rank, 4);
-    let with_adapter = Setup {
-        model,
-        prompts: s.prompts,
-        device: s.device,
-    };
-    let (theirs, _) = expected_tensor("logits_0_lora");
-    let ours = prompt_logits(&with_adapter, 0);
-    let diff = max_abs_diff(&ours, &theirs);
-    println!("LoRA logits max |Δ| = {diff:e}");
-    assert!(diff <= 1e-4, "with the PEFT adapter: max |Δlogit| {diff}");
+    on_every_backend(|s| {
+        let (model, config) =
+            chex_model::lora::load_adapter(s.model, &fixture().join("adapter"), &s.device).unwrap();
+        assert_eq!(config.rank, 4);
+        let with_adapter = Setup {
+            model,
+            prompts: s.prompts,
+            device: s.device,
+        };
+        let (theirs, _) = expected_tensor("logits_0_lora");
+        let ours = prompt_logits(&with_adapter, 0);
+        let diff = max_abs_diff(&ours, &theirs);
+        println!("LoRA logits max |Δ| = {diff:e}");
+        assert!(diff <= 1e-4, "with the PEFT adapter: max |Δlogit| {diff}");
 
-    // Saved in PEFT's layout and loaded onto a fresh base, the adapter gives the same logits.
-    let dir = tempfile::tempdir().unwrap();
-    chex_model::lora::save_adapter(&with_adapter.model, &config, dir.path()).unwrap();
-    let base = from_pretrained(&fixture(), &with_adapter.device).unwrap();
-    let (reloaded, _) =
-        chex_model::lora::load_adapter(base, dir.path(), &with_adapter.device).unwrap();
-    let again = Setup {
-        model: reloaded,
-        prompts: with_adapter.prompts.clone(),
-        device: with_adapter.device.clone(),
-    };
-    assert!(max_abs_diff(&prompt_logits(&again, 0), &ours) < 1e-6);
+        // Saved in PEFT's layout and loaded onto a fresh base, the adapter gives the same logits.
+        let dir = tempfile::tempdir().unwrap();
+        chex_model::lora::save_adapter(&with_adapter.model, &config, dir.path()).unwrap();
+        let base = from_pretrained(&fixture(), &with_adapter.device).unwrap();
+        let (reloaded, _) =
+            chex_model::lora::load_adapter(base, dir.path(), &with_adapter.device).unwrap();
+        let again = Setup {
+            model: reloaded,
+            prompts: with_adapter.prompts.clone(),
+            device: with_adapter.device.clone(),
+        };
+        assert!(max_abs_diff(&prompt_logits(&again, 0), &ours) < 1e-6);
 
-    // Merged into the base weights, it still gives the same logits.
-    let merged = Setup {
-        model: chex_model::lora::merge_lora(again.model, &again.device),
-        prompts: again.prompts,
-        device: again.device,
-    };
-    assert!(max_abs_diff(&prompt_logits(&merged, 0), &ours) < 1e-4);
+        // Merged into the base weights, it still gives the same logits.
+        let merged = Setup {
+            model: chex_model::lora::merge_lora(again.model, &again.device),
+            prompts: again.prompts,
+            device: again.device,
+        };
+        assert!(max_abs_diff(&prompt_logits(&merged, 0), &ours) < 1e-4);
+    });
 }

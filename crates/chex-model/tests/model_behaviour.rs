@@ -1,13 +1,17 @@
 //! Behaviour the parity fixture does not cover: sampled generation (seeded, cache equals
 //! recompute), scoring agreeing with the sampler's log-probs, LoRA training only adapters, our
-//! own checkpoints round-tripping, and clear errors for bad checkpoints.
+//! own checkpoints round-tripping, and clear errors for bad checkpoints; each on every backend
+//! under test (`chex_model::device::test_devices`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixture;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use chex_model::checkpoint::{from_pretrained, save_pretrained};
+use chex_model::device::on_every_test_device;
 use chex_model::generation::{GenerationConfig, generate};
 use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora};
 use chex_model::prompt::EncodedPrompt;
@@ -16,8 +20,12 @@ use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
 use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelError};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3_tiny")
+/// burn's random generators are per process, so tests that seed and draw from them run one at
+/// a time to keep each one's draws its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The fixture's architecture with fresh random weights, and two prompts with image blocks.
@@ -60,228 +68,271 @@ fn sampling(use_cache: bool, seed: u64) -> GenerationConfig {
 
 #[test]
 fn sampled_generation_is_seeded_and_the_cache_equals_recomputation() {
-    let device = Device::default();
-    let (model, prompts, pixels) = small_model(&device);
-    let run = |config: &GenerationConfig| {
-        generate(&model, &prompts, Some(pixels.clone()), config, &device).unwrap()
-    };
-    let cached = run(&sampling(true, 5));
-    assert_eq!(cached.len(), 6);
-    assert_eq!(
-        cached.iter().map(|c| c.prompt).collect::<Vec<_>>(),
-        vec![0, 0, 0, 1, 1, 1]
-    );
-    let uncached = run(&sampling(false, 5));
-    for (a, b) in cached.iter().zip(&uncached) {
+    let _serial = serial();
+    on_every_test_device(|_, device| {
+        let (model, prompts, pixels) = small_model(device);
+        let run = |config: &GenerationConfig| {
+            generate(&model, &prompts, Some(pixels.clone()), config, device).unwrap()
+        };
+        let cached = run(&sampling(true, 5));
+        assert_eq!(cached.len(), 6);
         assert_eq!(
-            a.tokens, b.tokens,
-            "cached and recomputed generation agree token for token"
+            cached.iter().map(|c| c.prompt).collect::<Vec<_>>(),
+            vec![0, 0, 0, 1, 1, 1]
         );
-        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-            assert!((x - y).abs() < 1e-4);
+        let uncached = run(&sampling(false, 5));
+        for (a, b) in cached.iter().zip(&uncached) {
+            assert_eq!(
+                a.tokens, b.tokens,
+                "cached and recomputed generation agree token for token"
+            );
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4);
+            }
         }
-    }
-    assert_eq!(
-        cached,
-        run(&sampling(true, 5)),
-        "same seed, same completions"
-    );
-    assert_ne!(
-        cached,
-        run(&sampling(true, 6)),
-        "another seed, other completions"
-    );
+        assert_eq!(
+            cached,
+            run(&sampling(true, 5)),
+            "same seed, same completions"
+        );
+        assert_ne!(
+            cached,
+            run(&sampling(true, 6)),
+            "another seed, other completions"
+        );
+    });
 }
 
 #[test]
 fn scoring_reproduces_the_sampling_log_probs() {
-    let device = Device::default();
-    let (model, prompts, pixels) = small_model(&device);
-    let config = sampling(true, 9);
-    let completions = generate(&model, &prompts, Some(pixels.clone()), &config, &device).unwrap();
-    let features = model.encode_images(pixels).unwrap();
-    let rows: Vec<ScoringRow> = completions
-        .iter()
-        .map(|c| ScoringRow {
-            prompt: &prompts[c.prompt].ids,
-            image_block: prompts[c.prompt].image_block.as_ref(),
-            completion: &c.tokens,
-        })
-        .collect();
-    let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
-    let scores = score_completions(
-        &model,
-        &rows,
-        Some(ImageInputs {
-            features: &features,
-            image_of_row: &image_of_row,
-        }),
-        config.sampling.temperature,
-        &device,
-    );
-    let width = scores.logprobs.dims()[1];
-    let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
-    let entropies = scores.entropies.into_data().try_to_vec::<f32>().unwrap();
-    for (r, c) in completions.iter().enumerate() {
-        for (i, lp) in c.logprobs.iter().enumerate() {
-            let s = scored[r * width + i];
-            assert!(
-                (s - lp).abs() < 1e-4,
-                "row {r} token {i}: scored {s} vs sampled {lp}"
-            );
-            assert!(entropies[r * width + i] > 0.0);
-        }
-        assert!(
-            scored[r * width + c.tokens.len()..(r + 1) * width]
-                .iter()
-                .all(|v| *v == 0.0)
+    let _serial = serial();
+    on_every_test_device(|_, device| {
+        let (model, prompts, pixels) = small_model(device);
+        let config = sampling(true, 9);
+        let completions =
+            generate(&model, &prompts, Some(pixels.clone()), &config, device).unwrap();
+        let features = model.encode_images(pixels).unwrap();
+        let rows: Vec<ScoringRow> = completions
+            .iter()
+            .map(|c| ScoringRow {
+                prompt: &prompts[c.prompt].ids,
+                image_block: prompts[c.prompt].image_block.as_ref(),
+                completion: &c.tokens,
+            })
+            .collect();
+        let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
+        let scores = score_completions(
+            &model,
+            &rows,
+            Some(ImageInputs {
+                features: &features,
+                image_of_row: &image_of_row,
+            }),
+            config.sampling.temperature,
+            device,
         );
-    }
+        let width = scores.logprobs.dims()[1];
+        let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
+        let entropies = scores.entropies.into_data().try_to_vec::<f32>().unwrap();
+        for (r, c) in completions.iter().enumerate() {
+            for (i, lp) in c.logprobs.iter().enumerate() {
+                let s = scored[r * width + i];
+                assert!(
+                    (s - lp).abs() < 1e-4,
+                    "row {r} token {i}: scored {s} vs sampled {lp}"
+                );
+                assert!(entropies[r * width + i] > 0.0);
+            }
+            assert!(
+                scored[r * width + c.tokens.len()..(r + 1) * width]
+                    .iter()
+                    .all(|v| *v == 0.0)
+            );
+        }
+    });
 }
 
 #[test]
 fn lora_trains_only_the_adapters() {
-    let device = Device::default().autodiff();
-    let (model, prompts, pixels) = small_model(&device);
-    let lora = LoraConfig {
-        dropout: 0.0,
-        ..LoraConfig::chexreason()
-    };
-    let model = apply_lora(model, &lora, &device);
-    let layers = model.config.text_config.num_hidden_layers;
-    let features = model.encode_images(pixels).unwrap();
-    let completion = [40u32, 41, 42];
-    let rows: Vec<ScoringRow> = prompts
-        .iter()
-        .map(|p| ScoringRow {
-            prompt: &p.ids,
-            image_block: p.image_block.as_ref(),
-            completion: &completion,
-        })
-        .collect();
-    let scores = score_completions(
-        &model,
-        &rows,
-        Some(ImageInputs {
-            features: &features,
-            image_of_row: &[0, 1],
-        }),
-        1.0,
-        &device,
-    );
-    let loss = scores.logprobs.sum().neg();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    assert_eq!(
-        grads.len(),
-        layers * 7 * 2,
-        "A and B of seven projections per layer, nothing else"
-    );
-    // r = 16: q, o (64→64), k, v (64→32), gate, up (64→128), down (128→64).
-    let per_layer = 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
-    assert_eq!(adapter_parameter_count(&model), layers * per_layer);
+    let _serial = serial();
+    on_every_test_device(|_, device| {
+        let device = device.clone().autodiff();
+        let (model, prompts, pixels) = small_model(&device);
+        let lora = LoraConfig {
+            dropout: 0.0,
+            ..LoraConfig::chexreason()
+        };
+        let model = apply_lora(model, &lora, 0, &device);
+        let layers = model.config.text_config.num_hidden_layers;
+        let features = model.encode_images(pixels).unwrap();
+        let completion = [40u32, 41, 42];
+        let rows: Vec<ScoringRow> = prompts
+            .iter()
+            .map(|p| ScoringRow {
+                prompt: &p.ids,
+                image_block: p.image_block.as_ref(),
+                completion: &completion,
+            })
+            .collect();
+        let scores = score_completions(
+            &model,
+            &rows,
+            Some(ImageInputs {
+                features: &features,
+                image_of_row: &[0, 1],
+            }),
+            1.0,
+            &device,
+        );
+        let loss = scores.logprobs.sum().neg();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        assert_eq!(
+            grads.len(),
+            layers * 7 * 2,
+            "A and B of seven projections per layer, nothing else"
+        );
+        // r = 16: q, o (64→64), k, v (64→32), gate, up (64→128), down (128→64).
+        let per_layer = 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
+        assert_eq!(adapter_parameter_count(&model), layers * per_layer);
+    });
 }
 
 #[test]
 fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
-    let device = Device::default();
-    let model = from_pretrained(&fixture(), &device).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    save_pretrained(&model, dir.path()).unwrap();
-    let again = from_pretrained(dir.path(), &device).unwrap();
-    let a = model.model.language_model.layers[1]
-        .self_attn
-        .q_proj
-        .weight
-        .val();
-    let b = again.model.language_model.layers[1]
-        .self_attn
-        .q_proj
-        .weight
-        .val();
-    assert_eq!(a.into_data(), b.into_data());
-    assert_eq!(model.num_params(), again.num_params());
+    on_every_test_device(|_, device| {
+        let model = from_pretrained(&fixture(), device).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_pretrained(&model, dir.path()).unwrap();
+        let again = from_pretrained(dir.path(), device).unwrap();
+        let a = model.model.language_model.layers[1]
+            .self_attn
+            .q_proj
+            .weight
+            .val();
+        let b = again.model.language_model.layers[1]
+            .self_attn
+            .q_proj
+            .weight
+            .val();
+        assert_eq!(a.into_data(), b.into_data());
+        assert_eq!(model.num_params(), again.num_params());
 
-    let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
-    let rewrite = |skip: &str, reshape: Option<&str>| {
-        let mut kept = Vec::new();
-        for name in file.names() {
-            if name == skip {
-                continue;
+        let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
+        let rewrite = |skip: &str, reshape: Option<&str>| {
+            let mut kept = Vec::new();
+            for name in file.names() {
+                if name == skip {
+                    continue;
+                }
+                let view = file.tensor(name).unwrap();
+                let mut shape = view.shape().to_vec();
+                if Some(name) == reshape {
+                    shape.reverse();
+                }
+                kept.push((name.to_string(), view.data().to_vec(), shape));
             }
-            let view = file.tensor(name).unwrap();
-            let mut shape = view.shape().to_vec();
-            if Some(name) == reshape {
-                shape.reverse();
-            }
-            kept.push((name.to_string(), view.data().to_vec(), shape));
+            let views: Vec<_> = kept
+                .iter()
+                .map(|(n, d, s)| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                            .unwrap(),
+                    )
+                })
+                .collect();
+            let bad = tempfile::tempdir().unwrap();
+            std::fs::copy(
+                dir.path().join("config.json"),
+                bad.path().join("config.json"),
+            )
+            .unwrap();
+            std::fs::write(
+                bad.path().join("model.safetensors"),
+                safetensors::serialize(views, None).unwrap(),
+            )
+            .unwrap();
+            bad
+        };
+        let key = "model.language_model.layers.2.mlp.up_proj.weight";
+        let missing = rewrite(key, None);
+        match from_pretrained(missing.path(), device) {
+            Err(ModelError::MissingTensor { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("expected a missing-tensor error, got {other:?}"),
         }
-        let views: Vec<_> = kept
-            .iter()
-            .map(|(n, d, s)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        let bad = tempfile::tempdir().unwrap();
+        let misshaped = rewrite("", Some(key));
+        let err = from_pretrained(misshaped.path(), device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("up_proj") && err.contains("shape"), "{err}");
+
+        let truncated = tempfile::tempdir().unwrap();
         std::fs::copy(
             dir.path().join("config.json"),
-            bad.path().join("config.json"),
+            truncated.path().join("config.json"),
         )
         .unwrap();
         std::fs::write(
-            bad.path().join("model.safetensors"),
-            safetensors::serialize(views, None).unwrap(),
+            truncated.path().join("model.safetensors"),
+            &weights[..weights.len() / 2],
         )
         .unwrap();
-        bad
+        let err = from_pretrained(truncated.path(), device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
+
+        let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        let bad_config = tempfile::tempdir().unwrap();
+        std::fs::write(
+            bad_config.path().join("config.json"),
+            config.replace("\"gelu_pytorch_tanh\"", "\"silu\""),
+        )
+        .unwrap();
+        let err = from_pretrained(bad_config.path(), device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hidden_activation") && err.contains("silu"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn a_seed_gives_the_same_model_and_adapters_on_every_backend() {
+    let _serial = serial();
+    let config = Gemma3Config::from_file(&fixture().join("config.json")).unwrap();
+    let lora = LoraConfig::chexreason();
+    // The first layer's query projection and its adapter's A, as the host sees them.
+    let draw = |device: &Device| {
+        let model = Gemma3ForConditionalGeneration::seeded(&config, 7, device);
+        let model = apply_lora(model, &lora, 7, device);
+        let q = &model.model.language_model.layers[0].self_attn.q_proj;
+        let a = q.lora.as_ref().expect("q_proj is a LoRA target").a.val();
+        (
+            q.weight.val().into_data().to_vec::<f32>().unwrap(),
+            a.into_data().to_vec::<f32>().unwrap(),
+        )
     };
-    let key = "model.language_model.layers.2.mlp.up_proj.weight";
-    let missing = rewrite(key, None);
-    match from_pretrained(missing.path(), &device) {
-        Err(ModelError::MissingTensor { key: k, .. }) => assert_eq!(k, key),
-        other => panic!("expected a missing-tensor error, got {other:?}"),
-    }
-    let misshaped = rewrite("", Some(key));
-    let err = from_pretrained(misshaped.path(), &device)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("up_proj") && err.contains("shape"), "{err}");
-
-    let truncated = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join("config.json"),
-        truncated.path().join("config.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        truncated.path().join("model.safetensors"),
-        &weights[..weights.len() / 2],
-    )
-    .unwrap();
-    let err = from_pretrained(truncated.path(), &device)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("model.safetensors") && err.contains("truncated"),
-        "{err}"
-    );
-
-    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    let bad_config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        bad_config.path().join("config.json"),
-        config.replace("\"gelu_pytorch_tanh\"", "\"silu\""),
-    )
-    .unwrap();
-    let err = from_pretrained(bad_config.path(), &device)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("hidden_activation") && err.contains("silu"),
-        "{err}"
-    );
+    let reference = draw(&chex_model::DeviceChoice::Cpu.device().unwrap());
+    on_every_test_device(|choice, device| {
+        assert_eq!(draw(device), reference, "{choice} drew other weights");
+    });
+    let other_seed = {
+        let model = Gemma3ForConditionalGeneration::seeded(&config, 8, &Device::flex());
+        model.model.language_model.layers[0]
+            .self_attn
+            .q_proj
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    assert_ne!(other_seed, reference.0, "another seed, other weights");
 }

@@ -493,15 +493,20 @@ impl ModuleOps<Self> for LibTorch {
         attn_bias: Option<TchTensor>,
         options: AttentionModuleOptions,
     ) -> TchTensor {
-        if attn_bias.is_some() {
+        // chex-grpo patch: LibTorch's fused kernel has no soft-cap, so a soft-capped call
+        // takes burn's reference path instead of silently dropping the cap.
+        if attn_bias.is_some() || options.softcap.is_some() {
             return attention_fallback::<Self>(query, key, value, mask, attn_bias, options);
         }
 
+        // chex-grpo patch: burn's mask is true where attention is forbidden, LibTorch's boolean
+        // `attn_mask` is true where it is allowed. Passing burn's mask through unchanged made
+        // every query attend to exactly the keys it must not see.
         TchTensor::new(tch::Tensor::scaled_dot_product_attention(
             &query.tensor,
             &key.tensor,
             &value.tensor,
-            mask.map(|m| m.tensor),
+            mask.map(|m| m.tensor.logical_not()),
             0.,
             options.is_causal,
             options.scale,
