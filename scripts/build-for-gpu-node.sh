@@ -56,6 +56,7 @@ cp "$CARGO_TARGET_DIR/release/chex" "$out/chex"
 strip "$out/chex"
 
 if [ "${WITH_TESTS:-0}" = 1 ]; then
+  rm -rf "$out/tests"
   mkdir -p "$out/tests"
   cargo test --release --features tch -p chex-model --no-run --message-format=json 2>/dev/null |
     python3 -c '
@@ -65,7 +66,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
 ' "$out/tests"
-  strip "$out"/tests/*
+  find "$out/tests" -maxdepth 1 -type f -exec strip {} +
   # run.sh points the tests here through CHEX_MODEL_FIXTURES.
   cp -r crates/chex-model/tests/fixtures "$out/tests/fixtures"
 fi

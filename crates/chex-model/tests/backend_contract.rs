@@ -62,22 +62,25 @@ fn fused_attention_equals_burns_reference_with_masks_and_soft_caps() {
                 softcap,
                 is_causal: false,
             };
-            let fused = attention(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                Some(mask.clone()),
-                None,
-                options,
-            );
-            let reference = attention_fallback(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                Some(mask.clone()),
-                None,
-                options,
-            );
+            type Attention = fn(
+                Tensor<4>,
+                Tensor<4>,
+                Tensor<4>,
+                Option<Tensor<4, Bool>>,
+                Option<Tensor<4>>,
+                AttentionModuleOptions,
+            ) -> Tensor<4>;
+            let ways: [Attention; 2] = [attention, attention_fallback];
+            let [fused, reference] = ways.map(|way| {
+                way(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    Some(mask.clone()),
+                    None,
+                    options,
+                )
+            });
             let diff = max_abs_diff(fused, reference);
             assert!(
                 diff < 1e-5,
