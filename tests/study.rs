@@ -10,6 +10,14 @@ use chex_grpo::study::evaluate::{CHECKPOINTS, read_predictions};
 use chex_grpo::study::report::Comparison;
 use chex_grpo::study::{StudyConfig, run_study, write_report};
 
+/// burn's random generators are per process: studies that seed and draw from them (the
+/// initial weights) run one at a time, so that each run draws what it would draw alone.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn configs() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -102,6 +110,7 @@ fn three(v: f64) -> String {
 
 #[test]
 fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = miniature(dir.path());
     let report = run_study(&config, false).unwrap();
@@ -215,6 +224,7 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
 
 #[test]
 fn miniature_study_starts_grpo_at_zero_kl_on_every_backend() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     chex_grpo::model::device::on_every_test_device(|choice, _| {
         let mut config = miniature(dir.path());

@@ -99,7 +99,8 @@ impl Gemma3ForConditionalGeneration {
     /// A randomly initialised model whose weights depend on `seed` alone, not on the backend:
     /// drawn on the CPU with flex and moved to `device`. burn's generators draw differently per
     /// backend, so seeding `device` itself would give every backend another model, and the same
-    /// study another result. Builds without flex draw on `device`.
+    /// study another result. Builds without flex draw on `device`. The generator is per
+    /// process: two threads seeding and drawing at once take each other's numbers.
     pub fn seeded(config: &Gemma3Config, seed: u64, device: &Device) -> Self {
         #[cfg(feature = "flex")]
         {
