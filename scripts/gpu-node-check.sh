@@ -55,7 +55,7 @@ study() {
   return $rc
 }
 export bundle out STUDY_ARGS
-export -f run study
+export -f study
 low=$(( cores >= 8 ? 4 : cores ))
 pin "0-$((low - 1))" bash -c 'study tch-cuda:0' &
 gpu=$!
