@@ -11,10 +11,11 @@ use chex_grpo::data::synth::SynthConfig;
 use chex_grpo::data::{
     ImageCache, ImageSpec, LoadOptions, ViewFilter, load_chexpert, write_synthetic_sites,
 };
+use chex_grpo::evaluation::{AnswerSettings, answer_images, chexpert_scores};
 use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
 use chex_grpo::prompts::PromptVariant;
 use chex_grpo::rewards::RewardContext;
-use chex_grpo::training::examples::{answer, examples_from, score_answers};
+use chex_grpo::training::examples::examples_from;
 use chex_grpo::training::{GrpoConfig, Policy, SftConfig, train_grpo, train_sft};
 use clap::Parser;
 
@@ -71,16 +72,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
     let context = RewardContext::default();
     let report = |name: &str, policy: &Policy| -> Result<f64, Box<dyn std::error::Error>> {
-        let answers = answer(policy, &eval_examples, 128, 32, &device)?;
-        let e = score_answers(&answers.texts, &eval_examples, &context)?;
+        let images: Vec<_> = eval_examples.iter().map(|e| e.image.as_ref()).collect();
+        let truths: Vec<_> = eval_examples
+            .iter()
+            .map(|e| e.truth(&context.vocabulary))
+            .collect();
+        let settings = AnswerSettings::greedy(128, 32);
+        let answers = answer_images(policy, &images, &truths, &settings, &context, &device)?;
+        let e = chexpert_scores(&answers)?;
         println!(
             "{name}: macro-F1 {:.3}, micro-F1 {:.3} on {} held-out images",
             e.macro_f1,
             e.micro_f1,
             eval_examples.len()
         );
-        if let Some(t) = answers.texts.first() {
-            println!("  e.g. {}", t.replace('\n', " | "));
+        if let Some(a) = answers.first() {
+            println!("  e.g. {}", a.text.replace('\n', " | "));
         }
         Ok(e.macro_f1)
     };
@@ -100,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grpo = GrpoConfig {
         steps: args.grpo_steps,
         learning_rate: args.grpo_lr,
-        max_new_tokens: 128,
+        max_completion_length: 128,
         eval_every: 0,
         lora: Some(chex_grpo::model::lora::LoraConfig {
             rank: 8,
@@ -108,10 +115,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             dropout: 0.0,
             ..chex_grpo::model::lora::LoraConfig::chexreason()
         }),
-        loss: chex_grpo::objective::GrpoLossConfig {
-            max_completion_length: 128,
-            ..Default::default()
-        },
         ..GrpoConfig::chexreason()
     };
     let rl = train_grpo(

@@ -27,7 +27,9 @@ pub use chex_rewards as rewards;
 
 pub mod baseline;
 pub mod corpus;
+pub mod error;
 pub mod eval;
+pub mod evaluation;
 pub mod inputs;
 pub mod progress;
 pub mod prompts;
@@ -35,4 +37,5 @@ pub mod source;
 pub mod study;
 pub mod training;
 
+pub use error::{Error, Result};
 pub use source::DataSource;

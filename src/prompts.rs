@@ -3,6 +3,7 @@
 //! true findings for the synthetic sites, in varied wording.
 
 use chex_data::labels::CHEXPERT_LABELS;
+use chex_rewards::OutputFormat;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
@@ -37,22 +38,23 @@ impl PromptVariant {
     pub fn question(&self) -> String {
         let labels = CHEXPERT_LABELS.join(", ");
         let task = format!("Which of these findings does this chest X-ray show: {labels}?");
+        let (think, solution) = OutputFormat::default().empty_blocks();
         let how = match self {
-            Self::LabelOnly => {
-                "Answer with <think></think> left empty and the findings, comma-separated, in <solution></solution>."
-            }
-            Self::FreeReasoning => {
-                "Reason step by step in <think></think>, then give the findings, comma-separated, in <solution></solution>."
-            }
-            Self::Narrative => {
-                "Write a short radiology report in <think></think>, then give the findings, comma-separated, in <solution></solution>."
-            }
-            Self::StructuredSteps => {
-                "In <think></think> review the lungs, the pleura, the heart and mediastinum, the bones and any devices, one line each; then give the findings, comma-separated, in <solution></solution>."
-            }
-            Self::SelfCheck => {
-                "Reason in <think></think>, check each finding you name against the image, then give the findings, comma-separated, in <solution></solution>."
-            }
+            Self::LabelOnly => format!(
+                "Answer with {think} left empty and the findings, comma-separated, in {solution}."
+            ),
+            Self::FreeReasoning => format!(
+                "Reason step by step in {think}, then give the findings, comma-separated, in {solution}."
+            ),
+            Self::Narrative => format!(
+                "Write a short radiology report in {think}, then give the findings, comma-separated, in {solution}."
+            ),
+            Self::StructuredSteps => format!(
+                "In {think} review the lungs, the pleura, the heart and mediastinum, the bones and any devices, one line each; then give the findings, comma-separated, in {solution}."
+            ),
+            Self::SelfCheck => format!(
+                "Reason in {think}, check each finding you name against the image, then give the findings, comma-separated, in {solution}."
+            ),
         };
         format!("{task} {how}")
     }
@@ -194,8 +196,5 @@ pub fn reference_answer<R: Rng>(labels: &[&str], variant: PromptVariant, rng: &m
                 .join(", ")
         ),
     };
-    format!(
-        "<think>{think}</think><solution>{}</solution>",
-        findings.join(", ")
-    )
+    OutputFormat::default().render(&think, &findings.join(", "))
 }

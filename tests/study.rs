@@ -2,6 +2,7 @@
 //! every artefact of the report exists and parses, and that the report's numbers are the
 //! metrics files' numbers.
 
+use chex_grpo::training::records::{GrpoStepRecord, SftRecord};
 use std::path::{Path, PathBuf};
 
 use chex_grpo::DataSource;
@@ -74,8 +75,7 @@ fn miniature(dir: &Path) -> StudyConfig {
         "grpo.steps=2",
         "grpo.eval_every=1",
         "grpo.sample_every=1",
-        "grpo.max_new_tokens=12",
-        "grpo.loss.max_completion_length=12",
+        "grpo.max_completion_length=12",
         "eval.max_new_tokens=12",
         "eval.batch=4",
         "eval.bootstrap_resamples=50",
@@ -231,22 +231,26 @@ fn miniature_study_starts_grpo_at_zero_kl_on_every_backend() {
         config.device = choice.to_string();
         config.out = dir.path().join(format!("out-{choice}"));
         run_study(&config, false).unwrap();
-        let log = chex_grpo::training::log::read_jsonl(&config.out.join("grpo_log.jsonl")).unwrap();
+        let log: Vec<GrpoStepRecord> =
+            chex_grpo::training::log::read_jsonl(&config.out.join("grpo_log.jsonl")).unwrap();
         // GRPO starts from the SFT weights with fresh adapters whose B matrices are zero, so the
         // policy and the reference are one function at step 1 on any backend.
-        let kl = log[0]["kl"].as_f64().unwrap();
+        let kl = log[0].kl.unwrap();
         assert!(kl.abs() < 1e-6, "{choice}: GRPO step-1 kl {kl}");
     });
     // The seed fixes the initial weights on every backend and SFT here draws nothing else on
     // the device, so each backend's SFT validation loss is flex's up to summation order
     // (measured: 2e-7 relative on ndarray and tch-cpu).
     let eval_loss = |choice: &str| {
-        let log = chex_grpo::training::log::read_jsonl(
+        let log: Vec<SftRecord> = chex_grpo::training::log::read_jsonl(
             &dir.path().join(format!("out-{choice}/sft_log.jsonl")),
         )
         .unwrap();
         log.iter()
-            .find_map(|r| r.get("eval_loss").and_then(|v| v.as_f64()))
+            .find_map(|r| match r {
+                SftRecord::Epoch(e) => e.eval_loss,
+                SftRecord::Step(_) => None,
+            })
             .unwrap()
     };
     let devices = chex_grpo::model::device::test_devices().unwrap();

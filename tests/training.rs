@@ -14,9 +14,13 @@ use chex_grpo::model::checkpoint::{from_pretrained, save_pretrained};
 use chex_grpo::model::device::{DeviceChoice, on_every_test_device, test_devices};
 use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration};
 use chex_grpo::prompts::PromptVariant;
+use chex_grpo::rewards::{RewardInit, RewardRegistry, WeightedReward};
 use chex_grpo::training::checkpoint::{latest_checkpoint, load_checkpoint};
 use chex_grpo::training::log::read_jsonl;
-use chex_grpo::training::{Example, GrpoConfig, Policy, SftConfig, train_grpo, train_sft};
+use chex_grpo::training::records::GrpoStepRecord;
+use chex_grpo::training::{
+    Example, GrpoConfig, Policy, SftConfig, train_grpo, train_grpo_with, train_sft,
+};
 
 /// burn's random generator is per process, so tests that draw from it (model initialisation,
 /// dropout) run one at a time to keep each one's draws its own.
@@ -130,7 +134,7 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
         .unwrap();
         let losses = &outcome.validation_losses;
         assert!(losses[2] < losses[0], "validation loss falls: {losses:?}");
-        let log = read_jsonl(&full.path().join("sft_log.jsonl")).unwrap();
+        let log: Vec<serde_json::Value> = read_jsonl(&full.path().join("sft_log.jsonl")).unwrap();
         assert!(
             log.iter().any(|r| r.get("eval_loss").is_some())
                 && log.iter().any(|r| r.get("grad_norm").is_some())
@@ -186,23 +190,23 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
     });
 }
 
+fn grpo_config(steps: usize) -> GrpoConfig {
+    GrpoConfig {
+        steps,
+        prompts_per_step: 2,
+        max_completion_length: 12,
+        eval_every: 2,
+        ..GrpoConfig::chexreason()
+    }
+}
+
 #[test]
 fn grpo_logs_trl_metrics_every_step() {
     let _serial = serial();
     on_every_test_device(|_, device| {
         let data = examples();
         let out = tempfile::tempdir().unwrap();
-        let config = GrpoConfig {
-            steps: 2,
-            prompts_per_step: 2,
-            max_new_tokens: 12,
-            eval_every: 2,
-            loss: chex_grpo::objective::GrpoLossConfig {
-                max_completion_length: 12,
-                ..Default::default()
-            },
-            ..GrpoConfig::chexreason()
-        };
+        let config = grpo_config(2);
         let outcome = train_grpo(
             policy(device),
             &data[..8],
@@ -214,12 +218,13 @@ fn grpo_logs_trl_metrics_every_step() {
         )
         .unwrap();
         assert_eq!(outcome.rewards.len(), 2);
-        let log = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+        let log: Vec<serde_json::Value> = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
         assert_eq!(log.len(), 2);
         for key in [
             "reward",
             "reward_std",
             "rewards/hard/mean",
+            "rewards/hard/std",
             "frac_reward_zero_std",
             "kl",
             "entropy",
@@ -235,18 +240,151 @@ fn grpo_logs_trl_metrics_every_step() {
             assert!(log[1].get(key).is_some(), "missing {key} in {}", log[1]);
         }
         assert!(log[1].get("eval_macro_f1").is_some());
+        // The typed record reads what was written.
+        let typed: Vec<GrpoStepRecord> = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+        assert!(typed[1].eval_macro_f1.is_some() && typed[0].reward_mean("hard").is_some());
         // LoRA's B matrices start at zero, so the first policy is the reference exactly.
-        let kl = log[0]["kl"].as_f64().unwrap();
+        let kl = typed[0].kl.unwrap();
         assert!(
             kl.abs() < 1e-6,
             "step-1 kl {kl} (must be 0: adapters start at zero)"
         );
+        // TRL's default schedule: linear decay from the peak over the updates.
+        assert_eq!(typed[0].learning_rate, config.learning_rate);
+        assert_eq!(typed[1].learning_rate, config.learning_rate / 2.0);
         assert!(
             out.path()
                 .join("checkpoints/grpo-last/adapter/adapter_model.safetensors")
                 .exists()
         );
     });
+}
+
+/// `dapo` normalises by the batch's completion tokens (`num_items_in_batch`); it used to
+/// fail at step 1 because the trainer never passed them. Two weighted rewards are logged
+/// under their configured names, as TRL logs its reward functions.
+#[test]
+fn dapo_runs_with_weighted_named_rewards_and_no_kl_at_beta_zero() {
+    let _serial = serial();
+    on_every_test_device(|_, device| {
+        let data = examples();
+        let out = tempfile::tempdir().unwrap();
+        let mut config = grpo_config(1);
+        config.loss.loss_type = chex_grpo::objective::LossType::Dapo;
+        config.loss.beta = 0.0;
+        config.mu = 2;
+        config.mask_truncated_completions = true;
+        config.rewards = vec![
+            WeightedReward::new("format", 0.5),
+            WeightedReward::new("f1", 1.0),
+        ];
+        train_grpo(
+            policy(device),
+            &data[..8],
+            &[],
+            &config,
+            out.path(),
+            false,
+            device,
+        )
+        .unwrap();
+        let log: Vec<GrpoStepRecord> = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+        assert!(log[0].loss.is_some_and(f64::is_finite), "{:?}", log[0]);
+        assert!(log[0].kl.is_none(), "β = 0 computes no KL: {:?}", log[0]);
+        for name in ["format", "f1"] {
+            assert!(
+                log[0].reward_mean(name).is_some(),
+                "rewards/{name}/mean missing"
+            );
+        }
+    });
+}
+
+/// A reward registered by a downstream crate is trained on without touching the trainer.
+#[test]
+fn a_registered_reward_plugs_into_grpo() {
+    struct Brevity;
+    impl chex_grpo::rewards::Reward for Brevity {
+        fn name(&self) -> &str {
+            "brevity"
+        }
+        fn score(&mut self, input: &chex_grpo::rewards::Prepared) -> f64 {
+            -(input.token_count as f64) / 12.0
+        }
+    }
+    let _serial = serial();
+    let device = DeviceChoice::Cpu.device().unwrap();
+    let data = examples();
+    let out = tempfile::tempdir().unwrap();
+    let mut config = grpo_config(1);
+    config.rewards = vec![WeightedReward::new("brevity", 1.0)];
+    let refused = train_grpo(
+        policy(&device),
+        &data[..8],
+        &[],
+        &config,
+        out.path(),
+        false,
+        &device,
+    );
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unknown reward `brevity`")),
+        "an unregistered reward must be refused"
+    );
+    let mut registry = RewardRegistry::builtin();
+    registry.register("brevity", |_: &RewardInit| Box::new(Brevity));
+    train_grpo_with(
+        policy(&device),
+        &data[..8],
+        &[],
+        &config,
+        &registry,
+        out.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    let log: Vec<GrpoStepRecord> = read_jsonl(&out.path().join("grpo_log.jsonl")).unwrap();
+    let mean = log[0].reward_mean("brevity").unwrap();
+    assert!((-1.0..0.0).contains(&mean), "{mean}");
+}
+
+/// GRPO resumed from its checkpoint ends with the uninterrupted run's adapters, bit for bit.
+#[test]
+fn grpo_resume_matches_the_uninterrupted_run() {
+    let _serial = serial();
+    let device = DeviceChoice::Cpu.device().unwrap();
+    let data = examples();
+    let mut config = grpo_config(4);
+    config.mu = 2;
+    let full = tempfile::tempdir().unwrap();
+    let run = |config: &GrpoConfig, out: &Path, resume: bool| {
+        train_grpo(
+            policy(&device),
+            &data[..8],
+            &data[8..],
+            config,
+            out,
+            resume,
+            &device,
+        )
+        .unwrap()
+    };
+    run(&config, full.path(), false);
+    let split = tempfile::tempdir().unwrap();
+    // Stop after step 3 (between validations), then resume to 4.
+    let first_part = GrpoConfig {
+        stop_after_steps: Some(3),
+        ..config.clone()
+    };
+    run(&first_part, split.path(), false);
+    run(&config, split.path(), true);
+    let adapter = |dir: &Path| {
+        std::fs::read(dir.join("checkpoints/grpo-last/adapter/adapter_model.safetensors")).unwrap()
+    };
+    assert_eq!(adapter(full.path()), adapter(split.path()));
 }
 
 #[test]
@@ -267,7 +405,7 @@ fn a_non_finite_loss_skips_the_step_and_changes_nothing() {
         };
         let outcome = train_sft(start, &data, &config, out.path(), false, device).unwrap();
         assert!(outcome.skipped_steps > 0);
-        let log = read_jsonl(&out.path().join("sft_log.jsonl")).unwrap();
+        let log: Vec<serde_json::Value> = read_jsonl(&out.path().join("sft_log.jsonl")).unwrap();
         assert!(
             log.iter()
                 .filter(|r| r.get("grad_norm").is_some())

@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataSource;
 use crate::prompts::PromptVariant;
-use crate::training::{GrpoConfig, SftConfig, TrainError};
+use chex_rewards::RewardRegistry;
+
+use crate::error::{Error, Result};
+use crate::training::{GrpoConfig, SftConfig};
 
 /// Everything one study run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StudyConfig {
     /// A short name, printed in the report's title.
     pub name: String,
@@ -31,6 +35,7 @@ pub struct StudyConfig {
 
 /// Which model to train.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A built-in preset (`tiny`, `small`, `medgemma-4b`) initialised at random, with a BPE
     /// tokenizer trained on the project's corpus.
@@ -44,6 +49,7 @@ pub struct ModelSection {
 
 /// Where the images come from and how they are drawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Write (or reuse) the built-in synthetic two-site benchmark before loading.
     pub synthetic: Option<SyntheticSection>,
@@ -63,6 +69,7 @@ pub struct DataSection {
 
 /// The synthetic benchmark's folder and size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SyntheticSection {
     pub dir: PathBuf,
     /// A few dozen images per site (tests and quick looks).
@@ -71,6 +78,7 @@ pub struct SyntheticSection {
 
 /// The training site.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainSite {
     pub source: DataSource,
     /// Views the draws may use.
@@ -94,6 +102,7 @@ pub enum TestRole {
 
 /// One test set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TestSetConfig {
     /// File-name stem of its metrics and predictions, e.g. `site-a`.
     pub name: String,
@@ -120,6 +129,7 @@ pub struct TestSetConfig {
 
 /// How checkpoints are scored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvalSection {
     /// Longest greedy answer.
     pub max_new_tokens: usize,
@@ -139,7 +149,7 @@ impl Default for StudyConfig {
             name: "chexreason".into(),
             seed: 20260101,
             device: "cpu".into(),
-            out: "outputs/chexreason".into(),
+            out: "outputs/chexreason-paper".into(),
             model: ModelSection {
                 preset: Some("small".into()),
                 pretrained: None,
@@ -179,7 +189,8 @@ impl Default for StudyConfig {
                     },
                     TestSetConfig {
                         name: "site-b".into(),
-                        title: "Site B (cross-site, NIH layout, ChexReason's nine shared labels)"
+                        title: "Site B (cross-site: NIH layout mapped to CheXpert, ChexReason's \
+                                nine shared labels)"
                             .into(),
                         role: TestRole::CrossSite,
                         source: Some(DataSource::Nih {
@@ -210,8 +221,11 @@ impl Default for StudyConfig {
     }
 }
 
-fn config_error(message: String) -> TrainError {
-    TrainError::Config(message)
+fn config_error(origin: &str, message: impl std::fmt::Display) -> Error {
+    Error::Config {
+        origin: origin.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Overlay `top` onto `base`: tables merge key by key, anything else is replaced; the string
@@ -250,11 +264,12 @@ fn mark_absent(defaults: &toml::Value, value: &mut toml::Value) {
 
 /// Turn `a.b.c=value` into a nested table; the value is read as TOML (numbers, booleans,
 /// arrays) and otherwise taken as a string.
-fn override_table(assignment: &str) -> Result<toml::Value, TrainError> {
+fn override_table(assignment: &str) -> Result<toml::Value> {
     let (path, raw) = assignment.split_once('=').ok_or_else(|| {
-        config_error(format!(
-            "override `{assignment}` should look like `section.key=value`"
-        ))
+        config_error(
+            "--set",
+            format!("override `{assignment}` should look like `section.key=value`"),
+        )
     })?;
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
@@ -263,9 +278,10 @@ fn override_table(assignment: &str) -> Result<toml::Value, TrainError> {
     let mut value = value;
     for key in path.trim().rsplit('.') {
         if key.is_empty() {
-            return Err(config_error(format!(
-                "override `{assignment}` has an empty key"
-            )));
+            return Err(config_error(
+                "--set",
+                format!("override `{assignment}` has an empty key"),
+            ));
         }
         let mut table = toml::Table::new();
         table.insert(key.to_string(), value);
@@ -275,33 +291,52 @@ fn override_table(assignment: &str) -> Result<toml::Value, TrainError> {
 }
 
 impl StudyConfig {
-    /// Parse a configuration text over the defaults, then apply `overrides`; `origin` names
-    /// the text in errors.
-    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut value = toml::Value::try_from(Self::default())
-            .map_err(|e| config_error(format!("defaults: {e}")))?;
-        let file: toml::Table =
-            toml::from_str(text).map_err(|e| config_error(format!("{origin}: {e}")))?;
+    /// Parse a configuration text over the defaults, then apply `overrides`, then validate
+    /// (rewards against the built-in ones); `origin` names the text in errors. An unknown key
+    /// is refused.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        Self::from_toml_with(text, origin, overrides, &RewardRegistry::builtin())
+    }
+
+    /// [`StudyConfig::from_toml`] with the rewards of `registry`.
+    pub fn from_toml_with(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+        registry: &RewardRegistry,
+    ) -> Result<Self> {
+        let mut value =
+            toml::Value::try_from(Self::default()).map_err(|e| config_error("defaults", e))?;
+        let file: toml::Table = toml::from_str(text).map_err(|e| config_error(origin, e))?;
         merge(&mut value, toml::Value::Table(file));
         for assignment in overrides {
             merge(&mut value, override_table(assignment)?);
         }
-        let config: Self = value
-            .try_into()
-            .map_err(|e| config_error(format!("{origin}: {e}")))?;
-        config.validate(origin)?;
+        let config: Self = value.try_into().map_err(|e| config_error(origin, e))?;
+        config
+            .validate_with(registry)
+            .map_err(|e| config_error(origin, e))?;
         Ok(config)
     }
 
     /// Read a configuration file (see [`StudyConfig::from_toml`]).
-    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        Self::from_file_with(path, overrides, &RewardRegistry::builtin())
+    }
+
+    /// [`StudyConfig::from_file`] with the rewards of `registry`.
+    pub fn from_file_with(
+        path: &Path,
+        overrides: &[String],
+        registry: &RewardRegistry,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_with(&text, &path.display().to_string(), overrides, registry)
     }
 
     /// The resolved configuration as TOML (what `config.toml` in the output folder holds).
-    pub fn to_toml(&self) -> Result<String, TrainError> {
-        let failed = |e: String| config_error(format!("writing the config: {e}"));
+    pub fn to_toml(&self) -> Result<String> {
+        let failed = |e: String| config_error("writing the config", e);
         let mut value = toml::Value::try_from(self).map_err(|e| failed(e.to_string()))?;
         let defaults = toml::Value::try_from(Self::default()).map_err(|e| failed(e.to_string()))?;
         mark_absent(&defaults, &mut value);
@@ -319,38 +354,65 @@ impl StudyConfig {
         }
     }
 
-    fn validate(&self, origin: &str) -> Result<(), TrainError> {
-        let bad = |m: &str| Err(config_error(format!("{origin}: {m}")));
+    /// Check the whole configuration — every section's ranges, the rewards against the
+    /// built-in ones — before any work starts; the one entry point the CLI, the study and the
+    /// trainers share.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_with(&RewardRegistry::builtin())
+    }
+
+    /// [`StudyConfig::validate`] with the rewards of `registry`.
+    pub fn validate_with(&self, registry: &RewardRegistry) -> Result<()> {
+        let bad = |key: &str, m: String| Err(Error::setting(key, m));
         if self.model.preset.is_none() && self.model.pretrained.is_none() {
-            return bad("model: give `preset` or `pretrained`");
+            return bad("model", "give `preset` or `pretrained`".into());
         }
         if self.data.tests.is_empty() {
-            return bad("data.tests: at least one test set is needed");
+            return bad("data.tests", "at least one test set is needed".into());
         }
         if !(0.0..1.0).contains(&self.data.train.holdout_fraction) {
-            return bad("data.train.holdout_fraction must lie in [0, 1)");
+            return bad(
+                "data.train.holdout_fraction",
+                format!(
+                    "must lie in [0, 1), got {}",
+                    self.data.train.holdout_fraction
+                ),
+            );
         }
         for test in &self.data.tests {
             if test.source.is_none() && self.data.train.holdout_fraction == 0.0 {
-                return Err(config_error(format!(
-                    "{origin}: test set `{}` has no source and data.train.holdout_fraction is 0",
-                    test.name
-                )));
+                return bad(
+                    "data.tests",
+                    format!(
+                        "test set `{}` has no source and data.train.holdout_fraction is 0",
+                        test.name
+                    ),
+                );
             }
             if test.name.is_empty() || test.name.contains(['/', '\\']) {
-                return Err(config_error(format!(
-                    "{origin}: test set name `{}` must be a plain file-name stem",
-                    test.name
-                )));
+                return bad(
+                    "data.tests",
+                    format!(
+                        "test set name `{}` must be a plain file-name stem",
+                        test.name
+                    ),
+                );
             }
         }
         if self.data.sft_size == 0 || self.data.rl_size == 0 {
-            return bad("data.sft_size and data.rl_size must be positive");
+            return bad(
+                "data.sft_size",
+                "data.sft_size and data.rl_size must be positive".into(),
+            );
         }
         if self.eval.batch == 0 || self.eval.max_new_tokens == 0 {
-            return bad("eval.batch and eval.max_new_tokens must be positive");
+            return bad(
+                "eval",
+                "eval.batch and eval.max_new_tokens must be positive".into(),
+            );
         }
-        Ok(())
+        self.sft.validate()?;
+        self.grpo.validate(registry)
     }
 }
 
@@ -387,5 +449,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("grpo.steps"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_the_chexreason_file_written_out() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/chexreason.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Read on its own, not over the defaults: the file must spell out every setting.
+        let file: StudyConfig = toml::from_str(&text).unwrap();
+        file.validate().unwrap();
+        let as_value = |c: &StudyConfig| toml::Value::try_from(c).unwrap();
+        assert_eq!(as_value(&file), as_value(&StudyConfig::default()));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_before_any_work() {
+        for (text, overrides, needle) in [
+            ("[sft]\nlearning_rat = 2e-3\n", vec![], "learning_rat"),
+            ("", vec!["grpo.temprature=0.5".to_string()], "temprature"),
+            ("", vec!["foo.bar=1".to_string()], "foo"),
+            (
+                "",
+                vec!["grpo.loss.max_completion_length=9".to_string()],
+                "max_completion_length",
+            ),
+            (
+                "",
+                vec!["grpo.max_new_tokens=9".to_string()],
+                "max_new_tokens",
+            ),
+            (
+                "",
+                vec!["sft.learning_rate=-1".to_string()],
+                "sft.learning_rate",
+            ),
+            (
+                "",
+                vec!["grpo.learning_rate=nan".to_string()],
+                "grpo.learning_rate",
+            ),
+            ("", vec!["grpo.group_size=1".to_string()], "grpo.group_size"),
+            (
+                "",
+                vec!["grpo.loss.top_entropy_quantile=0".to_string()],
+                "top_entropy_quantile",
+            ),
+            (
+                "[[grpo.rewards]]\nname = \"hardd\"\n",
+                vec![],
+                "unknown reward `hardd`",
+            ),
+        ] {
+            let e = StudyConfig::from_toml(text, "x.toml", &overrides)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("x.toml") || e.contains("--set"), "{e}");
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn rewards_are_listed_with_weights() {
+        let text = "[[grpo.rewards]]\nname = \"nuanced\"\nweight = 0.01\n[[grpo.rewards]]\nname = \"format\"\n";
+        let config = StudyConfig::from_toml(text, "x.toml", &[]).unwrap();
+        assert_eq!(
+            config.grpo.rewards,
+            vec![
+                chex_rewards::WeightedReward::new("nuanced", 0.01),
+                chex_rewards::WeightedReward::new("format", 1.0)
+            ]
+        );
     }
 }

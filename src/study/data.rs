@@ -12,10 +12,11 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::{StudyConfig, TestRole, TestSetConfig};
+use crate::error::{Error, Result};
 use crate::eval::truth_matrix;
 use crate::progress::progress_bar;
+use crate::training::Example;
 use crate::training::examples::{examples_from, read_sft_jsonl};
-use crate::training::{Example, TrainError};
 
 /// One test set, ready to score.
 pub struct TestSet {
@@ -57,7 +58,7 @@ fn options(view: ViewFilter) -> LoadOptions {
     }
 }
 
-fn in_chexpert_space(dataset: Dataset, map_nih: bool) -> Result<Dataset, TrainError> {
+fn in_chexpert_space(dataset: Dataset, map_nih: bool) -> Result<Dataset> {
     Ok(if map_nih {
         dataset.nih_to_chexpert(&NihToChexpert::default())?
     } else {
@@ -79,7 +80,7 @@ fn limited(indices: Vec<usize>, limit: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Write the synthetic sites when configured, load every site, draw and decode.
-pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData, TrainError> {
+pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> {
     let data = &config.data;
     if let Some(synthetic) = &data.synthetic {
         let synth = if synthetic.miniature {
@@ -118,7 +119,7 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData, 
     let sizes = [data.sft_size, data.rl_size, data.validation_size];
     let wanted: usize = sizes.iter().sum();
     if wanted > pool.len() {
-        return Err(TrainError::Config(format!(
+        return Err(Error::Draws(format!(
             "the draws need {wanted} images but the training site offers {} after the view \
              filter and hold-out; lower data.sft_size / rl_size / validation_size",
             pool.len()
@@ -134,7 +135,7 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData, 
             .iter()
             .map(|&i| train.samples[i].patient_id.as_str())
             .collect();
-        TrainError::Config(format!(
+        Error::Draws(format!(
             "the training site's pool ({} images of {} patients) cannot fill patient-disjoint \
              draws of {sizes:?} images ({e}); lower data.sft_size / rl_size / validation_size",
             pool.len(),
@@ -194,18 +195,20 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData, 
             .iter()
             .find(|l| !CHEXPERT_LABELS.contains(&l.as_str()))
         {
-            return Err(TrainError::Config(format!(
-                "test set `{}`: label `{unknown}` is not a CheXpert finding; set \
-                 nih_to_chexpert = true for NIH-layout data",
-                test.name
-            )));
+            return Err(Error::TestSet {
+                test: test.name.clone(),
+                message: format!(
+                    "label `{unknown}` is not a CheXpert finding; set nih_to_chexpert = true \
+                     for NIH-layout data"
+                ),
+            });
         }
         let indices = limited(indices, test.limit, config.seed.wrapping_add(t as u64));
         if indices.is_empty() {
-            return Err(TrainError::Config(format!(
-                "test set `{}` has no images",
-                test.name
-            )));
+            return Err(Error::TestSet {
+                test: test.name.clone(),
+                message: "has no images".into(),
+            });
         }
         summary.push(format!(
             "test set {}: {} of {} images; {}",

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::StudyConfig;
 use super::data::TestSet;
+use crate::error::{Error, Result, to_json};
+use crate::evaluation::{AnswerSettings, answer_images};
 use crate::progress::progress_bar;
-use crate::training::examples::answer;
-use crate::training::{Policy, TrainError};
+use crate::training::Policy;
+use crate::training::log::read_jsonl;
 
 /// The checkpoints a study scores, in order.
 pub const CHECKPOINTS: [(&str, &str); 3] = [("base", "Base"), ("sft", "SFT"), ("grpo", "GRPO")];
@@ -78,16 +80,8 @@ pub fn prediction_matrices(
 }
 
 /// Read a predictions file; a malformed line is an error naming the file and line.
-pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| TrainError::Config(format!("{}:{}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
+    read_jsonl(path)
 }
 
 /// Score `labels`-space predictions against the truth; unparseable answers predict nothing.
@@ -95,7 +89,7 @@ pub fn score(
     rows: &[Prediction],
     labels: &[String],
     bootstrap: &BootstrapConfig,
-) -> Result<Evaluation, TrainError> {
+) -> Result<Evaluation> {
     let (truth, predicted, parsed) = prediction_matrices(rows, labels);
     Ok(evaluate(
         EvalInput {
@@ -132,10 +126,11 @@ pub fn evaluate_checkpoint(
     tests: &[TestSet],
     config: &StudyConfig,
     device: &Device,
-) -> Result<Vec<Evaluation>, TrainError> {
+) -> Result<Vec<Evaluation>> {
     let context = RewardContext::default();
     let mut hard = RewardSet::default().with(1.0, HardReward::default());
     let question = policy.variant.question();
+    let settings = AnswerSettings::greedy(config.eval.max_new_tokens, config.eval.batch);
     let mut evaluations = Vec::new();
     for test in tests {
         let bar = progress_bar(
@@ -144,28 +139,16 @@ pub fn evaluate_checkpoint(
         );
         let mut rows = Vec::with_capacity(test.examples.len());
         for chunk in test.examples.chunks(config.eval.batch) {
-            let answers = answer(
-                policy,
-                chunk,
-                config.eval.max_new_tokens,
-                config.eval.batch,
-                device,
-            )?;
-            let prepared: Vec<_> = chunk
-                .iter()
-                .zip(&answers.texts)
-                .zip(&answers.completions)
-                .map(|((example, text), completion)| {
-                    context.prepare(
-                        text,
-                        completion.tokens.len(),
-                        &example.truth(&context.vocabulary),
-                    )
-                })
-                .collect();
+            let images: Vec<_> = chunk.iter().map(|e| e.image.as_ref()).collect();
+            let truths: Vec<Vec<usize>> =
+                chunk.iter().map(|e| e.truth(&context.vocabulary)).collect();
+            let answers = answer_images(policy, &images, &truths, &settings, &context, device)?;
+            let prepared: Vec<_> = answers.iter().map(|a| a.prepared.clone()).collect();
             let rewards = hard.score_batch(&prepared).total;
-            for (i, example) in chunk.iter().enumerate() {
-                let found: Vec<&str> = prepared[i]
+            for (answer, reward) in answers.iter().zip(rewards) {
+                let example = &chunk[answer.image];
+                let found: Vec<&str> = answer
+                    .prepared
                     .extracted
                     .labels
                     .iter()
@@ -174,8 +157,8 @@ pub fn evaluate_checkpoint(
                 rows.push(Prediction {
                     image: example.path.clone(),
                     prompt: question.clone(),
-                    completion: answers.texts[i].clone(),
-                    parsed: prepared[i].parsed.answer.is_some(),
+                    completion: answer.text.clone(),
+                    parsed: answer.prepared.parsed.answer.is_some(),
                     predicted: test
                         .labels
                         .iter()
@@ -189,27 +172,25 @@ pub fn evaluate_checkpoint(
                         .filter(|(_, t)| **t)
                         .map(|(l, _)| l.clone())
                         .collect(),
-                    reward: rewards[i],
-                    tokens: answers.completions[i].tokens.len(),
+                    reward,
+                    tokens: answer.completion.tokens.len(),
                 });
             }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
         let evaluation = score(&rows, &test.labels, &bootstrap_config(config))?;
+        let predictions = predictions_path(&config.out, checkpoint, &test.config.name);
         let mut jsonl = String::new();
         for row in &rows {
-            jsonl.push_str(
-                &serde_json::to_string(row).map_err(|e| TrainError::Config(e.to_string()))?,
-            );
+            jsonl.push_str(&to_json(row, &predictions, false)?);
             jsonl.push('\n');
         }
-        let predictions = predictions_path(&config.out, checkpoint, &test.config.name);
-        chex_data::write_atomic(&predictions, jsonl.as_bytes())?;
+        chex_data::write_atomic(&predictions, jsonl.as_bytes())
+            .map_err(|e| Error::io(&predictions, e))?;
         let metrics = metrics_path(&config.out, checkpoint, &test.config.name);
-        let json = serde_json::to_string_pretty(&evaluation)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        chex_data::write_atomic(&metrics, json.as_bytes())?;
+        let json = to_json(&evaluation, &metrics, true)?;
+        chex_data::write_atomic(&metrics, json.as_bytes()).map_err(|e| Error::io(&metrics, e))?;
         evaluations.push(evaluation);
     }
     Ok(evaluations)

@@ -17,31 +17,31 @@ use super::data::{StudyData, prepare_data};
 use super::evaluate::{CHECKPOINTS, evaluate_checkpoint, metrics_path, print_scores};
 use super::report::{Report, write_report};
 use crate::corpus::preset_tokenizer;
+use crate::error::{Error, Result, to_json};
 use crate::training::checkpoint::load_checkpoint_model;
-use crate::training::{Policy, TrainError, train_grpo, train_sft};
+use crate::training::{Policy, train_grpo_with, train_sft};
+use chex_rewards::RewardRegistry;
 
 /// The device a configuration names, seeded with the study's seed.
-pub fn study_device(config: &StudyConfig) -> Result<Device, TrainError> {
+pub fn study_device(config: &StudyConfig) -> Result<Device> {
     let device = select_device(&config.device)?;
     device.seed(config.seed);
     Ok(device)
 }
 
 /// The model configuration the study trains.
-pub fn model_config(config: &StudyConfig) -> Result<Gemma3Config, TrainError> {
+pub fn model_config(config: &StudyConfig) -> Result<Gemma3Config> {
     Ok(match (&config.model.pretrained, &config.model.preset) {
         (Some(dir), _) => Gemma3Config::from_file(&dir.join("config.json"))?,
         (None, Some(preset)) => Gemma3Config::preset(preset)?,
         (None, None) => {
-            return Err(TrainError::Config(
-                "model: give `preset` or `pretrained`".into(),
-            ));
+            return Err(Error::setting("model", "give `preset` or `pretrained`"));
         }
     })
 }
 
 /// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed.
-pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy, TrainError> {
+pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
     let (model, tokenizer) = match &config.model.pretrained {
         Some(dir) => (
             from_pretrained(dir, device)?,
@@ -57,18 +57,14 @@ pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy, Trai
     Policy::new(model, tokenizer, config.model.prompt)
 }
 
-fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf, TrainError> {
+fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf> {
     names
         .iter()
         .map(|n| dir.join(n))
         .find(|p| p.join("state.json").exists())
-        .ok_or_else(|| {
-            TrainError::Config(format!(
-                "no finished {} or {} checkpoint under {}; run that stage first",
-                names[0],
-                names[1],
-                dir.display()
-            ))
+        .ok_or_else(|| Error::MissingCheckpoint {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            dir: dir.to_path_buf(),
         })
 }
 
@@ -87,11 +83,7 @@ fn after_sft(
 
 /// A stage's policy read back from the output folder: `base`, `sft` (best, else last) or `grpo`
 /// (best, else last).
-pub fn load_policy(
-    config: &StudyConfig,
-    stage: &str,
-    device: &Device,
-) -> Result<Policy, TrainError> {
+pub fn load_policy(config: &StudyConfig, stage: &str, device: &Device) -> Result<Policy> {
     let mut policy = base_policy(config, device)?;
     if stage == "base" {
         return Ok(policy);
@@ -113,27 +105,20 @@ pub fn load_policy(
             model =
                 load_checkpoint_model(&finished(&checkpoints, ["grpo-best", "grpo-last"])?, model)?;
         }
-        other => {
-            return Err(TrainError::Config(format!(
-                "unknown checkpoint `{other}`: use base, sft or grpo"
-            )));
-        }
+        other => return Err(Error::UnknownCheckpoint(other.to_string())),
     }
     policy.model = model;
     Ok(policy)
 }
 
 /// Save the resolved configuration as `out/config.toml` (what the report and later stages read).
-pub fn save_config(config: &StudyConfig) -> Result<(), TrainError> {
-    chex_data::write_atomic(
-        &config.out.join("config.toml"),
-        config.to_toml()?.as_bytes(),
-    )?;
-    Ok(())
+pub fn save_config(config: &StudyConfig) -> Result<()> {
+    let path = config.out.join("config.toml");
+    chex_data::write_atomic(&path, config.to_toml()?.as_bytes()).map_err(|e| Error::io(&path, e))
 }
 
 /// Load the data a configuration names, printing what was loaded and writing `draws.json`.
-pub fn load_data(config: &StudyConfig) -> Result<StudyData, TrainError> {
+pub fn load_data(config: &StudyConfig) -> Result<StudyData> {
     let image_size = model_config(config)?.vision_config.image_size as u32;
     let data = prepare_data(config, image_size)?;
     for line in &data.summary {
@@ -147,15 +132,15 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData, TrainError> {
         "sft": paths(&data.sft), "rl": paths(&data.rl), "validation": paths(&data.validation),
         "shortfalls": shortfalls,
     });
-    let text =
-        serde_json::to_string_pretty(&draws).map_err(|e| TrainError::Config(e.to_string()))?;
-    chex_data::write_atomic(&config.out.join("draws.json"), text.as_bytes())?;
+    let path = config.out.join("draws.json");
+    let text = to_json(&draws, &path, true)?;
+    chex_data::write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
     Ok(data)
 }
 
 /// What every stage starts from: the seeded device, the resolved configuration saved in the
 /// output folder, and the data.
-pub fn open_study(config: &StudyConfig) -> Result<(Device, StudyData), TrainError> {
+pub fn open_study(config: &StudyConfig) -> Result<(Device, StudyData)> {
     let device = study_device(config)?;
     save_config(config)?;
     Ok((device, load_data(config)?))
@@ -168,25 +153,28 @@ pub fn sft_stage(
     config: &StudyConfig,
     resume: bool,
     device: &Device,
-) -> Result<Policy, TrainError> {
+) -> Result<Policy> {
     let mut outcome = train_sft(policy, &data.sft, &config.sft, &config.out, resume, device)?;
     outcome.policy.model = after_sft(outcome.policy.model, config, device);
     Ok(outcome.policy)
 }
 
-/// GRPO from the SFT policy on the RL draw, validated on the validation draw.
+/// GRPO from the SFT policy on the RL draw, validated on the validation draw, with the rewards
+/// of `registry`.
 pub fn grpo_stage(
     policy: Policy,
     data: &StudyData,
     config: &StudyConfig,
+    registry: &RewardRegistry,
     resume: bool,
     device: &Device,
-) -> Result<Policy, TrainError> {
-    Ok(train_grpo(
+) -> Result<Policy> {
+    Ok(train_grpo_with(
         policy,
         &data.rl,
         &data.validation,
         &config.grpo,
+        registry,
         &config.out,
         resume,
         device,
@@ -219,7 +207,7 @@ impl Timings {
     }
 
     /// Record a stage's wall time; a resumed stage adds to what earlier invocations spent.
-    fn record(&mut self, stage: &str, started: Instant, resumed: bool) -> Result<(), TrainError> {
+    fn record(&mut self, stage: &str, started: Instant, resumed: bool) -> Result<()> {
         let mut seconds = started.elapsed().as_secs_f64();
         if resumed && let Some((_, earlier)) = self.stages.iter().find(|(s, _)| s == stage) {
             seconds += earlier;
@@ -227,15 +215,27 @@ impl Timings {
         self.stages.retain(|(s, _)| s != stage);
         self.stages.push((stage.to_string(), seconds));
         println!("{stage}: {seconds:.0} s");
-        let text =
-            serde_json::to_string(&self.stages).map_err(|e| TrainError::Config(e.to_string()))?;
-        chex_data::write_atomic(&self.path, text.as_bytes())?;
+        let text = to_json(&self.stages, &self.path, false)?;
+        chex_data::write_atomic(&self.path, text.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))?;
         Ok(())
     }
 }
 
-/// The whole study; with `resume`, finished stages are read back instead of rerun.
-pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainError> {
+/// The whole study with the built-in rewards; with `resume`, finished stages are read back
+/// instead of rerun.
+pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report> {
+    run_study_with(config, &RewardRegistry::builtin(), resume)
+}
+
+/// [`run_study`] with the rewards of `registry` (the built-ins plus a downstream crate's own,
+/// which `[[grpo.rewards]]` may then name).
+pub fn run_study_with(
+    config: &StudyConfig,
+    registry: &RewardRegistry,
+    resume: bool,
+) -> Result<Report> {
+    config.validate_with(registry)?;
     let mut timings = Timings::open(&config.out);
     let started = Instant::now();
     let (device, data) = open_study(config)?;
@@ -247,7 +247,7 @@ pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report, TrainErro
         match checkpoint {
             "base" => {}
             "sft" => policy = sft_stage(policy, &data, config, resume, &device)?,
-            _ => policy = grpo_stage(policy, &data, config, resume, &device)?,
+            _ => policy = grpo_stage(policy, &data, config, registry, resume, &device)?,
         }
         if checkpoint != "base" {
             timings.record(checkpoint, started, resume)?;

@@ -7,7 +7,7 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::training::TrainError;
+use crate::error::{Error, Result};
 
 /// One named line: `(x, y)` points.
 pub type Series = (String, Vec<(f64, f64)>);
@@ -40,15 +40,18 @@ fn fonts() {
     });
 }
 
-fn create_parent(path: &Path) -> Result<(), TrainError> {
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     Ok(())
 }
 
-fn plot_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Config(format!("plotting {}: {e}", path.display()))
+fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Plot {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -98,12 +101,7 @@ pub fn rolling_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 }
 
 /// Panels side by side in rows of `columns`, each with its own axes and legend.
-pub fn line_panels(
-    path: &Path,
-    title: &str,
-    panels: &[Panel],
-    columns: usize,
-) -> Result<(), TrainError> {
+pub fn line_panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Result<()> {
     fonts();
     create_parent(path)?;
     let columns = columns.max(1);
@@ -173,7 +171,7 @@ pub fn grouped_bars(
     title: &str,
     categories: &[String],
     groups: &[(String, Vec<f64>)],
-) -> Result<(), TrainError> {
+) -> Result<()> {
     fonts();
     create_parent(path)?;
     let n = categories.len();

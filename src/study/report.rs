@@ -17,8 +17,9 @@ use super::evaluate::{
     read_predictions,
 };
 use super::plots::{Panel, Series, grouped_bars, line_panels, rolling_mean};
-use crate::training::TrainError;
+use crate::error::{Error, Result, to_json};
 use crate::training::log::read_jsonl;
+use crate::training::records::{GrpoStepRecord, SftRecord};
 
 /// One paired comparison between two checkpoints on one test set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,15 +43,18 @@ pub struct Report {
     pub files: Vec<PathBuf>,
 }
 
-fn write(path: &Path, text: &str, files: &mut Vec<PathBuf>) -> Result<(), TrainError> {
-    chex_data::write_atomic(path, text.as_bytes())?;
+fn write(path: &Path, text: &str, files: &mut Vec<PathBuf>) -> Result<()> {
+    chex_data::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))?;
     files.push(path.to_path_buf());
     Ok(())
 }
 
-fn read_evaluation(path: &Path) -> Result<Evaluation, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+fn read_evaluation(path: &Path) -> Result<Evaluation> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn signed(d: &PairedDifference) -> String {
@@ -131,53 +135,71 @@ fn verdict(comparisons: &[Comparison], collapsed: &[(String, String)]) -> String
     text
 }
 
-fn log_series(records: &[serde_json::Value], x: &str, keys: &[(&str, &str)]) -> Vec<Series> {
-    keys.iter()
-        .map(|(key, name)| {
-            let points = records
-                .iter()
-                .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(*key)?.as_f64()?)))
-                .collect();
-            (name.to_string(), points)
-        })
-        .filter(|(_, p): &Series| !p.is_empty())
-        .collect()
+/// One curve: `(x, y)` for every record that has a `y`.
+fn series<R>(
+    records: &[R],
+    name: &str,
+    x: impl Fn(&R) -> f64,
+    y: impl Fn(&R) -> Option<f64>,
+) -> Option<Series> {
+    let points: Vec<(f64, f64)> = records.iter().filter_map(|r| Some((x(r), y(r)?))).collect();
+    (!points.is_empty()).then(|| (name.to_string(), points))
 }
 
-fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>, TrainError> {
+/// A named curve of the GRPO log: the metric it reads from each record.
+type GrpoCurve<'a> = (&'a str, fn(&GrpoStepRecord) -> Option<f64>);
+
+/// A GRPO panel of the curves `curves` over steps.
+fn grpo_panel(records: &[GrpoStepRecord], title: &str, curves: &[GrpoCurve<'_>]) -> Panel {
+    Panel {
+        title: title.into(),
+        x_label: "GRPO step".into(),
+        series: curves
+            .iter()
+            .filter_map(|(name, y)| series(records, name, |r| r.step as f64, y))
+            .collect(),
+    }
+}
+
+fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>> {
     let figures = out.join("figures");
     let mut shown = Vec::new();
     let grpo_log = out.join("grpo_log.jsonl");
     if grpo_log.exists() {
-        let records = read_jsonl(&grpo_log)?;
-        let panel = |title: &str, keys: &[(&str, &str)]| Panel {
-            title: title.into(),
-            x_label: "GRPO step".into(),
-            series: log_series(&records, "step", keys),
-        };
-        let mut reward = panel("Mean reward", &[("reward", "per step")]);
+        let records: Vec<GrpoStepRecord> = read_jsonl(&grpo_log)?;
+        let mut reward = grpo_panel(&records, "Mean reward", &[("per step", |r| r.reward)]);
         if let Some((_, points)) = reward.series.first() {
             let smooth = rolling_mean(points, 10);
             reward.series.push(("10-step mean".into(), smooth));
         }
         let panels = vec![
             reward,
-            panel("KL to the SFT policy", &[("kl", "kl")]),
-            panel("Entropy (nats / token)", &[("entropy", "entropy")]),
-            panel(
-                "Completion length (tokens)",
-                &[("completions/mean_length", "mean length")],
+            grpo_panel(&records, "KL to the SFT policy", &[("kl", |r| r.kl)]),
+            grpo_panel(
+                &records,
+                "Entropy (nats / token)",
+                &[("entropy", |r| r.entropy)],
             ),
-            panel(
+            grpo_panel(
+                &records,
+                "Completion length (tokens)",
+                &[("mean length", |r| Some(r.completions_mean_length))],
+            ),
+            grpo_panel(
+                &records,
                 "Clip and truncation fractions",
                 &[
-                    ("clip_ratio/low_mean", "low"),
-                    ("clip_ratio/high_mean", "high"),
-                    ("clip_ratio/region_mean", "region"),
-                    ("completions/clipped_ratio", "truncated"),
+                    ("low", |r| r.clip_ratio_low_mean),
+                    ("high", |r| r.clip_ratio_high_mean),
+                    ("region", |r| r.clip_ratio_region_mean),
+                    ("truncated", |r| Some(r.completions_clipped_ratio)),
                 ],
             ),
-            panel("Validation macro-F1", &[("eval_macro_f1", "macro-F1")]),
+            grpo_panel(
+                &records,
+                "Validation macro-F1",
+                &[("macro-F1", |r| r.eval_macro_f1)],
+            ),
         ];
         let path = figures.join("grpo_curves.png");
         line_panels(&path, "GRPO training", &panels, 3)?;
@@ -186,31 +208,39 @@ fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>,
     }
     let sft_log = out.join("sft_log.jsonl");
     if sft_log.exists() {
-        let records = read_jsonl(&sft_log)?;
-        let steps: Vec<serde_json::Value> = records
+        let records: Vec<SftRecord> = read_jsonl(&sft_log)?;
+        let steps: Vec<_> = records
             .iter()
-            .filter(|r| r.get("loss").is_some())
-            .cloned()
+            .filter_map(|r| match r {
+                SftRecord::Step(s) => Some(s),
+                SftRecord::Epoch(_) => None,
+            })
             .collect();
-        let epochs: Vec<serde_json::Value> = records
+        let epochs: Vec<_> = records
             .iter()
-            .filter(|r| r.get("eval_loss").is_some())
-            .cloned()
+            .filter_map(|r| match r {
+                SftRecord::Epoch(e) => Some(e),
+                SftRecord::Step(_) => None,
+            })
             .collect();
         let panels = vec![
             Panel {
                 title: "Training loss per step".into(),
                 x_label: "optimizer step".into(),
-                series: log_series(&steps, "step", &[("loss", "train")]),
+                series: series(&steps, "train", |r| r.step as f64, |r| r.loss)
+                    .into_iter()
+                    .collect(),
             },
             Panel {
                 title: "Loss per epoch".into(),
                 x_label: "epoch".into(),
-                series: log_series(
-                    &epochs,
-                    "epoch",
-                    &[("train_loss", "train"), ("eval_loss", "validation")],
-                ),
+                series: [
+                    series(&epochs, "train", |r| r.epoch as f64, |r| r.train_loss),
+                    series(&epochs, "validation", |r| r.epoch as f64, |r| r.eval_loss),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
             },
         ];
         let path = figures.join("sft_loss.png");
@@ -248,7 +278,7 @@ fn serde_name(value: &impl Serialize) -> String {
 }
 
 /// Rebuild the report of the run in `out` from its files.
-pub fn write_report(out: &Path) -> Result<Report, TrainError> {
+pub fn write_report(out: &Path) -> Result<Report> {
     let config = StudyConfig::from_file(&out.join("config.toml"), &[])?;
     let bootstrap = bootstrap_config(&config);
     let mut files = Vec::new();
@@ -409,13 +439,11 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         }
     }
     if sections.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{}: no metrics found under metrics/; run the evaluation first",
-            out.display()
-        )));
+        return Err(Error::NoMetrics {
+            out: out.to_path_buf(),
+        });
     }
-    let comparisons_json = serde_json::to_string_pretty(&comparisons)
-        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let comparisons_json = to_json(&comparisons, &out.join("metrics/comparisons.json"), true)?;
     write(
         &out.join("metrics").join("comparisons.json"),
         &comparisons_json,
@@ -458,7 +486,7 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         })
         .unwrap_or_default();
     let mut report = format!(
-        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, reward `{}`.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
+        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, rewards {}.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
         config.name,
         serde_name(&config.model.prompt),
         config.device,
@@ -478,7 +506,13 @@ pub fn write_report(out: &Path) -> Result<Report, TrainError> {
         config.grpo.prompts_per_step,
         config.grpo.loss.beta,
         config.grpo.learning_rate,
-        serde_name(&config.grpo.reward),
+        config
+            .grpo
+            .rewards
+            .iter()
+            .map(|r| format!("`{}` × {}", r.name, r.weight))
+            .collect::<Vec<_>>()
+            .join(" + "),
         if timings.is_empty() {
             String::new()
         } else {

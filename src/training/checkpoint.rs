@@ -13,7 +13,7 @@ use chex_model::burn::store::{BurnpackStore, ModuleSnapshot};
 use chex_model::lora::{LoraConfig, save_adapter};
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
+use crate::error::{Error, Result};
 
 /// Where a run stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,8 +49,8 @@ impl TrainingState {
     }
 }
 
-fn fail(path: &Path, message: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint {
+fn fail(path: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
         path: path.display().to_string(),
         message: message.into(),
     }
@@ -64,14 +64,14 @@ pub fn save_checkpoint(
     optimizer: &ModuleOptimizer,
     state: &TrainingState,
     lora: Option<&LoraConfig>,
-) -> Result<PathBuf, TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let target = dir.join(name);
     let scratch = dir.join(format!(".{name}.partial"));
     if scratch.exists() {
-        std::fs::remove_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+        std::fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
     }
-    std::fs::create_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
     let mut store = BurnpackStore::from_file(scratch.join("model.bpk")).overwrite(true);
     model
         .save_into(&mut store)
@@ -83,14 +83,18 @@ pub fn save_checkpoint(
         save_adapter(model, lora, &scratch.join("adapter"))?;
     }
     let json = serde_json::to_string_pretty(state).map_err(|e| fail(&scratch, e.to_string()))?;
-    std::fs::write(scratch.join("state.json"), json).map_err(|e| TrainError::io(&scratch, e))?;
+    let state_path = scratch.join("state.json");
+    chex_data::write_atomic(&state_path, json.as_bytes()).map_err(|e| Error::io(&state_path, e))?;
+    // Everything on the disk before the folder takes the checkpoint's name.
+    chex_data::fs::sync_tree(&scratch).map_err(|e| Error::io(&scratch, e))?;
     let old = dir.join(format!(".{name}.old"));
     if target.exists() {
-        std::fs::rename(&target, &old).map_err(|e| TrainError::io(&target, e))?;
+        std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
     }
-    std::fs::rename(&scratch, &target).map_err(|e| TrainError::io(&target, e))?;
+    std::fs::rename(&scratch, &target).map_err(|e| Error::io(&target, e))?;
+    chex_data::fs::sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
     Ok(target)
 }
@@ -107,7 +111,7 @@ pub fn load_checkpoint(
         ModuleOptimizer,
         TrainingState,
     ),
-    TrainError,
+    Error,
 > {
     let state_path = path.join("state.json");
     let text = std::fs::read_to_string(&state_path)
@@ -126,11 +130,11 @@ pub fn load_checkpoint(
 
 /// Remove a stage's checkpoints before a fresh start, so a best checkpoint of an earlier run
 /// is never mistaken for this run's.
-pub fn clear_stage(dir: &Path, stage: &str) -> Result<(), TrainError> {
+pub fn clear_stage(dir: &Path, stage: &str) -> Result<()> {
     for name in [format!("{stage}-best"), format!("{stage}-last")] {
         let path = dir.join(name);
         if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
     }
     Ok(())
@@ -140,7 +144,7 @@ pub fn clear_stage(dir: &Path, stage: &str) -> Result<(), TrainError> {
 pub fn load_checkpoint_model(
     path: &Path,
     mut model: Gemma3ForConditionalGeneration,
-) -> Result<Gemma3ForConditionalGeneration, TrainError> {
+) -> Result<Gemma3ForConditionalGeneration> {
     if !path.join("state.json").exists() {
         return Err(fail(
             path,
@@ -176,7 +180,7 @@ pub fn resume_from(
         ModuleOptimizer,
         TrainingState,
     )>,
-    TrainError,
+    Error,
 > {
     if resumable(path).is_none() {
         return Ok(None);

@@ -1,21 +1,15 @@
-//! Training examples (an image and its findings), the policy being trained (model, tokenizer,
-//! prompt), and evaluation by generation: greedy answers parsed into labels and scored.
+//! Training examples (an image and its findings, from a dataset or an SFT JSONL file) and the
+//! policy being trained (model, tokenizer, prompt).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chex_data::labels::CHEXPERT_LABELS;
 use chex_data::{Dataset, ImageCache, PreparedImage, UncertaintyPolicy};
-use chex_metrics::{EvalInput, Evaluation, ZeroDivision, evaluate};
-use chex_model::burn::module::Module;
-use chex_model::burn::tensor::Device;
-use chex_model::generation::{Completion, GenerationConfig, generate};
 use chex_model::prompt::{EncodedPrompt, encode_prompt};
 use chex_model::{ChexTokenizer, Gemma3ForConditionalGeneration};
-use chex_rewards::{LabelVocabulary, RewardContext, extract_labels, parse_output};
+use chex_rewards::{LabelVocabulary, OutputFormat};
 
-use super::TrainError;
-use crate::inputs::pixel_batch;
+use crate::error::{Error, Result};
 use crate::prompts::PromptVariant;
 
 /// One image and its positive findings, by CheXpert label name.
@@ -50,7 +44,7 @@ pub fn examples_from(
     dataset: &Dataset,
     indices: &[usize],
     cache: &ImageCache,
-) -> Result<Vec<Example>, TrainError> {
+) -> Result<Vec<Example>> {
     let names = dataset.label_space.labels();
     let paths: Vec<PathBuf> = indices
         .iter()
@@ -96,11 +90,8 @@ pub struct SftRecord {
 
 /// Read an SFT JSONL file into examples; a malformed line, an unknown label or an unreadable
 /// image is an error naming the file and line.
-pub fn read_sft_jsonl(
-    path: &std::path::Path,
-    cache: &ImageCache,
-) -> Result<Vec<Example>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+pub fn read_sft_jsonl(path: &std::path::Path, cache: &ImageCache) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let vocabulary = LabelVocabulary::chexpert();
     let mut examples = Vec::new();
@@ -109,9 +100,7 @@ pub fn read_sft_jsonl(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let at = |message: String| {
-            TrainError::Config(format!("{}:{}: {message}", path.display(), n + 1))
-        };
+        let at = |message: String| Error::line(path, n + 1, message);
         let record: SftRecord = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
         let mut labels = Vec::new();
         for label in &record.labels {
@@ -129,14 +118,12 @@ pub fn read_sft_jsonl(
             base.join(&record.image)
         };
         let image = cache.get(&image_path).map_err(|e| at(e.to_string()))?;
+        let format = OutputFormat::default();
         let reasoning = record.reasoning.map(|r| {
-            if r.contains("<solution>") {
+            if format.has_answer_block(&r) {
                 r
             } else {
-                format!(
-                    "<think>{r}</think><solution>{}</solution>",
-                    labels.join(", ")
-                )
+                format.render(&r, &labels.join(", "))
             }
         });
         examples.push(Example {
@@ -168,7 +155,7 @@ impl Policy {
         model: Gemma3ForConditionalGeneration,
         tokenizer: ChexTokenizer,
         variant: PromptVariant,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self> {
         tokenizer.check_against(&model.config)?;
         let prompt = encode_prompt(
             &tokenizer,
@@ -184,7 +171,7 @@ impl Policy {
     }
 
     /// Token ids of an answer followed by the end-of-turn token (what SFT learns to write).
-    pub fn answer_ids(&self, answer: &str) -> Result<Vec<u32>, TrainError> {
+    pub fn answer_ids(&self, answer: &str) -> Result<Vec<u32>> {
         let mut ids = self.tokenizer.encode(answer)?;
         ids.push(self.tokenizer.end_of_turn);
         Ok(ids)
@@ -194,80 +181,4 @@ impl Policy {
     pub fn stop_tokens(&self) -> Vec<u32> {
         vec![self.tokenizer.end_of_turn, self.tokenizer.eos]
     }
-}
-
-/// Greedy answers for `examples` (in batches of `batch`), each parsed into labels.
-pub struct Answers {
-    /// The completions, in example order.
-    pub completions: Vec<Completion>,
-    /// Decoded text of each.
-    pub texts: Vec<String>,
-}
-
-/// Generate one greedy answer per example.
-pub fn answer(
-    policy: &Policy,
-    examples: &[Example],
-    max_new_tokens: usize,
-    batch: usize,
-    device: &Device,
-) -> Result<Answers, TrainError> {
-    let model = policy.model.valid();
-    let mut completions = Vec::with_capacity(examples.len());
-    let mut texts = Vec::with_capacity(examples.len());
-    for (c, chunk) in examples.chunks(batch.max(1)).enumerate() {
-        let images: Vec<&PreparedImage> = chunk.iter().map(|e| e.image.as_ref()).collect();
-        let pixels = pixel_batch(&images, device);
-        let prompts = vec![policy.prompt.clone(); chunk.len()];
-        let config = GenerationConfig {
-            stop_tokens: policy.stop_tokens(),
-            ..GenerationConfig::greedy(max_new_tokens)
-        };
-        for mut completion in generate(&model, &prompts, Some(pixels), &config, device)? {
-            completion.prompt += c * batch.max(1);
-            texts.push(policy.tokenizer.decode(&completion.tokens, true)?);
-            completions.push(completion);
-        }
-    }
-    Ok(Answers { completions, texts })
-}
-
-/// Score answers against the examples on the CheXpert labels: predicted labels are read
-/// leniently from the answer block; an unparseable answer predicts nothing.
-pub fn score_answers(
-    texts: &[String],
-    examples: &[Example],
-    context: &RewardContext,
-) -> Result<Evaluation, TrainError> {
-    let labels: Vec<String> = CHEXPERT_LABELS.iter().map(|s| s.to_string()).collect();
-    let mut truth = Vec::with_capacity(examples.len());
-    let mut predicted = Vec::with_capacity(examples.len());
-    let mut parsed = Vec::with_capacity(examples.len());
-    for (text, example) in texts.iter().zip(examples) {
-        let mut t = vec![false; labels.len()];
-        for i in example.truth(&context.vocabulary) {
-            t[i] = true;
-        }
-        let mut p = vec![false; labels.len()];
-        let output = parse_output(text, &context.format, context.mode);
-        if let Some(answer) = &output.answer {
-            for i in extract_labels(answer, &context.vocabulary).labels {
-                p[i] = true;
-            }
-        }
-        parsed.push(output.answer.is_some());
-        truth.push(t);
-        predicted.push(p);
-    }
-    evaluate(
-        EvalInput {
-            labels: &labels,
-            truth: &truth,
-            predicted: &predicted,
-            parsed: Some(&parsed),
-        },
-        ZeroDivision::Zero,
-        None,
-    )
-    .map_err(|e| TrainError::Config(e.to_string()))
 }

@@ -1,49 +1,28 @@
-//! The SFT and GRPO trainers and what they share: training examples, the learning-rate
-//! schedule, global gradient-norm clipping, JSONL logs and atomic, resumable checkpoints.
+//! The SFT and GRPO trainers and what they share: training examples and the policy, the
+//! [`Stage`](stage::Stage) that owns a run's checkpoints, log, progress and resume, the
+//! optimizer and learning-rate schedule settings, global gradient-norm clipping, and the typed
+//! log records the report reads back.
+//!
+//! One GRPO step is a [`rollout`](grpo::rollout::rollout) (generate, decode, reward) that
+//! returns a [`RolloutBatch`](grpo::RolloutBatch), then an [`update`](grpo::update::update) (μ
+//! policy updates on it) that returns [`UpdateStats`](grpo::UpdateStats), then logging and
+//! validation through the stage — the phases of TRL's `GRPOTrainer`.
 
 pub mod checkpoint;
 pub mod examples;
 pub mod grpo;
 pub mod log;
 pub mod optim;
+pub mod records;
 pub mod schedule;
 pub mod sft;
+pub mod stage;
 
 pub use examples::{Example, Policy};
-pub use grpo::{GrpoConfig, GrpoOutcome, train_grpo};
+pub use grpo::{GrpoConfig, GrpoOutcome, RolloutBatch, UpdateStats, train_grpo, train_grpo_with};
+pub use optim::OptimizerConfig;
+pub use schedule::{LrSchedule, ScheduleKind};
 pub use sft::{SftConfig, SftOutcome, train_sft};
-
-/// Errors from training.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Model(#[from] chex_model::ModelError),
-    #[error(transparent)]
-    Data(#[from] chex_data::DataError),
-    #[error(transparent)]
-    Metrics(#[from] chex_metrics::MetricsError),
-    #[error(transparent)]
-    Objective(#[from] chex_objective::ObjectiveError),
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("checkpoint {path}: {message}")]
-    Checkpoint { path: String, message: String },
-    #[error("training: {0}")]
-    Config(String),
-}
-
-impl TrainError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
 
 /// A seed for one purpose at one step, so that a resumed run draws what the uninterrupted run
 /// drew.
@@ -55,4 +34,22 @@ pub fn step_seed(seed: u64, step: u64, purpose: u64) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x
+}
+
+/// Refuse `value` unless `ok`; `key` is the setting's full name.
+pub(crate) fn ensure(ok: bool, key: &str, message: impl Into<String>) -> crate::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::setting(key, message))
+    }
+}
+
+/// A learning rate must be finite and non-negative (0 freezes the weights, for tests).
+pub(crate) fn ensure_learning_rate(value: f64, key: &str) -> crate::Result<()> {
+    ensure(
+        value.is_finite() && value >= 0.0,
+        key,
+        format!("must be a finite number ≥ 0, got {value}"),
+    )
 }

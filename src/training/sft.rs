@@ -1,13 +1,14 @@
-//! Supervised fine-tuning on reasoning traces: cross-entropy on the assistant's tokens only,
-//! gradient accumulation to an effective batch, AdamW with weight decay, cosine schedule with
-//! warm-up, global gradient-norm clipping, validation loss every epoch with early stopping.
+//! Supervised fine-tuning on reasoning traces: cross-entropy on the completion tokens only,
+//! gradient accumulation to an effective batch, AdamW, a learning-rate schedule with warm-up,
+//! global gradient-norm clipping, validation loss every epoch with early stopping.
 
 use std::path::Path;
 use std::time::Instant;
 
+use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
-use chex_model::burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
-use chex_model::burn::tensor::Device;
+use chex_model::burn::optim::{GradientsAccumulator, GradientsParams};
+use chex_model::burn::tensor::{Device, Tensor};
 use chex_model::lora::{LoraConfig, apply_lora};
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
@@ -15,30 +16,30 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::checkpoint::{
-    TrainingState, clear_stage, load_checkpoint, resume_from, save_checkpoint,
-};
-use super::log::JsonlLog;
-use super::optim::clip_global_norm;
-use super::schedule::CosineSchedule;
-use super::{Example, Policy, TrainError, step_seed};
+use super::optim::{OptimizerConfig, clip_global_norm};
+use super::records::{SftEpochRecord, SftRecord, SftStepRecord, finite};
+use super::schedule::{LrSchedule, ScheduleKind};
+use super::stage::{Better, Stage};
+use super::{Example, Policy, ensure, ensure_learning_rate, step_seed};
+use crate::error::Result;
 use crate::inputs::pixel_batch;
-use crate::progress::progress_bar;
 use crate::prompts::reference_answer;
 
 /// SFT settings; [`SftConfig::chexreason`] holds the study's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SftConfig {
     /// Adapters to train; `None` trains every weight.
     pub lora: Option<LoraConfig>,
     /// Peak learning rate.
     pub learning_rate: f64,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
+    /// The schedule's shape after warm-up.
+    pub lr_scheduler_type: ScheduleKind,
     /// Fraction of the steps spent warming up.
     pub warmup_ratio: f64,
+    /// AdamW's settings.
+    pub optimizer: OptimizerConfig,
     /// Global gradient-norm limit.
     pub max_grad_norm: f64,
     /// Examples per forward pass.
@@ -68,8 +69,9 @@ impl SftConfig {
         Self {
             lora: Some(LoraConfig::chexreason()),
             learning_rate: 5e-5,
-            weight_decay: 0.01,
+            lr_scheduler_type: ScheduleKind::Cosine,
             warmup_ratio: 0.05,
+            optimizer: OptimizerConfig::with_weight_decay(0.01),
             max_grad_norm: 5.0,
             micro_batch: 4,
             effective_batch: 8,
@@ -81,6 +83,63 @@ impl SftConfig {
             stop_after_epochs: None,
         }
     }
+
+    /// Refuse values out of range (keys named as in the study configuration, `sft.…`).
+    pub fn validate(&self) -> Result<()> {
+        ensure_learning_rate(self.learning_rate, "sft.learning_rate")?;
+        ensure(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "sft.warmup_ratio",
+            format!("must lie in [0, 1), got {}", self.warmup_ratio),
+        )?;
+        self.optimizer.validate("sft.optimizer")?;
+        ensure(
+            self.max_grad_norm >= 0.0,
+            "sft.max_grad_norm",
+            format!(
+                "must be ≥ 0 (0 turns clipping off), got {}",
+                self.max_grad_norm
+            ),
+        )?;
+        ensure(
+            self.micro_batch > 0 && self.effective_batch.is_multiple_of(self.micro_batch),
+            "sft.effective_batch",
+            format!(
+                "must be a positive multiple of sft.micro_batch ({}), got {}",
+                self.micro_batch, self.effective_batch
+            ),
+        )?;
+        ensure(
+            self.effective_batch > 0,
+            "sft.effective_batch",
+            "must be > 0",
+        )?;
+        ensure(self.epochs > 0, "sft.epochs", "must be > 0")?;
+        ensure(
+            self.validation_fraction > 0.0 && self.validation_fraction < 1.0,
+            "sft.validation_fraction",
+            format!("must lie in (0, 1), got {}", self.validation_fraction),
+        )?;
+        if let Some(lora) = &self.lora {
+            validate_lora(lora, "sft.lora")?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuse adapter settings out of range.
+pub(crate) fn validate_lora(lora: &LoraConfig, section: &str) -> Result<()> {
+    ensure(lora.rank > 0, &format!("{section}.rank"), "must be > 0")?;
+    ensure(
+        lora.alpha.is_finite() && lora.alpha > 0.0,
+        &format!("{section}.alpha"),
+        format!("must be > 0, got {}", lora.alpha),
+    )?;
+    ensure(
+        (0.0..1.0).contains(&lora.dropout),
+        &format!("{section}.dropout"),
+        format!("must lie in [0, 1), got {}", lora.dropout),
+    )
 }
 
 /// What an SFT run produced.
@@ -95,47 +154,57 @@ pub struct SftOutcome {
     pub skipped_steps: usize,
 }
 
-struct Batch {
-    prompt_ids: Vec<u32>,
-    image_block: std::ops::Range<usize>,
-    targets: Vec<Vec<u32>>,
-}
-
-/// Mean token cross-entropy of the targets, differentiable.
-fn batch_loss(
-    policy: &Policy,
-    examples: &[&Example],
-    batch: &Batch,
+/// Mean cross-entropy of the completion tokens of `rows` (prompts and images are context
+/// only), differentiable on an autodiff device: transformers' causal-LM loss with the prompt's
+/// labels set to -100, what TRL's SFT trainer computes with `completion_only_loss`.
+pub fn completion_loss(
+    model: &Gemma3ForConditionalGeneration,
+    rows: &[ScoringRow<'_>],
+    pixels: Tensor<4>,
+    image_of_row: &[usize],
     device: &Device,
-) -> chex_model::burn::tensor::Tensor<1> {
-    let images: Vec<_> = examples.iter().map(|e| e.image.as_ref()).collect();
-    let pixels = pixel_batch(&images, device);
-    let features = policy
-        .model
-        .encode_images(pixels)
-        .expect("pixel batch matches the vision config");
-    let rows: Vec<ScoringRow> = batch
-        .targets
-        .iter()
-        .map(|t| ScoringRow {
-            prompt: &batch.prompt_ids,
-            image_block: Some(&batch.image_block),
-            completion: t,
-        })
-        .collect();
-    let image_of_row: Vec<usize> = (0..rows.len()).collect();
+) -> Result<Tensor<1>> {
+    let features = model.encode_images(pixels)?;
     let scores = score_completions(
-        &policy.model,
-        &rows,
+        model,
+        rows,
         Some(ImageInputs {
             features: &features,
-            image_of_row: &image_of_row,
+            image_of_row,
         }),
         1.0,
         device,
     );
-    let tokens = scores.mask.clone().sum();
-    scores.logprobs.sum().neg() / tokens
+    let tokens = scores.mask.sum();
+    Ok(scores.logprobs.sum().neg() / tokens)
+}
+
+/// The loss of some examples, each image answered by its target.
+fn examples_loss(
+    model: &Gemma3ForConditionalGeneration,
+    policy: &Policy,
+    examples: &[&Example],
+    targets: &[&[u32]],
+    device: &Device,
+) -> Result<Tensor<1>> {
+    let images: Vec<_> = examples.iter().map(|e| e.image.as_ref()).collect();
+    let block = policy.prompt.image_block.clone();
+    let rows: Vec<ScoringRow> = targets
+        .iter()
+        .map(|t| ScoringRow {
+            prompt: &policy.prompt.ids,
+            image_block: block.as_ref(),
+            completion: t,
+        })
+        .collect();
+    let image_of_row: Vec<usize> = (0..rows.len()).collect();
+    completion_loss(
+        model,
+        &rows,
+        pixel_batch(&images, device),
+        &image_of_row,
+        device,
+    )
 }
 
 /// Train with SFT. Each example's target is its teacher trace when it has one, else a trace
@@ -148,13 +217,8 @@ pub fn train_sft(
     out: &Path,
     resume: bool,
     device: &Device,
-) -> Result<SftOutcome, TrainError> {
-    if config.micro_batch == 0 || !config.effective_batch.is_multiple_of(config.micro_batch) {
-        return Err(TrainError::Config(format!(
-            "effective_batch {} must be a multiple of micro_batch {}",
-            config.effective_batch, config.micro_batch
-        )));
-    }
+) -> Result<SftOutcome> {
+    config.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng);
@@ -176,7 +240,7 @@ pub fn train_sft(
                 .unwrap_or_else(|| reference_answer(&labels, policy.variant, &mut rng));
             policy.answer_ids(&answer)
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_>>()?;
 
     let ad = device.clone().autodiff();
     let mut model = policy.model.clone().to_device(&ad).train();
@@ -186,45 +250,34 @@ pub fn train_sft(
     if let Some(lora) = &config.lora {
         model = apply_lora(model, lora, config.seed, &ad);
     }
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
     let accumulation = config.effective_batch / config.micro_batch;
     let steps_per_epoch = training.len().div_ceil(config.effective_batch);
-    let schedule = CosineSchedule::with_warmup_ratio(
+    let schedule = LrSchedule::new(
+        config.lr_scheduler_type,
         config.learning_rate,
         config.warmup_ratio,
         steps_per_epoch * config.epochs,
     );
-    let checkpoints = out.join("checkpoints");
-    let mut state = TrainingState::start("sft", config.seed);
-    let last = checkpoints.join("sft-last");
-    if resume
-        && let Some((m, o, s)) = resume_from(
-            &last,
-            model.clone(),
-            optimizer.clone(),
-            config.freeze_vision,
-        )?
-    {
-        model = m;
-        optimizer = o;
-        state = s;
-    }
-    if state.step == 0 {
-        clear_stage(&checkpoints, "sft")?;
-    }
-    let mut log = JsonlLog::at_step(&out.join("sft_log.jsonl"), state.step)?;
-    let batch_of = |idx: &[usize]| Batch {
-        prompt_ids: policy.prompt.ids.clone(),
-        image_block: policy.prompt.image_block.clone().unwrap_or(0..0),
-        targets: idx.iter().map(|&i| targets[i].clone()).collect(),
+    let opened = Stage::open(
+        "sft",
+        out,
+        config.seed,
+        steps_per_epoch * config.epochs,
+        resume,
+        model,
+        config.optimizer.init(),
+        config.freeze_vision,
+        config.lora.clone(),
+    )?;
+    let (mut stage, mut model, mut optimizer) = (opened.stage, opened.model, opened.optimizer);
+    let loss_of = |model: &Gemma3ForConditionalGeneration, idx: &[usize], device: &Device| {
+        let refs: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
+        let t: Vec<&[u32]> = idx.iter().map(|&i| targets[i].as_slice()).collect();
+        examples_loss(model, &policy, &refs, &t, device)
     };
     let mut validation_losses = Vec::new();
-    let bar = progress_bar(steps_per_epoch * config.epochs, "SFT");
-    bar.set_position(state.step as u64);
-    while state.epoch < config.epochs {
-        let epoch = state.epoch;
+    while stage.state.epoch < config.epochs {
+        let epoch = stage.state.epoch;
         let mut epoch_order = training.to_vec();
         epoch_order.shuffle(&mut ChaCha8Rng::seed_from_u64(step_seed(
             config.seed,
@@ -234,110 +287,87 @@ pub fn train_sft(
         let mut epoch_loss = (0.0, 0usize);
         for step_examples in epoch_order.chunks(config.effective_batch) {
             let started = Instant::now();
-            ad.seed(step_seed(config.seed, state.step as u64, 2));
+            ad.seed(step_seed(config.seed, stage.state.step as u64, 2));
             let mut accumulator = GradientsAccumulator::new();
             let mut loss_sum = 0.0;
-            let mut finite = true;
+            let mut finite_loss = true;
             for micro in step_examples.chunks(config.micro_batch) {
-                policy.model = model.clone();
-                let refs: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
-                let loss = batch_loss(&policy, &refs, &batch_of(micro), &ad) / accumulation as f64;
+                let loss = loss_of(&model, micro, &ad)? / accumulation as f64;
                 let value = loss.clone().into_scalar::<f32>() as f64;
-                finite &= value.is_finite();
+                finite_loss &= value.is_finite();
                 loss_sum += value;
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 accumulator.accumulate(&model, grads);
             }
             let mut grads = accumulator.grads();
             let grad_norm = clip_global_norm(&model, &mut grads, config.max_grad_norm);
-            let lr = schedule.at(state.step);
-            if finite && grad_norm.is_finite() {
+            let lr = schedule.at(stage.state.step);
+            let applied = finite_loss && grad_norm.is_finite();
+            if applied {
                 model = optimizer.step(lr, model, grads);
                 epoch_loss = (epoch_loss.0 + loss_sum, epoch_loss.1 + 1);
             } else {
-                state.skipped_steps += 1;
+                stage.state.skipped_steps += 1;
             }
-            state.step += 1;
-            log.write(&json!({
-                "step": state.step, "epoch": epoch, "loss": loss_sum, "learning_rate": lr,
-                "grad_norm": grad_norm, "step_time": started.elapsed().as_secs_f64(),
-                "skipped": !(finite && grad_norm.is_finite()), "skipped_steps": state.skipped_steps,
+            stage.state.step += 1;
+            stage.log(&SftRecord::Step(SftStepRecord {
+                step: stage.state.step,
+                epoch,
+                loss: finite(loss_sum),
+                learning_rate: lr,
+                grad_norm: finite(grad_norm),
+                step_time: started.elapsed().as_secs_f64(),
+                skipped: !applied,
+                skipped_steps: stage.state.skipped_steps,
             }))?;
-            bar.set_message(format!("loss {loss_sum:.3}"));
-            bar.inc(1);
+            stage.progress(format!("loss {loss_sum:.3}"));
         }
         // Validation without dropout or gradients.
-        policy.model = model.valid();
+        let inference = model.valid();
         let mut total = 0.0;
         let mut batches = 0;
         for chunk in validation.chunks(config.micro_batch) {
-            let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
-            total +=
-                batch_loss(&policy, &refs, &batch_of(chunk), device).into_scalar::<f32>() as f64;
+            total += loss_of(&inference, chunk, device)?.into_scalar::<f32>() as f64;
             batches += 1;
         }
         let validation_loss = total / batches.max(1) as f64;
         validation_losses.push(validation_loss);
-        state.epoch += 1;
-        let improved =
-            validation_loss.is_finite() && state.best.is_none_or(|(b, _)| validation_loss < b);
-        if improved {
-            state.best = Some((validation_loss, state.step));
-            state.stale_validations = 0;
-        } else {
-            state.stale_validations += 1;
-        }
-        log.write(&json!({
-            "epoch": state.epoch, "train_loss": epoch_loss.0 / epoch_loss.1.max(1) as f64,
-            "eval_loss": validation_loss, "step": state.step, "best": improved,
+        stage.state.epoch += 1;
+        let improved = stage.validated(validation_loss, Better::Lower);
+        stage.log(&SftRecord::Epoch(SftEpochRecord {
+            epoch: stage.state.epoch,
+            step: stage.state.step,
+            train_loss: finite(epoch_loss.0 / epoch_loss.1.max(1) as f64),
+            eval_loss: finite(validation_loss),
+            best: improved,
         }))?;
         if improved {
-            save_checkpoint(
-                &checkpoints,
-                "sft-best",
-                &model,
-                &optimizer,
-                &state,
-                config.lora.as_ref(),
-            )?;
+            stage.save_best(&model, &optimizer)?;
         }
-        save_checkpoint(
-            &checkpoints,
-            "sft-last",
-            &model,
-            &optimizer,
-            &state,
-            config.lora.as_ref(),
-        )?;
-        if config.stop_after_epochs == Some(state.epoch) && state.epoch < config.epochs {
+        stage.save_last(&model, &optimizer)?;
+        if config.stop_after_epochs == Some(stage.state.epoch) && stage.state.epoch < config.epochs
+        {
             eprintln!(
                 "stopping after epoch {} as asked; resume to continue",
-                state.epoch
+                stage.state.epoch
             );
             break;
         }
-        if state.stale_validations >= config.patience {
+        if stage.state.stale_validations >= config.patience {
             eprintln!(
                 "early stop after epoch {}: validation loss has not improved for {} epochs",
-                state.epoch, config.patience
+                stage.state.epoch, config.patience
             );
             break;
         }
     }
-    bar.finish_and_clear();
-    // Without any finite validation loss there is no best checkpoint; the last one stands.
-    let best_path = if checkpoints.join("sft-best").join("state.json").exists() {
-        checkpoints.join("sft-best")
-    } else {
-        checkpoints.join("sft-last")
-    };
-    let fresh_optimizer = AdamWConfig::new().init();
-    let (best, _, _) = load_checkpoint(&best_path, model, fresh_optimizer)?;
-    policy.model = best.valid();
+    let skipped_steps = stage.state.skipped_steps;
+    let (best, checkpoint) = stage.finish(model)?;
+    policy.model = best;
     Ok(SftOutcome {
         policy,
         validation_losses,
-        checkpoint: best_path,
-        skipped_steps: state.skipped_steps,
+        checkpoint,
+        skipped_steps,
     })
 }

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use chex_grpo::data::{ImageCache, ImageSpec, PreparedImage};
-use chex_grpo::inputs::pixel_batch;
-use chex_grpo::model::generation::{GenerationConfig, generate};
+use chex_grpo::evaluation::{AnswerSettings, answer_images};
 use chex_grpo::model::sampling::SamplingConfig;
-use chex_grpo::rewards::RewardContext;
+use chex_grpo::rewards::{RewardContext, RewardRegistry};
 use chex_grpo::study::evaluate::{evaluate_checkpoint, print_scores};
 use chex_grpo::study::pipeline::{
     base_policy, grpo_stage, model_config, open_study, sft_stage, study_device,
@@ -156,7 +155,15 @@ pub fn grpo(args: StageArgs) -> CliResult {
     let config = args.config.resolve()?;
     let (device, data) = open_study(&config)?;
     let policy = load_policy(&config, "sft", &device)?;
-    grpo_stage(policy, &data, &config, args.config.resume, &device)?;
+    let rewards = RewardRegistry::builtin();
+    grpo_stage(
+        policy,
+        &data,
+        &config,
+        &rewards,
+        args.config.resume,
+        &device,
+    )?;
     println!(
         "GRPO checkpoints: {}",
         config.out.join("checkpoints").display()
@@ -186,42 +193,33 @@ pub fn generate_answers(args: GenerateArgs) -> CliResult {
         .map(|p| cache.get(p))
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&PreparedImage> = images.iter().map(|i| i.as_ref()).collect();
-    let generation = GenerationConfig {
+    let settings = AnswerSettings {
         max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
-        samples_per_prompt: args.samples.max(1),
+        batch: config.eval.batch,
         sampling: SamplingConfig {
             temperature: args.temperature,
             top_p: args.top_p,
             top_k: 0,
         },
-        stop_tokens: policy.stop_tokens(),
+        samples_per_image: args.samples.max(1),
         seed: config.seed,
-        use_cache: true,
     };
-    let prompts = vec![policy.prompt.clone(); refs.len()];
-    let completions = generate(
-        &policy.model,
-        &prompts,
-        Some(pixel_batch(&refs, &device)),
-        &generation,
-        &device,
-    )?;
     let context = RewardContext::default();
-    for completion in completions {
-        let text = policy.tokenizer.decode(&completion.tokens, true)?;
-        let prepared = context.prepare(&text, completion.tokens.len(), &[]);
-        let labels: Vec<String> = prepared
+    for answer in answer_images(&policy, &refs, &[], &settings, &context, &device)? {
+        let labels: Vec<String> = answer
+            .prepared
             .extracted
             .labels
             .iter()
             .map(|&i| context.vocabulary.labels()[i].clone())
             .collect();
         println!(
-            "{} ({} tokens, {:?}):\n{text}\nparsed labels: {}\n",
-            args.image[completion.prompt].display(),
-            completion.tokens.len(),
-            completion.stop,
-            if prepared.parsed.answer.is_some() {
+            "{} ({} tokens, {:?}):\n{}\nparsed labels: {}\n",
+            args.image[answer.image].display(),
+            answer.completion.tokens.len(),
+            answer.completion.stop,
+            answer.text,
+            if answer.prepared.parsed.answer.is_some() {
                 labels.join(", ")
             } else {
                 "unparseable".into()

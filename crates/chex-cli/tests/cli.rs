@@ -131,8 +131,7 @@ fn run_on_the_real_nih_sample_writes_a_report_that_report_rebuilds() {
         "sft.epochs=1",
         "grpo.steps=1",
         "grpo.eval_every=1",
-        "grpo.max_new_tokens=8",
-        "grpo.loss.max_completion_length=8",
+        "grpo.max_completion_length=8",
         "eval.max_new_tokens=8",
         "eval.bootstrap_resamples=20",
     ] {

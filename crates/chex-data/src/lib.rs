@@ -15,6 +15,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod fs;
 pub mod image;
 pub mod labels;
 pub mod loaders;
@@ -27,6 +28,7 @@ pub use dataset::{
     UncertaintyPolicy, View, ViewFilter,
 };
 pub use error::DataError;
+pub use fs::write_atomic;
 pub use image::{ImageCache, ImageSpec, PreparedImage, decode_grey, prepare_image};
 pub use labels::{
     CHEXPERT_LABELS, CHEXREASON_NIH_EVAL_LABELS, LabelSpace, MappingKind, NIH_LABELS,
@@ -35,4 +37,4 @@ pub use labels::{
 pub use loaders::{GenericCsvSpec, load_chexpert, load_generic_csv, load_mimic, load_nih};
 pub use sampler::{BalancedSamplerConfig, Draw, balanced_draws};
 pub use split::patient_split;
-pub use synth::{SynthConfig, SynthSummary, write_atomic, write_synthetic_sites};
+pub use synth::{SynthConfig, SynthSummary, write_synthetic_sites};

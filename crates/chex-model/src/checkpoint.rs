@@ -218,13 +218,10 @@ pub fn create_dir(dir: &Path) -> Result<(), ModelError> {
     })
 }
 
-/// Write a file through a temporary sibling and a rename.
+/// The workspace's [`chex_data::write_atomic`], with the path named in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    chex_data::write_atomic(path, bytes).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -38,10 +38,15 @@ impl GemmaRmsNorm {
 /// `0.5 x (1 + tanh(z))` with `z = √(2/π) (x + 0.044715 x³)`, computed as the identical
 /// `x / (1 + exp(-2z))`: one `exp` and products instead of `tanh` and `powf`, which are several
 /// times slower on the CPU.
+///
+/// The exponent is capped at 80: below x ≈ −10.5 it would overflow f32 to infinity, which the
+/// forward pass survives (x / ∞ = 0) but the backward does not (∞ · 0 = NaN in the gradient of
+/// every earlier layer). At the cap the output is x · e⁻⁸⁰, zero to f32 precision as the exact
+/// value is.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const MINUS_TWO_SQRT_2_OVER_PI: f64 = -2.0 * 0.797_884_560_802_865_4;
     let cube = x.clone() * x.clone() * x.clone();
-    let exponent = (x.clone() + cube * 0.044715) * MINUS_TWO_SQRT_2_OVER_PI;
+    let exponent = ((x.clone() + cube * 0.044715) * MINUS_TWO_SQRT_2_OVER_PI).clamp_max(80.0);
     x / (exponent.exp() + 1.0)
 }
 

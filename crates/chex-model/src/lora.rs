@@ -28,6 +28,7 @@ pub const TARGETS: [&str; 7] = [
 
 /// Which layers get adapters and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     /// Rank `r`.
     pub rank: usize,
@@ -157,6 +158,22 @@ pub fn merge_lora(
     let _ = for_each_linear(&mut model, &mut |_, linear| {
         let taken = std::mem::replace(linear, placeholder(device));
         *linear = taken.merge_lora();
+        Ok(())
+    });
+    model
+}
+
+/// Set every adapter's input-dropout probability (0 switches it off, as TRL's
+/// `disable_dropout` does for GRPO, so that scoring the same completions twice gives the same
+/// log-probabilities).
+pub fn set_lora_dropout(
+    mut model: Gemma3ForConditionalGeneration,
+    probability: f64,
+) -> Gemma3ForConditionalGeneration {
+    let _ = for_each_linear(&mut model, &mut |_, linear| {
+        if let Some(lora) = linear.lora.as_mut() {
+            lora.dropout = DropoutConfig::new(probability).init();
+        }
         Ok(())
     });
     model

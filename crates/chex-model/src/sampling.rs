@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
     /// Logits are divided by this before softmax; 0 means greedy.
     pub temperature: f32,

@@ -32,5 +32,6 @@ pub mod loss;
 pub use advantages::{ADVANTAGE_EPS, AdvantageScaling, group_advantages};
 pub use error::ObjectiveError;
 pub use loss::{
-    GrpoBatch, GrpoLossConfig, GrpoLossOutput, ImportanceLevel, LossType, grpo_loss, k3_kl,
+    GrpoBatch, GrpoLossConfig, GrpoLossOutput, ImportanceLevel, LossType, grpo_loss,
+    high_entropy_mask, k3_kl,
 };

@@ -31,7 +31,8 @@ pub enum ImportanceLevel {
 }
 
 /// Settings of the loss; the defaults are ChexReason's.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrpoLossConfig {
     pub epsilon_low: f64,
     pub epsilon_high: f64,
@@ -39,8 +40,28 @@ pub struct GrpoLossConfig {
     pub beta: f64,
     pub loss_type: LossType,
     pub importance: ImportanceLevel,
-    /// Denominator of `dr_grpo`.
+    /// Train only on the completion tokens whose entropy is in this top fraction of the batch
+    /// (TRL's `top_entropy_quantile`, after "Beyond the 80/20 rule"); 1 keeps every token.
+    #[serde(default = "every_token")]
+    pub top_entropy_quantile: f64,
+    /// Multiply the per-token KL by the (differentiable) importance ratio, which makes its
+    /// gradient the unbiased reverse-KL gradient (DeepSeek-V3.2; TRL's `use_bias_correction_kl`,
+    /// on by default there). This changes the gradient even at μ = 1, where the ratio's value
+    /// is exactly 1.
+    #[serde(default = "bias_corrected")]
+    pub use_bias_correction_kl: bool,
+    /// Denominator of `dr_grpo`. Not part of the loss's own settings: a trainer sets it from the
+    /// one completion-length limit that also bounds generation.
+    #[serde(skip)]
     pub max_completion_length: usize,
+}
+
+fn every_token() -> f64 {
+    1.0
+}
+
+fn bias_corrected() -> bool {
+    true
 }
 
 impl Default for GrpoLossConfig {
@@ -51,8 +72,39 @@ impl Default for GrpoLossConfig {
             beta: 0.15,
             loss_type: LossType::DrGrpo,
             importance: ImportanceLevel::Token,
+            top_entropy_quantile: 1.0,
+            use_bias_correction_kl: true,
             max_completion_length: 512,
         }
+    }
+}
+
+impl GrpoLossConfig {
+    /// Check every value's range; `key` prefixes the messages (e.g. `grpo.loss`).
+    pub fn validate(&self) -> Result<(), ObjectiveError> {
+        let bad = |m: String| Err(ObjectiveError::Config(m));
+        if !(self.epsilon_low >= 0.0 && self.epsilon_low < 1.0) {
+            return bad(format!(
+                "epsilon_low must lie in [0, 1), got {}",
+                self.epsilon_low
+            ));
+        }
+        if !(self.epsilon_high >= 0.0 && self.epsilon_high.is_finite()) {
+            return bad(format!(
+                "epsilon_high must be ≥ 0, got {}",
+                self.epsilon_high
+            ));
+        }
+        if !(self.beta >= 0.0 && self.beta.is_finite()) {
+            return bad(format!("beta must be ≥ 0, got {}", self.beta));
+        }
+        if !(self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0) {
+            return bad(format!(
+                "top_entropy_quantile must lie in (0, 1], got {}",
+                self.top_entropy_quantile
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +157,47 @@ pub fn k3_kl(logps: Tensor<2>, ref_logps: Tensor<2>) -> Tensor<2> {
     delta.clone().exp() - delta - 1.0
 }
 
+/// 1 where a completion token's entropy is at least the batch's `1 − top` quantile (linear
+/// interpolation between order statistics, as `torch.quantile`), 0 elsewhere and on padding:
+/// TRL's `get_high_entropy_mask`.
+pub fn high_entropy_mask(entropies: Tensor<2>, mask: Tensor<2>, top: f64) -> Tensor<2> {
+    let dims = entropies.dims();
+    let device = entropies.device();
+    let values: Vec<f32> = entropies
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("entropies are floats");
+    let active: Vec<f32> = mask
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("the mask is floats");
+    let mut kept: Vec<f32> = values
+        .iter()
+        .zip(&active)
+        .filter(|(_, m)| **m > 0.0)
+        .map(|(v, _)| *v)
+        .collect();
+    let selected: Vec<f32> = if kept.is_empty() {
+        vec![0.0; values.len()]
+    } else {
+        kept.sort_by(f32::total_cmp);
+        let position = (1.0 - top) * (kept.len() - 1) as f64;
+        let low = position.floor() as usize;
+        let high = position.ceil() as usize;
+        let fraction = (position - low as f64) as f32;
+        let threshold = kept[low] + (kept[high] - kept[low]) * fraction;
+        values
+            .iter()
+            .zip(&active)
+            .map(|(v, m)| f32::from(*m > 0.0 && v * m >= threshold))
+            .collect()
+    };
+    Tensor::from_data(burn::tensor::TensorData::new(selected, dims), &device)
+}
+
 fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
@@ -115,6 +208,7 @@ pub fn grpo_loss(
     batch: GrpoBatch,
     config: &GrpoLossConfig,
 ) -> Result<GrpoLossOutput, ObjectiveError> {
+    config.validate()?;
     let dims = batch.logps.dims();
     let [b, t] = dims;
     check("mask", &batch.mask, dims)?;
@@ -142,6 +236,7 @@ pub fn grpo_loss(
         }
     };
     let ratio = log_weights.exp();
+    let kl_weight = config.use_bias_correction_kl.then(|| ratio.clone());
     let advantages = batch.advantages.unsqueeze_dim::<2>(1).expand([b, t]);
     let unclipped = ratio.clone() * advantages.clone();
     let clipped = ratio
@@ -149,6 +244,14 @@ pub fn grpo_loss(
         .clamp(1.0 - config.epsilon_low, 1.0 + config.epsilon_high)
         * advantages.clone();
     let mut per_token = unclipped.min_pair(clipped).neg();
+    if config.top_entropy_quantile < 1.0 {
+        let entropies = batch.entropies.clone().ok_or_else(|| {
+            ObjectiveError::Config("top_entropy_quantile < 1 needs the per-token entropies".into())
+        })?;
+        check("entropies", &entropies, dims)?;
+        per_token =
+            per_token * high_entropy_mask(entropies, mask.clone(), config.top_entropy_quantile);
+    }
 
     let active = mask.clone().sum().clamp_min(1.0);
     let masked_mean = |x: Tensor<2>| scalar((x * mask.clone()).sum() / active.clone());
@@ -157,7 +260,10 @@ pub fn grpo_loss(
             ObjectiveError::Config("beta > 0 needs the reference policy's log-probs".into())
         })?;
         check("ref_logps", &reference, dims)?;
-        let kl = k3_kl(batch.logps, reference);
+        let mut kl = k3_kl(batch.logps, reference);
+        if let Some(ratio) = kl_weight {
+            kl = kl * ratio;
+        }
         per_token = per_token + kl.clone() * config.beta;
         Some(masked_mean(kl.detach()))
     } else {

@@ -103,6 +103,10 @@ fn advantages_losses_and_diagnostics_match_numpy() {
             } else {
                 ImportanceLevel::Token
             },
+            top_entropy_quantile: 1.0,
+            // The fixture holds the formulas before TRL's bias-corrected KL (tests/trl_step.rs
+            // checks that one against TRL itself).
+            use_bias_correction_kl: false,
             max_completion_length: c.max_completion_length,
         };
         let batch = GrpoBatch {

@@ -18,10 +18,12 @@
 
 pub mod labels;
 pub mod parser;
+pub mod registry;
 pub mod rewards;
 
 pub use labels::{ExtractedLabels, LabelVocabulary, extract_labels, normalise_phrase};
 pub use parser::{OutputFormat, ParseMode, ParsedOutput, parse_output};
+pub use registry::{RewardFactory, RewardInit, RewardRegistry, UnknownReward, WeightedReward};
 pub use rewards::{
     BatchRewards, ComponentScores, F1Reward, FormatReward, HardReward, NuancedConfig,
     NuancedReward, Prepared, Reward, RewardContext, RewardSet, ShortnessPenalty,

@@ -19,6 +19,31 @@ impl Default for OutputFormat {
     }
 }
 
+impl OutputFormat {
+    /// The answer as a model is taught to write it: `<think>{reasoning}</think>` then
+    /// `<solution>{answer}</solution>` (what prompts ask for and reference traces hold).
+    pub fn render(&self, reasoning: &str, answer: &str) -> String {
+        format!(
+            "<{t}>{reasoning}</{t}><{a}>{answer}</{a}>",
+            t = self.think_tag,
+            a = self.answer_tag
+        )
+    }
+
+    /// The two blocks empty, as a prompt names them: (`<think></think>`, `<solution></solution>`).
+    pub fn empty_blocks(&self) -> (String, String) {
+        (
+            format!("<{0}></{0}>", self.think_tag),
+            format!("<{0}></{0}>", self.answer_tag),
+        )
+    }
+
+    /// Whether `text` opens an answer block.
+    pub fn has_answer_block(&self, text: &str) -> bool {
+        text.contains(&format!("<{}>", self.answer_tag))
+    }
+}
+
 /// Strict: exactly one reasoning block then one answer block, nothing but whitespace
 /// around them. Lenient: the first reasoning block and the last complete answer block,
 /// wherever they are.

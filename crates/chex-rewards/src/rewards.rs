@@ -392,17 +392,28 @@ pub struct BatchRewards {
     pub components: Vec<ComponentScores>,
 }
 
-/// A weighted sum of reward functions.
+/// A weighted sum of reward functions, each under the name it is logged as.
 #[derive(Default)]
 pub struct RewardSet {
-    components: Vec<(f64, Box<dyn Reward>)>,
+    components: Vec<(String, f64, Box<dyn Reward>)>,
 }
 
 impl RewardSet {
-    /// Adds a component with its weight.
-    pub fn with(mut self, weight: f64, reward: impl Reward + 'static) -> Self {
-        self.components.push((weight, Box::new(reward)));
+    /// Adds a component with its weight, named by [`Reward::name`].
+    pub fn with(self, weight: f64, reward: impl Reward + 'static) -> Self {
+        let name = reward.name().to_string();
+        self.with_boxed(&name, weight, Box::new(reward))
+    }
+
+    /// Adds a component under `name` (how a configuration listed it).
+    pub fn with_boxed(mut self, name: &str, weight: f64, reward: Box<dyn Reward>) -> Self {
+        self.components.push((name.into(), weight, reward));
         self
+    }
+
+    /// The components' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.components.iter().map(|(n, _, _)| n.as_str()).collect()
     }
 
     /// Scores a batch in order (stateful rewards see the completions in that order).
@@ -411,7 +422,7 @@ impl RewardSet {
         let components = self
             .components
             .iter_mut()
-            .map(|(weight, reward)| {
+            .map(|(name, weight, reward)| {
                 let values: Vec<f64> = inputs.iter().map(|i| reward.score(i)).collect();
                 for (t, v) in total.iter_mut().zip(&values) {
                     *t += *weight * v;
@@ -420,7 +431,7 @@ impl RewardSet {
                 let mean = values.iter().sum::<f64>() / n;
                 let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
                 ComponentScores {
-                    name: reward.name().to_string(),
+                    name: name.clone(),
                     weight: *weight,
                     values,
                     mean,

@@ -5,7 +5,6 @@
 
 mod render;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
@@ -325,7 +324,7 @@ pub fn write_synthetic_sites(
     };
     let json =
         serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Config(e.to_string()))?;
-    write_atomic(&manifest_path, json.as_bytes())?;
+    write_file(&manifest_path, json.as_bytes())?;
     Ok(SynthSummary {
         root: root.to_path_buf(),
         site_a_dir,
@@ -451,7 +450,7 @@ fn write_site(
     }
     let truth: Vec<&SynthRecord> = records.iter().map(|(r, _)| r).collect();
     let json = serde_json::to_string(&truth).map_err(|e| DataError::Config(e.to_string()))?;
-    write_atomic(&site_root.join("truth.json"), json.as_bytes())?;
+    write_file(&site_root.join("truth.json"), json.as_bytes())?;
     Ok(records.len())
 }
 
@@ -492,16 +491,9 @@ fn save_grey(path: &Path, size: u32, pixels: Vec<u8>) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
-/// Writes a file by way of a temporary sibling and a rename, so readers never see half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    }
-    let tmp = path.with_extension("partial");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| DataError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+/// [`crate::fs::write_atomic`] with the path named in the error.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::fs::write_atomic(path, bytes).map_err(|e| DataError::io(path, e))
 }
 
 /// The CheXpert cells of one study. Training labels carry the labeller's noise: a present
@@ -594,7 +586,7 @@ fn write_chexpert_csvs(
         let bytes = writer
             .into_inner()
             .map_err(|e| DataError::Config(e.to_string()))?;
-        write_atomic(&site_root.join("CheXpert-v1.0-small").join(file), &bytes)?;
+        write_file(&site_root.join("CheXpert-v1.0-small").join(file), &bytes)?;
     }
     Ok(())
 }
@@ -633,7 +625,7 @@ fn write_nih_files(site_root: &Path, records: &[(SynthRecord, bool)]) -> Result<
         list.push_str(name);
         list.push('\n');
     }
-    write_atomic(&site_root.join(NIH_LABEL_FILE), text.as_bytes())?;
-    write_atomic(&site_root.join(NIH_TRAIN_VAL_LIST), train.as_bytes())?;
-    write_atomic(&site_root.join(NIH_TEST_LIST), test.as_bytes())
+    write_file(&site_root.join(NIH_LABEL_FILE), text.as_bytes())?;
+    write_file(&site_root.join(NIH_TRAIN_VAL_LIST), train.as_bytes())?;
+    write_file(&site_root.join(NIH_TEST_LIST), test.as_bytes())
 }

@@ -1,0 +1,191 @@
+//! What SFT and GRPO share around their steps: a [`Stage`] owns the run's checkpoint folder
+//! and position ([`TrainingState`]), resumes from the last checkpoint, writes the JSONL log,
+//! shows the progress bar, saves the best and last checkpoints, and at the end reloads the best.
+
+use std::path::{Path, PathBuf};
+
+use chex_model::Gemma3ForConditionalGeneration;
+use chex_model::burn::module::Module;
+use chex_model::burn::optim::ModuleOptimizer;
+use chex_model::lora::LoraConfig;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::checkpoint::{
+    TrainingState, clear_stage, load_checkpoint_model, resume_from, save_checkpoint,
+};
+use super::log::JsonlLog;
+use crate::error::Result;
+use crate::progress::progress_bar;
+
+/// Which way a validation figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// One training stage (`sft` or `grpo`) of a run under an output folder.
+pub struct Stage {
+    name: &'static str,
+    checkpoints: PathBuf,
+    out: PathBuf,
+    /// Where the run stands; saved with every checkpoint.
+    pub state: TrainingState,
+    log: JsonlLog,
+    bar: ProgressBar,
+    lora: Option<LoraConfig>,
+    freeze_vision: bool,
+}
+
+/// A stage opened, with the model and optimizer it continues from.
+pub struct Opened {
+    pub stage: Stage,
+    pub model: Gemma3ForConditionalGeneration,
+    pub optimizer: ModuleOptimizer,
+}
+
+impl Stage {
+    /// Open stage `name` under `out` for a run of `total_steps` steps. With `resume`, the
+    /// `{name}-last` checkpoint (when there is one) replaces `model`, `optimizer` and the
+    /// position; a fresh start removes the stage's old checkpoints. The log
+    /// (`{name}_log.jsonl`) is cut back to the position, so it always describes one run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        name: &'static str,
+        out: &Path,
+        seed: u64,
+        total_steps: usize,
+        resume: bool,
+        model: Gemma3ForConditionalGeneration,
+        optimizer: ModuleOptimizer,
+        freeze_vision: bool,
+        lora: Option<LoraConfig>,
+    ) -> Result<Opened> {
+        let checkpoints = out.join("checkpoints");
+        let mut state = TrainingState::start(name, seed);
+        let (mut model, mut optimizer) = (model, optimizer);
+        if resume
+            && let Some((m, o, s)) = resume_from(
+                &checkpoints.join(format!("{name}-last")),
+                model.clone(),
+                optimizer.clone(),
+                freeze_vision,
+            )?
+        {
+            model = m;
+            optimizer = o;
+            state = s;
+        }
+        if state.step == 0 {
+            clear_stage(&checkpoints, name)?;
+        }
+        let log = JsonlLog::at_step(&out.join(format!("{name}_log.jsonl")), state.step)?;
+        let bar = progress_bar(total_steps, &name.to_uppercase());
+        bar.set_position(state.step as u64);
+        Ok(Opened {
+            stage: Self {
+                name,
+                checkpoints,
+                out: out.to_path_buf(),
+                state,
+                log,
+                bar,
+                lora,
+                freeze_vision,
+            },
+            model,
+            optimizer,
+        })
+    }
+
+    /// A second log of this stage (e.g. `grpo_samples.jsonl`), cut back to the position.
+    pub fn side_log(&self, file: &str) -> Result<JsonlLog> {
+        JsonlLog::at_step(&self.out.join(file), self.state.step)
+    }
+
+    /// Append a record to the stage's log.
+    pub fn log<R: Serialize>(&mut self, record: &R) -> Result<()> {
+        self.log.write(record)
+    }
+
+    /// Advance the progress bar by one step, showing `message`.
+    pub fn progress(&self, message: String) {
+        self.bar.set_message(message);
+        self.bar.inc(1);
+    }
+
+    /// Record a validation figure; returns whether it is the best so far (a non-finite
+    /// figure never is), and counts validations without improvement for early stopping.
+    pub fn validated(&mut self, figure: f64, better: Better) -> bool {
+        let improved = figure.is_finite()
+            && self.state.best.is_none_or(|(b, _)| match better {
+                Better::Lower => figure < b,
+                Better::Higher => figure > b,
+            });
+        if improved {
+            self.state.best = Some((figure, self.state.step));
+            self.state.stale_validations = 0;
+        } else {
+            self.state.stale_validations += 1;
+        }
+        improved
+    }
+
+    /// Save `{name}-best`.
+    pub fn save_best(
+        &self,
+        model: &Gemma3ForConditionalGeneration,
+        optimizer: &ModuleOptimizer,
+    ) -> Result<PathBuf> {
+        self.save("best", model, optimizer)
+    }
+
+    /// Save `{name}-last` (what a resumed run continues from).
+    pub fn save_last(
+        &self,
+        model: &Gemma3ForConditionalGeneration,
+        optimizer: &ModuleOptimizer,
+    ) -> Result<PathBuf> {
+        self.save("last", model, optimizer)
+    }
+
+    fn save(
+        &self,
+        which: &str,
+        model: &Gemma3ForConditionalGeneration,
+        optimizer: &ModuleOptimizer,
+    ) -> Result<PathBuf> {
+        save_checkpoint(
+            &self.checkpoints,
+            &format!("{}-{which}", self.name),
+            model,
+            optimizer,
+            &self.state,
+            self.lora.as_ref(),
+        )
+    }
+
+    /// End the stage: clear the bar and return the best checkpoint's model (the last one's when
+    /// no validation was finite), in inference mode, with where it was read from.
+    pub fn finish(
+        self,
+        model: Gemma3ForConditionalGeneration,
+    ) -> Result<(Gemma3ForConditionalGeneration, PathBuf)> {
+        self.bar.finish_and_clear();
+        let best = self.checkpoints.join(format!("{}-best", self.name));
+        let last = self.checkpoints.join(format!("{}-last", self.name));
+        let path = if best.join("state.json").exists() {
+            best
+        } else if last.join("state.json").exists() {
+            last
+        } else {
+            return Ok((model.valid(), PathBuf::new()));
+        };
+        let mut loaded = load_checkpoint_model(&path, model)?;
+        if self.freeze_vision {
+            loaded.model.vision_tower = loaded.model.vision_tower.freeze();
+        }
+        Ok((loaded.valid(), path))
+    }
+}
