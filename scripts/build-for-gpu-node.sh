@@ -8,9 +8,9 @@
 # OUT_DIR receives:
 #   chex        the stripped command line, built with `--features tch`
 #   run.sh      runs a bundled program with the node's libtorch: `run.sh [PROGRAM] ARGS…`
-#   tests/      with WITH_TESTS=1: the stripped model test programs and their fixtures, so the
-#               parity tests can run on the GPU (`run.sh tests/hf_parity` with
-#               CHEX_TEST_DEVICES=tch-cuda:0)
+#   tests/      with WITH_TESTS=1: the stripped model test programs, the trainer tests
+#               (`training`, `trl_step`) and their fixtures, so the parity tests can run on the
+#               GPU (`run.sh tests/hf_parity` with CHEX_TEST_DEVICES=tch-cuda:0)
 #
 # Only the headers and libraries of the wheel are used here. The CUDA libraries they refer to
 # need not exist on this machine: the link leaves them for the node's loader to resolve.
@@ -58,7 +58,9 @@ strip "$out/chex"
 if [ "${WITH_TESTS:-0}" = 1 ]; then
   rm -rf "$out/tests"
   mkdir -p "$out/tests"
-  cargo test --release --features tch -p chex-model --no-run --message-format=json 2>/dev/null |
+  { cargo test --release --features tch -p chex-model --no-run --message-format=json
+    cargo test --release --features tch -p chex-grpo --test training --test trl_step --no-run \
+      --message-format=json; } 2>/dev/null |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
@@ -69,6 +71,7 @@ for line in sys.stdin:
   find "$out/tests" -maxdepth 1 -type f -exec strip {} +
   # run.sh points the tests here through CHEX_MODEL_FIXTURES.
   cp -r crates/chex-model/tests/fixtures "$out/tests/fixtures"
+  cp -r tests/fixtures/trl_step "$out/tests/trl_step_fixture"
 fi
 
 cat >"$out/run.sh" <<'RUN'
@@ -85,6 +88,7 @@ export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # register and every CUDA tensor fails with "no CUDA implementation".
 export LD_PRELOAD="$TORCH_LIB/libtorch_cuda.so${LD_PRELOAD:+:$LD_PRELOAD}"
 export CHEX_MODEL_FIXTURES="${CHEX_MODEL_FIXTURES:-$here/tests/fixtures}"
+export CHEX_TRL_STEP_FIXTURE="${CHEX_TRL_STEP_FIXTURE:-$here/tests/trl_step_fixture}"
 program="$here/chex"
 if [ $# -gt 0 ] && [ -x "$here/$1" ] && [ -f "$here/$1" ]; then
   program="$here/$1"

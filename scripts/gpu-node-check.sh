@@ -5,7 +5,8 @@
 #   scripts/gpu-node-check.sh gpu-bundle /tmp/gpu-check
 #
 # 1. the card, the node's PyTorch, and `chex device --device tch-cuda:0`;
-# 2. the model tests on tch-cuda:0 (backend contract, parity with transformers, behaviour);
+# 2. the model and trainer tests on tch-cuda:0 (backend contract, parity with transformers,
+#    behaviour, step parity with TRL, the trainers);
 # 3. the main job's study (configs/tiny-cpu.toml) on tch-cuda:0, pinned to four cores, and the
 #    same study on flex on the remaining cores once the synthetic sites exist, for the
 #    comparison of macro-F1 and wall time (FLEX_STUDY=0 leaves flex out);
@@ -35,7 +36,7 @@ pin() {
 
 status=0
 run device --device tch-cuda:0 2>&1 | tee "$out/logs/device.txt" || status=1
-for test in backend_contract hf_parity model_behaviour; do
+for test in backend_contract hf_parity model_behaviour trl_step training; do
   if [ -x "$bundle/tests/$test" ]; then
     echo "== tests/$test on tch-cuda:0"
     CHEX_TEST_DEVICES=tch-cuda:0 run "tests/$test" --nocapture 2>&1 |

@@ -104,8 +104,11 @@ fn model_fixture() -> PathBuf {
         .join("gemma3_tiny")
 }
 
+/// `tests/fixtures/trl_step`, or `CHEX_TRL_STEP_FIXTURE` (a bundle run on another machine).
 fn step_fixture() -> PathBuf {
-    here().join("tests/fixtures/trl_step")
+    std::env::var_os("CHEX_TRL_STEP_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| here().join("tests/fixtures/trl_step"))
 }
 
 fn read_fixture() -> Fixture {
