@@ -9,8 +9,10 @@ prompts (with images), fixed completions and fixed rewards. For each loss type (
 dr_grpo, dapo) at μ = 1 and μ = 2 (`num_iterations`) the script records, per policy update:
 the loss, `kl`, `entropy`, the three clip ratios and the gradient of every adapter tensor; between
 the updates of μ = 2 it takes the optimizer step the `transformers` Trainer takes (global
-gradient-norm clipping, then AdamW with Hugging Face's defaults). One more case masks all but
-the highest-entropy half of the tokens (`top_entropy_quantile` 0.5). The SFT case is one step
+gradient-norm clipping, then AdamW with Hugging Face's defaults). More cases mask all but the
+highest-entropy half of the tokens (`top_entropy_quantile` 0.5), leave truncated completions
+out (`mask_truncated_completions`), and split the batch into two micro-batches whose gradients
+accumulate (`gradient_accumulation_steps` 2, each loss type at μ = 2). The SFT case is one step
 of completion-only cross-entropy (transformers' loss over the labels that are not -100).
 
     python3 -m venv /tmp/peer && /tmp/peer/bin/pip install torch transformers trl peft
@@ -93,12 +95,12 @@ def fresh_model(image_token):
     return PeftModel.from_pretrained(base, OUT / "adapter", is_trainable=True)
 
 
-def trainer_for(model, tokenizer, loss_type, mu, quantile):
+def trainer_for(model, tokenizer, loss_type, mu, quantile, accumulation=1):
     args = GRPOConfig(
         output_dir="/tmp/trl-step-fixture",
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=4 // accumulation,
         num_generations=GROUP,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=accumulation,
         num_iterations=mu,
         learning_rate=LEARNING_RATE,
         max_grad_norm=MAX_GRAD_NORM,
@@ -122,7 +124,7 @@ def trainer_for(model, tokenizer, loss_type, mu, quantile):
         train_dataset=data, processing_class=tokenizer,
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
-    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which we do not run
+    trainer.current_gradient_accumulation_steps = accumulation  # set by the training loop, not run here
     return trainer
 
 
@@ -142,11 +144,24 @@ def truncated(rows):
     return [r[-1] not in (0, 1, 5) for r in rows]
 
 
+def micro_batch(inputs, start, end):
+    # One accumulation window's rows, as TRL's _prepare_inputs splits the generation batch.
+    part = {}
+    for key, value in inputs.items():
+        if key == "num_items_in_batch":
+            part[key] = value  # the whole generation batch's count
+        elif key == "num_images":
+            part[key] = value[start:end]
+        else:
+            part[key] = value[start:end]
+    return part
+
+
 def run_case(tokenizer, expected, pixels, rows, rewards, image_token, loss_type, mu, quantile, tensors, name,
-             mask_truncated=False):
+             mask_truncated=False, accumulation=1):
     torch.manual_seed(0)
     model = fresh_model(image_token)
-    trainer = trainer_for(model, tokenizer, loss_type, mu, quantile)
+    trainer = trainer_for(model, tokenizer, loss_type, mu, quantile, accumulation)
     model = trainer.model
     model.train()
     inputs = build_inputs(expected, pixels, rows, rewards, image_token)
@@ -161,16 +176,21 @@ def run_case(tokenizer, expected, pixels, rows, rewards, image_token, loss_type,
     updates = []
     for iteration in range(mu):
         trainer._metrics["train"].clear()
-        loss = trainer._compute_loss(model, inputs)
-        loss.backward()
+        size = len(rows) // accumulation
+        total = 0.0
+        for start in range(0, len(rows), size):
+            loss = trainer._compute_loss(model, micro_batch(inputs, start, start + size))
+            loss.backward()
+            total += loss.item()
         m = trainer._metrics["train"]
+        mean = lambda key: sum(m[key]) / len(m[key])  # TRL logs the window's mean
         updates.append({
-            "loss": loss.item(),
-            "kl": m["kl"][-1],
-            "entropy": m["entropy"][-1],
-            "clip_low": m["clip_ratio/low_mean"][-1],
-            "clip_high": m["clip_ratio/high_mean"][-1],
-            "clip_region": m["clip_ratio/region_mean"][-1],
+            "loss": total,
+            "kl": mean("kl"),
+            "entropy": mean("entropy"),
+            "clip_low": mean("clip_ratio/low_mean"),
+            "clip_high": mean("clip_ratio/high_mean"),
+            "clip_region": mean("clip_ratio/region_mean"),
         })
         for key, grad in adapter_grads(model).items():
             tensors[f"{name}/{iteration}/{key}"] = grad
@@ -180,7 +200,8 @@ def run_case(tokenizer, expected, pixels, rows, rewards, image_token, loss_type,
         trainer.lr_scheduler.step()
         trainer.optimizer.zero_grad()
     return {"name": name, "loss_type": loss_type, "mu": mu, "top_entropy_quantile": quantile,
-            "mask_truncated_completions": mask_truncated, "updates": updates}
+            "mask_truncated_completions": mask_truncated, "micro_batch": len(rows) // accumulation,
+            "updates": updates}
 
 
 def sft_case(expected, pixels, rows, image_token, tensors):
@@ -245,6 +266,10 @@ def main():
                           "dr_grpo", 1, 0.5, tensors, "dr_grpo-top-entropy"))
     cases.append(run_case(tokenizer, expected, pixels, rows, rewards, image_token,
                           "dapo", 1, 1.0, tensors, "dapo-mask-truncated", mask_truncated=True))
+    # Two micro-batches of two rows, their gradients accumulated before each optimizer step.
+    for loss_type in ["grpo", "bnpo", "dr_grpo", "dapo"]:
+        cases.append(run_case(tokenizer, expected, pixels, rows, rewards, image_token,
+                              loss_type, 2, 1.0, tensors, f"{loss_type}-mu2-accumulated", accumulation=2))
     sft = sft_case(expected, pixels, rows, image_token, tensors)
     import peft as peft_module
     import transformers

@@ -64,6 +64,9 @@ pub enum Error {
     /// An output folder without the metrics a report is built from.
     #[error("{}: no metrics found under metrics/; run the evaluation first", out.display())]
     NoMetrics { out: PathBuf },
+    /// Predictions files that do not describe the same images and cannot be compared.
+    #[error("{}: {message}", path.display())]
+    Predictions { path: PathBuf, message: String },
     /// A figure that could not be drawn.
     #[error("plotting {}: {message}", path.display())]
     Plot { path: PathBuf, message: String },

@@ -519,3 +519,92 @@ fn sft_validation_loss_agrees_across_backends_on_the_same_imported_weights() {
         }
     }
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Resuming never loses work silently: a damaged or incomplete last checkpoint is an error
+/// naming the file (and the best checkpoint survives), a save interrupted between its two
+/// renames is recovered, and a torn last log line is cut off.
+#[test]
+fn resume_refuses_damage_and_recovers_an_interrupted_save() {
+    let _serial = serial();
+    let device = DeviceChoice::Cpu.device().unwrap();
+    let data = examples();
+    let config = sft_config(2);
+    let run = |out: &Path, config: &SftConfig, resume: bool| {
+        train_sft(policy(&device), &data, config, out, resume, &device)
+    };
+    let uninterrupted = tempfile::tempdir().unwrap();
+    run(uninterrupted.path(), &config, false).unwrap();
+    let first_epoch = tempfile::tempdir().unwrap();
+    let stop = SftConfig {
+        stop_after_epochs: Some(1),
+        ..config.clone()
+    };
+    run(first_epoch.path(), &stop, false).unwrap();
+    let variant = |damage: &dyn Fn(&Path)| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(first_epoch.path(), dir.path());
+        damage(&dir.path().join("checkpoints"));
+        let outcome = run(dir.path(), &config, true).map(|_| ());
+        (dir, outcome)
+    };
+    let refused = |outcome: Result<(), chex_grpo::Error>, needles: &[&str]| {
+        let e = outcome.unwrap_err().to_string();
+        assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+    };
+
+    // A flipped byte in the weights.
+    let (dir, outcome) = variant(&|c| {
+        let file = c.join("sft-last/model.bpk");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        std::fs::write(&file, bytes).unwrap();
+    });
+    refused(outcome, &["model.bpk", "checksum"]);
+    assert!(dir.path().join("checkpoints/sft-best/state.json").exists());
+
+    // No state.json in the last checkpoint.
+    let (dir, outcome) = variant(&|c| std::fs::remove_file(c.join("sft-last/state.json")).unwrap());
+    refused(outcome, &["sft-last", "state.json"]);
+    assert!(dir.path().join("checkpoints/sft-best/state.json").exists());
+
+    // A best checkpoint but no last one: resuming must not start afresh over it.
+    let (dir, outcome) = variant(&|c| std::fs::remove_dir_all(c.join("sft-last")).unwrap());
+    refused(outcome, &["sft-best", "sft-last"]);
+    assert!(dir.path().join("checkpoints/sft-best/state.json").exists());
+
+    // Killed between the save's two renames (the last checkpoint moved aside, the new one not
+    // yet in place), and in the middle of a log line: the resumed run is the uninterrupted one.
+    let (dir, outcome) = variant(&|c| {
+        std::fs::rename(c.join("sft-last"), c.join(".sft-last.old")).unwrap();
+        let log = c.parent().unwrap().join("sft_log.jsonl");
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.push_str("{\"step\": 99, \"lo");
+        std::fs::write(&log, text).unwrap();
+    });
+    outcome.unwrap();
+    let a = weights(&uninterrupted.path().join("checkpoints/sft-last"), &device);
+    let b = weights(&dir.path().join("checkpoints/sft-last"), &device);
+    assert_eq!(
+        a, b,
+        "the recovered run ends with the uninterrupted run's weights"
+    );
+    let log: Vec<chex_grpo::training::records::SftRecord> =
+        read_jsonl(&dir.path().join("sft_log.jsonl")).unwrap();
+    let full: Vec<chex_grpo::training::records::SftRecord> =
+        read_jsonl(&uninterrupted.path().join("sft_log.jsonl")).unwrap();
+    assert_eq!(log.len(), full.len());
+}

@@ -4,7 +4,8 @@
 //! trainer's update runs on the same inputs, on every backend under test, and must reproduce
 //! the loss, `kl`, `entropy`, the clip ratios and the gradient of every adapter tensor, for
 //! grpo / bnpo / dr_grpo / dapo at μ = 1 and μ = 2 (with the AdamW step between the updates),
-//! with top-entropy masking, and with truncated completions masked.
+//! with top-entropy masking, with truncated completions masked, and with the batch split into
+//! two micro-batches whose gradients accumulate.
 //!
 //! Tolerance: 1e-5 relative. For a gradient tensor that is ‖ours − TRL's‖ / ‖TRL's‖; for a
 //! scalar, |ours − TRL's| / max(|TRL's|, floor), with floor 1e-3 for `kl` and `entropy` and the
@@ -47,6 +48,8 @@ struct Case {
     mu: usize,
     top_entropy_quantile: f64,
     mask_truncated_completions: bool,
+    #[serde(default)]
+    micro_batch: usize,
     updates: Vec<Update>,
 }
 
@@ -311,6 +314,7 @@ fn grpo_updates_match_trl_for_every_loss_type_at_mu_1_and_2() {
                 mask_truncated_completions: case.mask_truncated_completions,
                 max_grad_norm: fx.max_grad_norm,
                 learning_rates: &learning_rates,
+                micro_batch: case.micro_batch,
             };
             let mut optimizer = OptimizerConfig::default().init();
             let mut gradients = Vec::new();
@@ -446,6 +450,7 @@ fn no_reference_pass_at_beta_zero() {
                 mask_truncated_completions: false,
                 max_grad_norm: 1.0,
                 learning_rates: &rates,
+                micro_batch: 0,
             };
             update(
                 model.clone(),
@@ -496,6 +501,7 @@ fn dropout_is_off_while_grpo_scores_unless_asked_for() {
                 mask_truncated_completions: false,
                 max_grad_norm: 1.0,
                 learning_rates: &rates,
+                micro_batch: 0,
             };
             let (_, stats) = update(
                 model,

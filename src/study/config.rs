@@ -228,6 +228,54 @@ fn config_error(origin: &str, message: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Edit distance between two keys (insertions, deletions, substitutions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant") with the
+/// nearest known name added as a suggestion.
+fn with_suggestion(message: &str) -> String {
+    let quoted = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let Some(rest) = message
+        .split_once("unknown field ")
+        .or_else(|| message.split_once("unknown variant "))
+        .map(|(_, r)| r)
+    else {
+        return message.to_string();
+    };
+    let names = quoted(rest);
+    let Some((unknown, known)) = names.split_first() else {
+        return message.to_string();
+    };
+    let nearest = known
+        .iter()
+        .map(|k| (edit_distance(unknown, k), k))
+        .min_by_key(|(d, _)| *d);
+    match nearest {
+        Some((distance, name)) if distance <= (unknown.chars().count() / 3).max(2) => {
+            format!("{} — did you mean `{name}`?", message.trim_end())
+        }
+        _ => message.to_string(),
+    }
+}
+
 /// Overlay `top` onto `base`: tables merge key by key, anything else is replaced; the string
 /// `"none"` removes a key (how a file turns off an optional section such as `sft.lora`).
 fn merge(base: &mut toml::Value, top: toml::Value) {
@@ -312,7 +360,9 @@ impl StudyConfig {
         for assignment in overrides {
             merge(&mut value, override_table(assignment)?);
         }
-        let config: Self = value.try_into().map_err(|e| config_error(origin, e))?;
+        let config: Self = value
+            .try_into()
+            .map_err(|e: toml::de::Error| config_error(origin, with_suggestion(&e.to_string())))?;
         config
             .validate_with(registry)
             .map_err(|e| config_error(origin, e))?;
@@ -405,6 +455,12 @@ impl StudyConfig {
                 "data.sft_size and data.rl_size must be positive".into(),
             );
         }
+        if self.eval.bootstrap_resamples == 0 {
+            return bad(
+                "eval.bootstrap_resamples",
+                "must be ≥ 1 (the intervals and paired differences need resamples)".into(),
+            );
+        }
         if self.eval.batch == 0 || self.eval.max_new_tokens == 0 {
             return bad(
                 "eval",
@@ -465,8 +521,47 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused_before_any_work() {
         for (text, overrides, needle) in [
-            ("[sft]\nlearning_rat = 2e-3\n", vec![], "learning_rat"),
+            (
+                "[sft]\nlearning_rat = 2e-3\n",
+                vec![],
+                "did you mean `learning_rate`?",
+            ),
+            (
+                "",
+                vec!["grpo.loss.loss_type=dr_gpro".to_string()],
+                "did you mean `dr_grpo`?",
+            ),
             ("", vec!["grpo.temprature=0.5".to_string()], "temprature"),
+            (
+                "",
+                vec!["grpo.sampling.temprature=0.5".to_string()],
+                "did you mean `temperature`?",
+            ),
+            (
+                "",
+                vec!["grpo.sampling.top_p=1.5".to_string()],
+                "grpo.sampling.top_p",
+            ),
+            (
+                "",
+                vec!["grpo.sampling.temperature=0".to_string()],
+                "grpo.sampling.temperature",
+            ),
+            (
+                "",
+                vec!["grpo.prompts_per_step=0".to_string()],
+                "grpo.prompts_per_step",
+            ),
+            (
+                "",
+                vec!["grpo.max_completion_length=0".to_string()],
+                "grpo.max_completion_length",
+            ),
+            (
+                "",
+                vec!["sft.effective_batch=0".to_string()],
+                "sft.effective_batch",
+            ),
             ("", vec!["foo.bar=1".to_string()], "foo"),
             (
                 "",

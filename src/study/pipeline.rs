@@ -58,6 +58,9 @@ pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
 }
 
 fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf> {
+    for name in names {
+        crate::training::checkpoint::recover_checkpoint(dir, name)?;
+    }
     names
         .iter()
         .map(|n| dir.join(n))

@@ -343,6 +343,20 @@ pub fn write_report(out: &Path) -> Result<Report> {
             let (Some(a), Some(b)) = (find(from), find(to)) else {
                 continue;
             };
+            let same_images =
+                a.2.len() == b.2.len() && a.2.iter().zip(&b.2).all(|(x, y)| x.image == y.image);
+            if !same_images {
+                return Err(Error::Predictions {
+                    path: predictions_path(out, to, &test.name),
+                    message: format!(
+                        "{} rows do not match the {} rows of {} image for image; \
+                         evaluate both checkpoints again (`chex eval`)",
+                        b.2.len(),
+                        a.2.len(),
+                        predictions_path(out, from, &test.name).display()
+                    ),
+                });
+            }
             let (truth, predicted_a, _) = prediction_matrices(&a.2, &labels);
             let (_, predicted_b, _) = prediction_matrices(&b.2, &labels);
             let (macro_f1, micro_f1) = paired_bootstrap(

@@ -34,20 +34,45 @@ impl JsonlLog {
 
     /// Open a run's log at optimizer step `step`: records of later steps (written after the
     /// checkpoint a resumed run restarts from, or by an earlier run when starting afresh at 0)
-    /// are dropped, so the log always describes one run.
+    /// are dropped, so the log always describes one run. Kept lines keep their bytes (floats
+    /// are not re-printed), the file is replaced atomically, and a torn last line (a kill in the
+    /// middle of a write) is cut off with a warning; a malformed line before the last is an
+    /// error naming it.
     pub fn at_step(path: &Path, step: usize) -> Result<Self> {
         if path.exists() {
-            let kept: Vec<serde_json::Value> = read_jsonl::<serde_json::Value>(path)?
-                .into_iter()
-                .filter(|r| {
-                    step > 0
-                        && r.get("step")
-                            .and_then(|s| s.as_u64())
-                            .is_some_and(|s| s as usize <= step)
-                })
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let lines: Vec<(usize, &str)> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
                 .collect();
-            let text: String = kept.iter().map(|r| format!("{r}\n")).collect();
-            chex_data::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))?;
+            let mut kept = String::new();
+            for (k, (number, line)) in lines.iter().enumerate() {
+                let record: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(record) => record,
+                    Err(e) if k + 1 == lines.len() => {
+                        eprintln!(
+                            "{}:{}: cutting off a torn last line ({e})",
+                            path.display(),
+                            number + 1
+                        );
+                        break;
+                    }
+                    Err(e) => return Err(Error::line(path, number + 1, e)),
+                };
+                let in_run = step > 0
+                    && record
+                        .get("step")
+                        .and_then(|s| s.as_u64())
+                        .is_some_and(|s| s as usize <= step);
+                if in_run {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            if kept != text {
+                chex_data::write_atomic(path, kept.as_bytes()).map_err(|e| Error::io(path, e))?;
+            }
         }
         Self::append(path)
     }

@@ -219,6 +219,15 @@ pub fn train_sft(
     device: &Device,
 ) -> Result<SftOutcome> {
     config.validate()?;
+    if examples.len() < 2 {
+        return Err(crate::Error::setting(
+            "data.sft_size",
+            format!(
+                "SFT needs at least two examples, one to train on and one to validate; got {}",
+                examples.len()
+            ),
+        ));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng);

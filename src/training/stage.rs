@@ -12,10 +12,11 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::checkpoint::{
-    TrainingState, clear_stage, load_checkpoint_model, resume_from, save_checkpoint,
+    TrainingState, clear_stage, load_checkpoint_model, recover_checkpoint, resume_from,
+    save_checkpoint,
 };
 use super::log::JsonlLog;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::progress_bar;
 
 /// Which way a validation figure improves.
@@ -46,9 +47,11 @@ pub struct Opened {
 }
 
 impl Stage {
-    /// Open stage `name` under `out` for a run of `total_steps` steps. With `resume`, the
-    /// `{name}-last` checkpoint (when there is one) replaces `model`, `optimizer` and the
-    /// position; a fresh start removes the stage's old checkpoints. The log
+    /// Open stage `name` under `out` for a run of `total_steps` steps. With `resume`, a save
+    /// interrupted by a crash is recovered first, then the `{name}-last` checkpoint (when there
+    /// is one) replaces `model`, `optimizer` and the position; an unreadable or damaged one is
+    /// an error, and so is a `{name}-best` without a `{name}-last` (resuming never deletes a
+    /// checkpoint). A fresh start removes the stage's old checkpoints. The log
     /// (`{name}_log.jsonl`) is cut back to the position, so it always describes one run.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
@@ -65,19 +68,29 @@ impl Stage {
         let checkpoints = out.join("checkpoints");
         let mut state = TrainingState::start(name, seed);
         let (mut model, mut optimizer) = (model, optimizer);
-        if resume
-            && let Some((m, o, s)) = resume_from(
-                &checkpoints.join(format!("{name}-last")),
-                model.clone(),
-                optimizer.clone(),
-                freeze_vision,
-            )?
-        {
-            model = m;
-            optimizer = o;
-            state = s;
-        }
-        if state.step == 0 {
+        let last = checkpoints.join(format!("{name}-last"));
+        let best = checkpoints.join(format!("{name}-best"));
+        if resume {
+            for which in ["last", "best"] {
+                recover_checkpoint(&checkpoints, &format!("{name}-{which}"))?;
+            }
+            if let Some((m, o, s)) =
+                resume_from(&last, model.clone(), optimizer.clone(), freeze_vision)?
+            {
+                model = m;
+                optimizer = o;
+                state = s;
+            } else if best.exists() {
+                // Starting afresh would replace it; a resume never throws a checkpoint away.
+                return Err(Error::Checkpoint {
+                    path: best.display().to_string(),
+                    message: format!(
+                        "exists without {name}-last to resume from; move it away to start \
+                         {name} afresh"
+                    ),
+                });
+            }
+        } else {
             clear_stage(&checkpoints, name)?;
         }
         let log = JsonlLog::at_step(&out.join(format!("{name}_log.jsonl")), state.step)?;

@@ -62,6 +62,11 @@ pub struct GrpoConfig {
     pub max_completion_length: usize,
     /// Policy updates per batch of rollouts (`num_iterations`).
     pub mu: usize,
+    /// Rows per forward and backward pass; each update accumulates the gradients of all the
+    /// step's micro-batches (TRL's `per_device_train_batch_size` with
+    /// `gradient_accumulation_steps`). 0 scores the whole step's rollouts at once.
+    #[serde(default)]
+    pub micro_batch: usize,
     /// Clipping, KL weight, normalisation, entropy masking.
     pub loss: GrpoLossConfig,
     /// Advantage scaling.
@@ -79,6 +84,10 @@ pub struct GrpoConfig {
     pub max_grad_norm: f64,
     /// Validate (macro-F1) every this many steps; 0 never.
     pub eval_every: usize,
+    /// Also save the resumable checkpoint every this many steps, so a kill loses at most that
+    /// many (TRL's `save_steps`); 0 saves only with validation and at the end.
+    #[serde(default)]
+    pub save_every: usize,
     /// Images per generation batch when validating.
     #[serde(default = "default_eval_batch")]
     pub eval_batch: usize,
@@ -118,6 +127,7 @@ impl GrpoConfig {
             sampling: SamplingConfig::chexreason(),
             max_completion_length: 512,
             mu: 1,
+            micro_batch: 0,
             loss: GrpoLossConfig::default(),
             scale_rewards: AdvantageScaling::Group,
             dynamic_sampling: false,
@@ -125,6 +135,7 @@ impl GrpoConfig {
             disable_dropout: true,
             max_grad_norm: 1.0,
             eval_every: 50,
+            save_every: 0,
             eval_batch: default_eval_batch(),
             sample_every: 25,
             seed: 0,
@@ -327,6 +338,7 @@ pub fn train_grpo_with(
             mask_truncated_completions: config.mask_truncated_completions,
             max_grad_norm: config.max_grad_norm,
             learning_rates: &learning_rates,
+            micro_batch: config.micro_batch,
         };
         let (updated, updates) = update::update(
             model,
@@ -376,7 +388,8 @@ pub fn train_grpo_with(
             }
         }
         let stopping = config.stop_after_steps == Some(stage.state.step);
-        if validate || stopping || stage.state.step == config.steps {
+        let periodic = config.save_every > 0 && stage.state.step.is_multiple_of(config.save_every);
+        if validate || periodic || stopping || stage.state.step == config.steps {
             stage.save_last(&model, &optimizer)?;
         }
         stage.progress(format!("reward {:.3}", batch.mean_reward()));

@@ -6,12 +6,14 @@
 
 use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
-use chex_model::burn::optim::{GradientsParams, ModuleOptimizer};
+use chex_model::burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use chex_model::burn::tensor::{Device, Tensor, TensorData};
 use chex_model::lora::for_each_linear;
 use chex_model::scoring::{ScoringRow, TokenScores, score_completions};
 use chex_model::vlm::ImageInputs;
-use chex_objective::{AdvantageScaling, GrpoBatch, GrpoLossConfig, group_advantages, grpo_loss};
+use chex_objective::{
+    AdvantageScaling, GrpoBatch, GrpoLossConfig, LossType, group_advantages, grpo_loss,
+};
 
 use super::rollout::RolloutBatch;
 use crate::error::Result;
@@ -41,6 +43,11 @@ pub struct UpdateSettings<'a> {
     pub max_grad_norm: f64,
     /// The learning rate of each update; there are as many updates as rates (μ).
     pub learning_rates: &'a [f64],
+    /// Rows per forward and backward pass (0: the whole batch at once). An update accumulates
+    /// the gradients of every micro-batch before its optimizer step, as TRL does with
+    /// `gradient_accumulation_steps`: the `grpo`, `bnpo` and `dr_grpo` losses of each
+    /// micro-batch are divided by their number, `dapo`'s by the whole batch's token count.
+    pub micro_batch: usize,
 }
 
 /// One policy update's figures, with TRL's meanings.
@@ -69,6 +76,52 @@ fn without_adapters(model: &Gemma3ForConditionalGeneration) -> Gemma3ForConditio
         Ok(())
     });
     reference
+}
+
+/// The rows `range` of `batch` as a batch of their own, with only the images they read.
+fn sub_batch(batch: &RolloutBatch, range: std::ops::Range<usize>) -> RolloutBatch {
+    let mut rows = batch.rows[range].to_vec();
+    let mut images: Vec<usize> = rows.iter().map(|r| r.image).collect();
+    images.sort_unstable();
+    images.dedup();
+    for row in &mut rows {
+        row.image = images.binary_search(&row.image).unwrap_or(0);
+    }
+    let pixels = batch.pixels.as_ref().map(|data| {
+        let shape: Vec<usize> = data.shape().to_vec();
+        let per_image: usize = shape[1..].iter().product();
+        let values: Vec<f32> = data
+            .clone()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        let mut kept = Vec::with_capacity(images.len() * per_image);
+        for &i in &images {
+            kept.extend_from_slice(&values[i * per_image..(i + 1) * per_image]);
+        }
+        let mut dims = shape.to_vec();
+        dims[0] = images.len();
+        TensorData::new(kept, dims)
+    });
+    RolloutBatch {
+        rows,
+        pixels,
+        group_size: batch.group_size,
+        components: Vec::new(),
+        frac_reward_zero_std: batch.frac_reward_zero_std,
+    }
+}
+
+/// The batch cut into micro-batches of `size` rows (one when `size` is 0 or covers it all).
+pub fn micro_batches(batch: &RolloutBatch, size: usize) -> Vec<RolloutBatch> {
+    let rows = batch.rows.len();
+    if size == 0 || size >= rows {
+        return vec![batch.clone()];
+    }
+    (0..rows)
+        .step_by(size)
+        .map(|start| sub_batch(batch, start..(start + size).min(rows)))
+        .collect()
 }
 
 /// The batch's rows as the scorer takes them, and which image each row reads.
@@ -144,86 +197,106 @@ pub fn update(
         batch.group_size,
         settings.scale_rewards,
     )?;
+    let chunks = micro_batches(batch, settings.micro_batch);
+    let accumulation = chunks.len();
     // TRL computes no reference at β = 0.
     let ref_logps = if settings.loss.beta != 0.0 {
         let reference = match reference {
             Reference::WithoutAdapters => without_adapters(&model),
             Reference::Frozen(frozen) => frozen.clone(),
         };
-        Some(frozen_logps(
-            &reference,
-            batch,
-            settings.temperature,
-            device,
-            &ad,
-        )?)
+        chunks
+            .iter()
+            .map(|c| frozen_logps(&reference, c, settings.temperature, device, &ad).map(Some))
+            .collect::<Result<Vec<_>>>()?
     } else {
-        None
+        vec![None; accumulation]
     };
     let updates = settings.learning_rates.len();
     let old_logps = if updates > 1 {
-        Some(frozen_logps(
-            &model.valid(),
-            batch,
-            settings.temperature,
-            device,
-            &ad,
-        )?)
+        let rollout_policy = model.valid();
+        chunks
+            .iter()
+            .map(|c| frozen_logps(&rollout_policy, c, settings.temperature, device, &ad).map(Some))
+            .collect::<Result<Vec<_>>>()?
     } else {
-        None
+        vec![None; accumulation]
     };
-    let longest = batch
-        .rows
-        .iter()
-        .map(|r| r.completion.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let kept: Vec<f32> = batch
-        .rows
-        .iter()
-        .map(|r| f32::from(!(settings.mask_truncated_completions && r.truncated)))
-        .collect();
+    let kept = |row: &super::rollout::RolloutRow| -> f32 {
+        f32::from(!(settings.mask_truncated_completions && row.truncated))
+    };
     // TRL's `num_items_in_batch`: the loss-bearing tokens of the whole batch (`dapo`).
     let num_items: f64 = batch
         .rows
         .iter()
-        .zip(&kept)
-        .map(|(r, k)| r.completion.len() as f64 * *k as f64)
+        .map(|r| r.completion.len() as f64 * kept(r) as f64)
         .sum();
-    let row_mask =
-        Tensor::<2>::from_data(TensorData::new(kept, [rows, 1]), &ad).expand([rows, longest]);
     let mut stats = Vec::with_capacity(updates);
     for (index, &learning_rate) in settings.learning_rates.iter().enumerate() {
-        let scores = score(&model, batch, settings.temperature, &ad)?;
-        let output = grpo_loss(
-            GrpoBatch {
-                logps: scores.logprobs,
-                old_logps: old_logps.clone(),
-                ref_logps: ref_logps.clone(),
-                advantages: advantages.clone(),
-                mask: scores.mask * row_mask.clone(),
-                entropies: Some(scores.entropies),
-                num_items_in_batch: Some(num_items),
-            },
-            settings.loss,
-        )?;
-        let loss = output.loss.clone().into_scalar::<f32>() as f64;
-        let mut grads = GradientsParams::from_grads(output.loss.backward(), &model);
+        let mut accumulator = GradientsAccumulator::new();
+        let mut parts = Vec::with_capacity(accumulation);
+        let mut start = 0;
+        for (c, chunk) in chunks.iter().enumerate() {
+            let n = chunk.rows.len();
+            let longest = chunk
+                .rows
+                .iter()
+                .map(|r| r.completion.len())
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            let row_mask = Tensor::<2>::from_data(
+                TensorData::new(chunk.rows.iter().map(kept).collect::<Vec<_>>(), [n, 1]),
+                &ad,
+            )
+            .expand([n, longest]);
+            let scores = score(&model, chunk, settings.temperature, &ad)?;
+            let output = grpo_loss(
+                GrpoBatch {
+                    logps: scores.logprobs,
+                    old_logps: old_logps[c].clone(),
+                    ref_logps: ref_logps[c].clone(),
+                    advantages: advantages.clone().narrow(0, start, n),
+                    mask: scores.mask * row_mask,
+                    entropies: Some(scores.entropies),
+                    num_items_in_batch: Some(num_items),
+                },
+                settings.loss,
+            )?;
+            start += n;
+            let loss = match settings.loss.loss_type {
+                LossType::Dapo => output.loss.clone(),
+                _ => output.loss.clone() / accumulation as f64,
+            };
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            parts.push((value, output));
+        }
+        let mut grads = accumulator.grads();
         observe(index, &model, &grads);
         let grad_norm = clip_global_norm(&model, &mut grads, settings.max_grad_norm);
+        let loss: f64 = parts.iter().map(|(v, _)| v).sum();
         let applied = loss.is_finite() && grad_norm.is_finite();
         if applied {
             model = optimizer.step(learning_rate, model, grads);
         }
+        // Diagnostics as TRL logs them over an accumulation window: the mean of each
+        // micro-batch's value.
+        let mean = |f: &dyn Fn(&chex_objective::GrpoLossOutput) -> f64| {
+            parts.iter().map(|(_, o)| f(o)).sum::<f64>() / parts.len() as f64
+        };
+        let optional_mean = |f: &dyn Fn(&chex_objective::GrpoLossOutput) -> Option<f64>| {
+            let values: Vec<f64> = parts.iter().filter_map(|(_, o)| f(o)).collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
         stats.push(UpdateStats {
             loss,
             grad_norm,
-            kl: output.kl,
-            entropy: output.entropy,
-            clip_low: output.clip_low,
-            clip_high: output.clip_high,
-            clip_region: output.clip_region,
+            kl: optional_mean(&|o| o.kl),
+            entropy: optional_mean(&|o| o.entropy),
+            clip_low: mean(&|o| o.clip_low),
+            clip_high: mean(&|o| o.clip_high),
+            clip_region: mean(&|o| o.clip_region),
             learning_rate,
             applied,
         });
