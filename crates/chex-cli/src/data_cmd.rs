@@ -142,8 +142,8 @@ pub struct StatsArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// Side length images are decoded and resized to.
-    #[arg(long, default_value_t = 64)]
+    /// Side length images are decoded and resized to (8 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=4096))]
     size: u32,
 }
 

@@ -103,12 +103,12 @@ pub struct GenerateArgs {
     /// Nucleus sampling mass.
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    /// Answers per image.
-    #[arg(long, default_value_t = 1)]
-    samples: usize,
-    /// Longest answer in tokens (default: the config's eval.max_new_tokens).
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
+    /// Answers per image (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    samples: u64,
+    /// Longest answer in tokens, 1 to 32768 (default: the config's eval.max_new_tokens).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32768))]
+    max_new_tokens: Option<u64>,
 }
 
 /// `chex report`: rebuild the report from an output folder.
@@ -194,14 +194,16 @@ pub fn generate_answers(args: GenerateArgs) -> CliResult {
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&PreparedImage> = images.iter().map(|i| i.as_ref()).collect();
     let settings = AnswerSettings {
-        max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
+        max_new_tokens: args
+            .max_new_tokens
+            .map_or(config.eval.max_new_tokens, |n| n as usize),
         batch: config.eval.batch,
         sampling: SamplingConfig {
             temperature: args.temperature,
             top_p: args.top_p,
             top_k: 0,
         },
-        samples_per_image: args.samples.max(1),
+        samples_per_image: args.samples as usize,
         seed: config.seed,
     };
     let context = RewardContext::default();

@@ -186,3 +186,33 @@ fn bad_configs_and_missing_runs_are_clear_errors() {
         assert!(stdout.contains(flag), "{flag} in run --help");
     }
 }
+
+/// Sizes that would ask for unbounded memory are refused by the argument parser, naming the
+/// flag, before anything is read.
+#[test]
+fn oversized_requests_are_refused_up_front() {
+    for args in [
+        &[
+            "data",
+            "check",
+            "--chexpert-csv",
+            "missing.csv",
+            "--size",
+            "100000",
+        ][..],
+        &[
+            "generate",
+            "--config",
+            "configs/tiny-cpu.toml",
+            "--image",
+            "missing.png",
+            "--samples",
+            "100000000",
+        ][..],
+    ] {
+        let (ok, _, stderr) = chex(args);
+        let flag = args[args.len() - 2];
+        assert!(!ok && stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
