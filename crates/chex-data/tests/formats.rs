@@ -118,6 +118,13 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn chexpert_with_rows(rows: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+    chexpert_with_rows_ending(rows, "\n")
+}
+
+fn chexpert_with_rows_ending(
+    rows: &[&str],
+    ending: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let header = std::fs::read_to_string(chexpert_csv("train.csv"))
         .unwrap()
@@ -128,7 +135,7 @@ fn chexpert_with_rows(rows: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) 
     let text = std::iter::once(header.as_str())
         .chain(rows.iter().copied())
         .collect::<Vec<_>>()
-        .join("\n");
+        .join(ending);
     let path = write(dir.path(), "CheXpert-v1.0-small/train.csv", &text);
     (dir, path)
 }
@@ -167,6 +174,15 @@ fn bad_cells_name_file_line_and_column() {
         data.report.skipped
     );
     assert!(data.report.summary().contains("skipped 2 bad"));
+
+    // The same file with Windows line endings (hospital exports) names the same lines.
+    let (_dir, crlf) = chexpert_with_rows_ending(&[good, bad_value, short, good], "\r\n");
+    let message = load_chexpert(&crlf, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("train.csv:3"), "{message}");
+    let skipped = load_chexpert(&crlf, &lenient).unwrap().report.skipped;
+    assert!(skipped[1].contains("train.csv:4"), "{skipped:?}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! lookup by name, and errors that carry the file and line.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
@@ -11,7 +11,7 @@ use crate::error::{DataError, Result};
 pub(crate) struct Table {
     pub file: PathBuf,
     pub header: Vec<String>,
-    reader: csv::Reader<Box<dyn Read>>,
+    reader: csv::Reader<CrlfToLf<BufReader<Box<dyn Read>>>>,
 }
 
 /// One data row with its 1-based line number in the file.
@@ -30,10 +30,11 @@ impl Table {
         } else {
             Box::new(BufReader::new(file))
         };
+        // The CSV layer counts a CRLF file's lines one short; with LF endings it counts right.
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(reader);
+            .from_reader(CrlfToLf::new(reader));
         let mut first = csv::StringRecord::new();
         let has_header = reader
             .read_record(&mut first)
@@ -103,6 +104,61 @@ impl Table {
     }
 }
 
+/// Reads `inner` with every CR that ends a line (CR LF) dropped.
+struct CrlfToLf<R> {
+    inner: R,
+}
+
+impl<R: Read> CrlfToLf<BufReader<R>> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner: BufReader::new(inner),
+        }
+    }
+}
+
+impl<R: BufRead> Read for CrlfToLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < out.len() {
+            let buffer = self.inner.fill_buf()?;
+            let Some(&byte) = buffer.first() else {
+                break;
+            };
+            if byte == b'\r' {
+                let followed_by_lf = match buffer.get(1) {
+                    Some(&next) => next == b'\n',
+                    None => {
+                        // The CR ends this buffer: look at the next one.
+                        self.inner.consume(1);
+                        if self.inner.fill_buf()?.first() == Some(&b'\n') {
+                            continue;
+                        }
+                        out[written] = b'\r';
+                        written += 1;
+                        continue;
+                    }
+                };
+                if followed_by_lf {
+                    self.inner.consume(1);
+                    continue;
+                }
+            }
+            // Copy the run of ordinary bytes at once.
+            let run = buffer
+                .iter()
+                .take(out.len() - written)
+                .position(|b| *b == b'\r')
+                .unwrap_or_else(|| buffer.len().min(out.len() - written))
+                .max(1);
+            out[written..written + run].copy_from_slice(&buffer[..run]);
+            written += run;
+            self.inner.consume(run);
+        }
+        Ok(written)
+    }
+}
+
 fn resolve_gz(path: &Path) -> PathBuf {
     if path.exists() {
         return path.to_path_buf();
@@ -131,4 +187,22 @@ pub(crate) fn read_list(path: &Path) -> Result<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_becomes_lf_across_buffer_boundaries_and_lone_crs_stay() {
+        let text = b"a,b\r\nc\rd\r\n\r\ne\r";
+        for capacity in [1, 2, 3, 64] {
+            let mut reader = CrlfToLf {
+                inner: BufReader::with_capacity(capacity, &text[..]),
+            };
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"a,b\nc\rd\n\ne\r", "capacity {capacity}");
+        }
+    }
 }

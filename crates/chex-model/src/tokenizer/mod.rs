@@ -128,6 +128,22 @@ impl ChexTokenizer {
                 });
             }
         }
+        // The count alone misses sparse ids: an id past the embedding table would fail deep in a
+        // gather instead of here.
+        let vocabulary = self.inner.get_vocab(true);
+        if let Some((token, id)) = vocabulary
+            .iter()
+            .max_by_key(|(_, id)| **id)
+            .filter(|(_, id)| **id as usize >= config.text_config.vocab_size)
+        {
+            return Err(ModelError::Tokenizer {
+                path: self.source.clone(),
+                message: format!(
+                    "gives `{token}` id {id}, beyond the model's vocab_size {}",
+                    config.text_config.vocab_size
+                ),
+            });
+        }
         if self.vocab_size() > config.text_config.vocab_size {
             return Err(ModelError::Tokenizer {
                 path: self.source.clone(),
@@ -170,5 +186,39 @@ impl ChexTokenizer {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_beyond_the_embedding_table_is_refused_naming_the_token() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3_tiny");
+        let config = Gemma3Config::from_file(&fixture.join("config.json")).unwrap();
+        let text = std::fs::read_to_string(fixture.join("tokenizer.json")).unwrap();
+        let fine = ChexTokenizer::from_file(&fixture.join("tokenizer.json")).unwrap();
+        fine.check_against(&config).unwrap();
+        // Same number of tokens as the model's vocabulary, but one of them renumbered past it.
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+        let last = vocab
+            .iter()
+            .find(|(_, id)| id.as_u64() == Some(399))
+            .map(|(token, _)| token.clone())
+            .unwrap();
+        vocab.insert(last.clone(), serde_json::json!(450));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let far = ChexTokenizer::from_file(&path).unwrap();
+        let e = far.check_against(&config).unwrap_err().to_string();
+        assert!(far.vocab_size() <= config.text_config.vocab_size);
+        assert!(
+            e.contains(&format!("`{last}` id 450")) && e.contains("tokenizer.json"),
+            "{e}"
+        );
     }
 }
