@@ -2,7 +2,7 @@
 //! every artefact of the report exists and parses, and that the report's numbers are the
 //! metrics files' numbers.
 
-use chex_grpo::training::records::{GrpoStepRecord, SftRecord};
+use chex_grpo::training::records::{GrpoStepRecord, SftLogRecord};
 use std::path::{Path, PathBuf};
 
 use chex_grpo::DataSource;
@@ -242,14 +242,14 @@ fn miniature_study_starts_grpo_at_zero_kl_on_every_backend() {
     // the device, so each backend's SFT validation loss is flex's up to summation order
     // (measured: 2e-7 relative on ndarray and tch-cpu).
     let eval_loss = |choice: &str| {
-        let log: Vec<SftRecord> = chex_grpo::training::log::read_jsonl(
+        let log: Vec<SftLogRecord> = chex_grpo::training::log::read_jsonl(
             &dir.path().join(format!("out-{choice}/sft_log.jsonl")),
         )
         .unwrap();
         log.iter()
             .find_map(|r| match r {
-                SftRecord::Epoch(e) => e.eval_loss,
-                SftRecord::Step(_) => None,
+                SftLogRecord::Epoch(e) => e.eval_loss,
+                SftLogRecord::Step(_) => None,
             })
             .unwrap()
     };

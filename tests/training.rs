@@ -602,9 +602,9 @@ fn resume_refuses_damage_and_recovers_an_interrupted_save() {
         a, b,
         "the recovered run ends with the uninterrupted run's weights"
     );
-    let log: Vec<chex_grpo::training::records::SftRecord> =
+    let log: Vec<chex_grpo::training::records::SftLogRecord> =
         read_jsonl(&dir.path().join("sft_log.jsonl")).unwrap();
-    let full: Vec<chex_grpo::training::records::SftRecord> =
+    let full: Vec<chex_grpo::training::records::SftLogRecord> =
         read_jsonl(&uninterrupted.path().join("sft_log.jsonl")).unwrap();
     assert_eq!(log.len(), full.len());
 }

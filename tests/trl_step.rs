@@ -419,6 +419,19 @@ fn one_sft_step_matches_trl_completion_only_loss() {
     });
 }
 
+/// One update per learning rate at temperature 1, group scaling, the whole batch at once.
+fn plain_settings<'a>(loss: &'a GrpoLossConfig, rates: &'a [f64]) -> UpdateSettings<'a> {
+    UpdateSettings {
+        loss,
+        temperature: 1.0,
+        scale_rewards: AdvantageScaling::Group,
+        mask_truncated_completions: false,
+        max_grad_norm: 1.0,
+        learning_rates: rates,
+        micro_batch: 0,
+    }
+}
+
 /// At β = 0 TRL builds no reference; a reference that cannot even run is never asked.
 #[test]
 fn no_reference_pass_at_beta_zero() {
@@ -442,21 +455,11 @@ fn no_reference_pass_at_beta_zero() {
                 max_completion_length: fx.max_completion_length,
                 ..GrpoLossConfig::default()
             };
-            let rates = [0.0];
-            let settings = UpdateSettings {
-                loss: &loss,
-                temperature: 1.0,
-                scale_rewards: AdvantageScaling::Group,
-                mask_truncated_completions: false,
-                max_grad_norm: 1.0,
-                learning_rates: &rates,
-                micro_batch: 0,
-            };
             update(
                 model.clone(),
                 &mut OptimizerConfig::default().init(),
                 &batch,
-                &settings,
+                &plain_settings(&loss, &[0.0]),
                 Reference::Frozen(&broken),
                 device,
                 &mut |_, _, _| {},
@@ -493,21 +496,11 @@ fn dropout_is_off_while_grpo_scores_unless_asked_for() {
                 ..GrpoLossConfig::default()
             };
             // μ = 2: the first update compares the policy with its own dropout-free scores.
-            let rates = [0.0, 0.0];
-            let settings = UpdateSettings {
-                loss: &loss,
-                temperature: 1.0,
-                scale_rewards: AdvantageScaling::Group,
-                mask_truncated_completions: false,
-                max_grad_norm: 1.0,
-                learning_rates: &rates,
-                micro_batch: 0,
-            };
             let (_, stats) = update(
                 model,
                 &mut OptimizerConfig::default().init(),
                 &batch,
-                &settings,
+                &plain_settings(&loss, &[0.0, 0.0]),
                 Reference::WithoutAdapters,
                 device,
                 &mut |_, _, _| {},

@@ -19,7 +19,7 @@ use super::evaluate::{
 use super::plots::{Panel, Series, grouped_bars, line_panels, rolling_mean};
 use crate::error::{Error, Result, to_json};
 use crate::training::log::read_jsonl;
-use crate::training::records::{GrpoStepRecord, SftRecord};
+use crate::training::records::{GrpoStepRecord, SftLogRecord};
 
 /// One paired comparison between two checkpoints on one test set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,19 +208,19 @@ fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>>
     }
     let sft_log = out.join("sft_log.jsonl");
     if sft_log.exists() {
-        let records: Vec<SftRecord> = read_jsonl(&sft_log)?;
+        let records: Vec<SftLogRecord> = read_jsonl(&sft_log)?;
         let steps: Vec<_> = records
             .iter()
             .filter_map(|r| match r {
-                SftRecord::Step(s) => Some(s),
-                SftRecord::Epoch(_) => None,
+                SftLogRecord::Step(s) => Some(s),
+                SftLogRecord::Epoch(_) => None,
             })
             .collect();
         let epochs: Vec<_> = records
             .iter()
             .filter_map(|r| match r {
-                SftRecord::Epoch(e) => Some(e),
-                SftRecord::Step(_) => None,
+                SftLogRecord::Epoch(e) => Some(e),
+                SftLogRecord::Step(_) => None,
             })
             .collect();
         let panels = vec![

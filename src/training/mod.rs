@@ -53,3 +53,21 @@ pub(crate) fn ensure_learning_rate(value: f64, key: &str) -> crate::Result<()> {
         format!("must be a finite number ≥ 0, got {value}"),
     )
 }
+
+/// Refuse adapter settings out of range.
+pub(crate) fn validate_lora(
+    lora: &chex_model::lora::LoraConfig,
+    section: &str,
+) -> crate::Result<()> {
+    ensure(lora.rank > 0, &format!("{section}.rank"), "must be > 0")?;
+    ensure(
+        lora.alpha.is_finite() && lora.alpha > 0.0,
+        &format!("{section}.alpha"),
+        format!("must be > 0, got {}", lora.alpha),
+    )?;
+    ensure(
+        (0.0..1.0).contains(&lora.dropout),
+        &format!("{section}.dropout"),
+        format!("must lie in [0, 1), got {}", lora.dropout),
+    )
+}

@@ -51,7 +51,7 @@ pub struct SftEpochRecord {
 /// A line of `sft_log.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum SftRecord {
+pub enum SftLogRecord {
     Step(SftStepRecord),
     Epoch(SftEpochRecord),
 }

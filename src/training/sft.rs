@@ -18,10 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::optim::{OptimizerConfig, clip_global_norm};
-use super::records::{SftEpochRecord, SftRecord, SftStepRecord, finite};
+use super::records::{SftEpochRecord, SftLogRecord, SftStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
-use super::{Example, Policy, ensure, ensure_learning_rate, step_seed};
+use super::{Example, Policy, ensure, ensure_learning_rate, step_seed, validate_lora};
 use crate::error::Result;
 use crate::inputs::pixel_batch;
 use crate::prompts::reference_answer;
@@ -125,21 +125,6 @@ impl SftConfig {
         }
         Ok(())
     }
-}
-
-/// Refuse adapter settings out of range.
-pub(crate) fn validate_lora(lora: &LoraConfig, section: &str) -> Result<()> {
-    ensure(lora.rank > 0, &format!("{section}.rank"), "must be > 0")?;
-    ensure(
-        lora.alpha.is_finite() && lora.alpha > 0.0,
-        &format!("{section}.alpha"),
-        format!("must be > 0, got {}", lora.alpha),
-    )?;
-    ensure(
-        (0.0..1.0).contains(&lora.dropout),
-        &format!("{section}.dropout"),
-        format!("must lie in [0, 1), got {}", lora.dropout),
-    )
 }
 
 /// What an SFT run produced.
@@ -319,7 +304,7 @@ pub fn train_sft(
                 stage.state.skipped_steps += 1;
             }
             stage.state.step += 1;
-            stage.log(&SftRecord::Step(SftStepRecord {
+            stage.log(&SftLogRecord::Step(SftStepRecord {
                 step: stage.state.step,
                 epoch,
                 loss: finite(loss_sum),
@@ -343,7 +328,7 @@ pub fn train_sft(
         validation_losses.push(validation_loss);
         stage.state.epoch += 1;
         let improved = stage.validated(validation_loss, Better::Lower);
-        stage.log(&SftRecord::Epoch(SftEpochRecord {
+        stage.log(&SftLogRecord::Epoch(SftEpochRecord {
             epoch: stage.state.epoch,
             step: stage.state.step,
             train_loss: finite(epoch_loss.0 / epoch_loss.1.max(1) as f64),

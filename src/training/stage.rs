@@ -36,7 +36,6 @@ pub struct Stage {
     log: JsonlLog,
     bar: ProgressBar,
     lora: Option<LoraConfig>,
-    freeze_vision: bool,
 }
 
 /// A stage opened, with the model and optimizer it continues from.
@@ -105,7 +104,6 @@ impl Stage {
                 log,
                 bar,
                 lora,
-                freeze_vision,
             },
             model,
             optimizer,
@@ -195,10 +193,6 @@ impl Stage {
         } else {
             return Ok((model.valid(), PathBuf::new()));
         };
-        let mut loaded = load_checkpoint_model(&path, model)?;
-        if self.freeze_vision {
-            loaded.model.vision_tower = loaded.model.vision_tower.freeze();
-        }
-        Ok((loaded.valid(), path))
+        Ok((load_checkpoint_model(&path, model)?.valid(), path))
     }
 }

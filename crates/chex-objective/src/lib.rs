@@ -19,6 +19,7 @@
 //!     mask: Tensor::ones([4, 2], &device),
 //!     entropies: None,
 //!     num_items_in_batch: None,
+//!     accumulation_steps: 1,
 //! };
 //! let out = grpo_loss(batch, &GrpoLossConfig { max_completion_length: 2, ..Default::default() })?;
 //! assert_eq!(out.kl, Some(0.0));

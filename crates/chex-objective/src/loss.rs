@@ -126,6 +126,10 @@ pub struct GrpoBatch {
     pub entropies: Option<Tensor<2>>,
     /// `dapo`'s denominator: active tokens across every micro-batch of the optimiser step.
     pub num_items_in_batch: Option<f64>,
+    /// Micro-batches whose gradients add up to one optimizer step (1 without accumulation).
+    /// As TRL scales an accumulation window, the `grpo`, `bnpo` and `dr_grpo` losses are
+    /// divided by it; `dapo`'s `num_items_in_batch` already spans the window.
+    pub accumulation_steps: usize,
 }
 
 /// The loss and TRL's diagnostics (`kl`, `entropy`, `clip_ratio/*`), the latter as numbers.
@@ -290,6 +294,10 @@ pub fn grpo_loss(
                 .ok_or_else(|| ObjectiveError::Config("dapo needs num_items_in_batch".into()))?;
             summed / items.max(1.0)
         }
+    };
+    let loss = match config.loss_type {
+        LossType::Dapo => loss,
+        _ => loss / batch.accumulation_steps.max(1) as f64,
     };
 
     let ratio = ratio.detach();

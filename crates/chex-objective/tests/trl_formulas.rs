@@ -117,6 +117,7 @@ fn advantages_losses_and_diagnostics_match_numpy() {
             mask: matrix(&fx.mask, &device),
             entropies: Some(matrix(&fx.entropies, &device)),
             num_items_in_batch: Some(fx.num_items_in_batch),
+            accumulation_steps: 1,
         };
         let out = grpo_loss(batch, &config).unwrap();
         let what = format!(
@@ -168,6 +169,7 @@ fn first_update_gradient_is_minus_advantage_over_normaliser() {
         mask,
         entropies: None,
         num_items_in_batch: None,
+        accumulation_steps: 1,
     };
     let config = GrpoLossConfig {
         beta: 0.0,
@@ -208,6 +210,7 @@ fn bad_inputs_are_named() {
         mask: Tensor::ones([2, 4], &device),
         entropies: None,
         num_items_in_batch: None,
+        accumulation_steps: 1,
     };
     assert!(
         grpo_loss(batch.clone(), &GrpoLossConfig::default())

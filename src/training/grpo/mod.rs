@@ -29,9 +29,8 @@ pub use update::{Reference, UpdateSettings, UpdateStats};
 use super::optim::OptimizerConfig;
 use super::records::{GrpoSampleRecord, GrpoStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
-use super::sft::validate_lora;
 use super::stage::{Better, Stage};
-use super::{Example, Policy, ensure, ensure_learning_rate, step_seed};
+use super::{Example, Policy, ensure, ensure_learning_rate, step_seed, validate_lora};
 use crate::error::{Error, Result};
 use crate::evaluation::{AnswerSettings, answer_images, chexpert_scores};
 
@@ -457,10 +456,7 @@ fn step_record(
     stage: &Stage,
     started: Instant,
 ) -> GrpoStepRecord {
-    let mean = |f: &dyn Fn(&UpdateStats) -> Option<f64>| -> Option<f64> {
-        let values: Vec<f64> = updates.iter().filter_map(f).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-    };
+    let mean = |f: fn(&UpdateStats) -> Option<f64>| update::mean_of(updates.iter().map(f));
     let mut rewards = std::collections::BTreeMap::new();
     for c in &batch.components {
         rewards.insert(format!("rewards/{}/mean", c.name), finite(c.mean));
@@ -474,13 +470,13 @@ fn step_record(
         completions_mean_length: batch.mean_length(),
         completions_clipped_ratio: batch.clipped_ratio(),
         learning_rate: learning_rates.first().copied().unwrap_or(0.0),
-        loss: mean(&|u| finite(u.loss)),
-        grad_norm: mean(&|u| finite(u.grad_norm)),
-        kl: mean(&|u| u.kl),
-        entropy: mean(&|u| u.entropy),
-        clip_ratio_low_mean: mean(&|u| Some(u.clip_low)),
-        clip_ratio_high_mean: mean(&|u| Some(u.clip_high)),
-        clip_ratio_region_mean: mean(&|u| Some(u.clip_region)),
+        loss: mean(|u| finite(u.loss)),
+        grad_norm: mean(|u| finite(u.grad_norm)),
+        kl: mean(|u| u.kl),
+        entropy: mean(|u| u.entropy),
+        clip_ratio_low_mean: mean(|u| Some(u.clip_low)),
+        clip_ratio_high_mean: mean(|u| Some(u.clip_high)),
+        clip_ratio_region_mean: mean(|u| Some(u.clip_region)),
         eval_macro_f1: None,
         skipped_steps: stage.state.skipped_steps,
         step_time: started.elapsed().as_secs_f64(),

@@ -4,6 +4,8 @@
 //! importance ratio is exactly 1); then μ optimizer updates, each scoring the completions with
 //! the current policy, taking TRL's loss, clipping the global gradient norm and stepping AdamW.
 
+use std::borrow::Cow;
+
 use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -12,7 +14,7 @@ use chex_model::lora::for_each_linear;
 use chex_model::scoring::{ScoringRow, TokenScores, score_completions};
 use chex_model::vlm::ImageInputs;
 use chex_objective::{
-    AdvantageScaling, GrpoBatch, GrpoLossConfig, LossType, group_advantages, grpo_loss,
+    AdvantageScaling, GrpoBatch, GrpoLossConfig, GrpoLossOutput, group_advantages, grpo_loss,
 };
 
 use super::rollout::RolloutBatch;
@@ -112,16 +114,26 @@ fn sub_batch(batch: &RolloutBatch, range: std::ops::Range<usize>) -> RolloutBatc
     }
 }
 
-/// The batch cut into micro-batches of `size` rows (one when `size` is 0 or covers it all).
-pub fn micro_batches(batch: &RolloutBatch, size: usize) -> Vec<RolloutBatch> {
+/// The batch cut into micro-batches of `size` rows; the batch itself, uncopied, when `size` is
+/// 0 or covers it all.
+pub fn micro_batches(batch: &RolloutBatch, size: usize) -> Vec<Cow<'_, RolloutBatch>> {
     let rows = batch.rows.len();
     if size == 0 || size >= rows {
-        return vec![batch.clone()];
+        return vec![Cow::Borrowed(batch)];
     }
     (0..rows)
         .step_by(size)
-        .map(|start| sub_batch(batch, start..(start + size).min(rows)))
+        .map(|start| Cow::Owned(sub_batch(batch, start..(start + size).min(rows))))
         .collect()
+}
+
+/// The mean of the values present (`None` when there are none).
+pub fn mean_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let (sum, count) = values
+        .into_iter()
+        .flatten()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (count > 0).then(|| sum / count as f64)
 }
 
 /// The batch's rows as the scorer takes them, and which image each row reads.
@@ -260,14 +272,12 @@ pub fn update(
                     mask: scores.mask * row_mask,
                     entropies: Some(scores.entropies),
                     num_items_in_batch: Some(num_items),
+                    accumulation_steps: accumulation,
                 },
                 settings.loss,
             )?;
             start += n;
-            let loss = match settings.loss.loss_type {
-                LossType::Dapo => output.loss.clone(),
-                _ => output.loss.clone() / accumulation as f64,
-            };
+            let loss = output.loss.clone();
             let value = loss.clone().into_scalar::<f32>() as f64;
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
             parts.push((value, output));
@@ -282,21 +292,15 @@ pub fn update(
         }
         // Diagnostics as TRL logs them over an accumulation window: the mean of each
         // micro-batch's value.
-        let mean = |f: &dyn Fn(&chex_objective::GrpoLossOutput) -> f64| {
-            parts.iter().map(|(_, o)| f(o)).sum::<f64>() / parts.len() as f64
-        };
-        let optional_mean = |f: &dyn Fn(&chex_objective::GrpoLossOutput) -> Option<f64>| {
-            let values: Vec<f64> = parts.iter().filter_map(|(_, o)| f(o)).collect();
-            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-        };
+        let mean = |f: fn(&GrpoLossOutput) -> Option<f64>| mean_of(parts.iter().map(|(_, o)| f(o)));
         stats.push(UpdateStats {
             loss,
             grad_norm,
-            kl: optional_mean(&|o| o.kl),
-            entropy: optional_mean(&|o| o.entropy),
-            clip_low: mean(&|o| o.clip_low),
-            clip_high: mean(&|o| o.clip_high),
-            clip_region: mean(&|o| o.clip_region),
+            kl: mean(|o| o.kl),
+            entropy: mean(|o| o.entropy),
+            clip_low: mean(|o| Some(o.clip_low)).unwrap_or(0.0),
+            clip_high: mean(|o| Some(o.clip_high)).unwrap_or(0.0),
+            clip_region: mean(|o| Some(o.clip_region)).unwrap_or(0.0),
             learning_rate,
             applied,
         });
