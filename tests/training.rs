@@ -431,7 +431,7 @@ fn sft_jsonl_errors_name_the_line() {
     )
     .unwrap();
     let cache = chex_grpo::data::ImageCache::new(ImageSpec::siglip(64));
-    let err = chex_grpo::training::examples::read_sft_jsonl(&file, &cache)
+    let err = chex_grpo::training::examples::read_sft_jsonl(&file, &cache, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -443,7 +443,7 @@ fn sft_jsonl_errors_name_the_line() {
         "{\"image\": \"x.png\", \"labels\": [\"effusion\"], \"reasoning\": \"Blunted angle.\"}\n",
     )
     .unwrap();
-    let ok = chex_grpo::training::examples::read_sft_jsonl(&file, &cache).unwrap();
+    let ok = chex_grpo::training::examples::read_sft_jsonl(&file, &cache, false).unwrap();
     assert_eq!(ok[0].labels, vec!["Pleural Effusion".to_string()]);
     assert_eq!(
         ok[0].reasoning.as_deref(),

@@ -59,6 +59,10 @@ pub struct DataSection {
     /// the SFT draw; without it SFT learns the prompt style's templated reasoning.
     #[serde(default)]
     pub sft_traces: Option<PathBuf>,
+    /// Read image paths that are absolute or climb out of their dataset's folder (off: a
+    /// label file from elsewhere cannot make the study read any file it names).
+    #[serde(default)]
+    pub allow_absolute_paths: bool,
     /// Draw sizes from the training site (ChexReason: 2,000 SFT and 1,000 RL).
     pub sft_size: usize,
     pub rl_size: usize,
@@ -125,6 +129,10 @@ pub struct TestSetConfig {
     /// At most this many images, drawn with the seed (0 keeps all).
     #[serde(default)]
     pub limit: usize,
+    /// Leave out rows whose image is missing or cannot be decoded (and bad rows), counting
+    /// them in the report, instead of stopping at the first; for a foreign site's folder.
+    #[serde(default)]
+    pub skip_unreadable: bool,
 }
 
 /// How checkpoints are scored.
@@ -166,6 +174,7 @@ impl Default for StudyConfig {
                     holdout_fraction: 0.0,
                 },
                 sft_traces: None,
+                allow_absolute_paths: false,
                 synthetic: Some(SyntheticSection {
                     dir: synthetic.clone(),
                     miniature: false,
@@ -186,6 +195,7 @@ impl Default for StudyConfig {
                         nih_to_chexpert: false,
                         labels: None,
                         limit: 0,
+                        skip_unreadable: false,
                     },
                     TestSetConfig {
                         name: "site-b".into(),
@@ -206,6 +216,7 @@ impl Default for StudyConfig {
                                 .collect(),
                         ),
                         limit: 0,
+                        skip_unreadable: false,
                     },
                 ],
             },
@@ -272,8 +283,41 @@ fn with_suggestion(message: &str) -> String {
         Some((distance, name)) if distance <= (unknown.chars().count() / 3).max(2) => {
             format!("{} — did you mean `{name}`?", message.trim_end())
         }
-        _ => message.to_string(),
+        // Not a sibling: perhaps a key of a nested section (`grpo.temperature` for
+        // `grpo.sampling.temperature`).
+        _ => match nearest_nested_key(unknown) {
+            Some(path) => format!("{} — did you mean `{path}`?", message.trim_end()),
+            None => message.to_string(),
+        },
     }
+}
+
+/// The dotted path of the known setting whose last part is nearest to `unknown`.
+fn nearest_nested_key(unknown: &str) -> Option<String> {
+    fn walk(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (key, child) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                walk(child, &path, out);
+                out.push(path);
+            }
+        }
+    }
+    let defaults = toml::Value::try_from(StudyConfig::default()).ok()?;
+    let mut paths = Vec::new();
+    walk(&defaults, "", &mut paths);
+    let (distance, path) = paths
+        .into_iter()
+        .map(|p| {
+            let leaf = p.rsplit('.').next().unwrap_or(&p).to_string();
+            (edit_distance(unknown, &leaf), p)
+        })
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.len().cmp(&b.1.len())))?;
+    (distance <= (unknown.chars().count() / 3).max(2)).then_some(path)
 }
 
 /// Overlay `top` onto `base`: tables merge key by key, anything else is replaced; the string
@@ -449,6 +493,19 @@ impl StudyConfig {
                 );
             }
         }
+        let sources = std::iter::once(("data.train.source".to_string(), &self.data.train.source))
+            .chain(self.data.tests.iter().filter_map(|t| {
+                t.source
+                    .as_ref()
+                    .map(|s| (format!("data.tests `{}` source", t.name), s))
+            }));
+        for (key, source) in sources {
+            if let DataSource::Csv { spec, .. } = source
+                && let Err(e) = spec.validate()
+            {
+                return bad(&key, e.to_string());
+            }
+        }
         if self.data.sft_size == 0 || self.data.rl_size == 0 {
             return bad(
                 "data.sft_size",
@@ -531,7 +588,11 @@ mod tests {
                 vec!["grpo.loss.loss_type=dr_gpro".to_string()],
                 "did you mean `dr_grpo`?",
             ),
-            ("", vec!["grpo.temprature=0.5".to_string()], "temprature"),
+            (
+                "",
+                vec!["grpo.temprature=0.5".to_string()],
+                "did you mean `grpo.sampling.temperature`?",
+            ),
             (
                 "",
                 vec!["grpo.sampling.temprature=0.5".to_string()],

@@ -5,13 +5,13 @@ use chex_data::labels::CHEXPERT_LABELS;
 use chex_data::synth::{SynthConfig, planned_images, write_synthetic_sites};
 use chex_data::{
     BalancedSamplerConfig, Dataset, Draw, ImageCache, ImageSpec, LoadOptions, NihToChexpert,
-    UncertaintyPolicy, ViewFilter, balanced_draws, patient_split,
+    OnError, UncertaintyPolicy, ViewFilter, balanced_draws, patient_split,
 };
 use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::{StudyConfig, TestRole, TestSetConfig};
+use super::config::{DataSection, StudyConfig, TestRole, TestSetConfig};
 use crate::error::{Error, Result};
 use crate::eval::truth_matrix;
 use crate::progress::progress_bar;
@@ -50,11 +50,12 @@ pub struct StudyData {
 
 const POLICY: UncertaintyPolicy = UncertaintyPolicy::PositiveOnly;
 
-fn options(view: ViewFilter) -> LoadOptions {
+fn options(view: ViewFilter, data: &DataSection) -> LoadOptions {
     LoadOptions {
         view_filter: view,
         check_images_exist: true,
-        ..Default::default()
+        allow_absolute_paths: data.allow_absolute_paths,
+        on_error: OnError::FailFast,
     }
 }
 
@@ -79,6 +80,25 @@ fn limited(indices: Vec<usize>, limit: usize, seed: u64) -> Vec<usize> {
     chosen
 }
 
+/// `dataset` without the images that cannot be decoded, and the reason for each left out.
+fn without_undecodable(dataset: Dataset, cache: &ImageCache) -> (Dataset, Vec<String>) {
+    let paths: Vec<_> = dataset.samples.iter().map(|s| s.image.clone()).collect();
+    let mut failures = Vec::new();
+    let keep: Vec<usize> = cache
+        .get_many(&paths)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, decoded)| match decoded {
+            Ok(_) => Some(i),
+            Err(e) => {
+                failures.push(e.to_string());
+                None
+            }
+        })
+        .collect();
+    (dataset.subset(&keep), failures)
+}
+
 /// Write the synthetic sites when configured, load every site, draw and decode.
 pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> {
     let data = &config.data;
@@ -98,7 +118,7 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
     let mut summary = Vec::new();
 
     // Every view is loaded so that held-out patients can be tested on a view the draws skip.
-    let mut all_views = data.train.source.load(&options(ViewFilter::All))?;
+    let mut all_views = data.train.source.load(&options(ViewFilter::All, data))?;
     if let Some(split) = data.train.split {
         all_views = all_views.official_split(split);
     }
@@ -154,7 +174,7 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
     let rl = decoded.pop().unwrap_or_default();
     let mut sft = decoded.pop().unwrap_or_default();
     if let Some(traces) = &data.sft_traces {
-        sft = read_sft_jsonl(traces, &cache)?;
+        sft = read_sft_jsonl(traces, &cache, data.allow_absolute_paths)?;
         summary.push(format!(
             "SFT examples: {} teacher traces from {}",
             sft.len(),
@@ -166,7 +186,11 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
     for (t, test) in data.tests.iter().enumerate() {
         let (dataset, indices) = match &test.source {
             Some(source) => {
-                let mut loaded = source.load(&options(test.view))?;
+                let mut load_options = options(test.view, data);
+                if test.skip_unreadable {
+                    load_options.on_error = OnError::SkipAndReport;
+                }
+                let mut loaded = source.load(&load_options)?;
                 if let Some(split) = test.split {
                     loaded = loaded.official_split(split);
                 }
@@ -210,14 +234,34 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
                 message: "has no images".into(),
             });
         }
-        summary.push(format!(
+        let mut subset = dataset.subset(&indices);
+        let mut undecodable = Vec::new();
+        if test.skip_unreadable {
+            (subset, undecodable) = without_undecodable(subset, &cache);
+            if subset.is_empty() {
+                return Err(Error::TestSet {
+                    test: test.name.clone(),
+                    message: "has no readable images".into(),
+                });
+            }
+        }
+        let mut line = format!(
             "test set {}: {} of {} images; {}",
             test.name,
-            indices.len(),
+            subset.len(),
             dataset.len(),
             dataset.report.summary()
-        ));
-        let subset = dataset.subset(&indices);
+        );
+        if test.skip_unreadable {
+            line.push_str(&format!(
+                "; {} images left out as undecodable",
+                undecodable.len()
+            ));
+            if let Some(first) = undecodable.first() {
+                line.push_str(&format!(" (first: {first})"));
+            }
+        }
+        summary.push(line);
         let all: Vec<usize> = (0..subset.len()).collect();
         let examples = examples_from(&subset, &all, &cache)?;
         tests.push(TestSet {

@@ -9,7 +9,10 @@ use std::time::Instant;
 use chex_model::burn::tensor::Device;
 use chex_model::checkpoint::from_pretrained;
 use chex_model::lora::{apply_lora, merge_lora};
-use chex_model::{ChexTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+use chex_model::{
+    ChexTokenizer, DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, MemoryEstimate,
+    select_device,
+};
 use serde_json::json;
 
 use super::config::StudyConfig;
@@ -40,8 +43,47 @@ pub fn model_config(config: &StudyConfig) -> Result<Gemma3Config> {
     })
 }
 
+/// The memory the study will hold at its largest, from the model's dimensions and the batch
+/// sizes and lengths the configuration asks for.
+pub fn memory_estimate(config: &StudyConfig) -> Result<MemoryEstimate> {
+    let model = model_config(config)?;
+    let trained = if config.sft.lora.is_none() {
+        chex_model::memory::parameters(&model)
+    } else {
+        0.0
+    };
+    // The prompt's text is a few dozen tokens; 128 is a generous bound.
+    let prompt = model.mm_tokens_per_image + 128;
+    let grpo_rows = config.grpo.prompts_per_step * config.grpo.group_size;
+    let rows = config.eval.batch.max(grpo_rows).max(config.sft.micro_batch);
+    let tokens = prompt
+        + config
+            .eval
+            .max_new_tokens
+            .max(config.grpo.max_completion_length);
+    Ok(MemoryEstimate::new(&model, trained, rows, tokens))
+}
+
+/// Refuses a model and batch sizes that cannot fit the machine, with the estimate, before
+/// any data is loaded or model built.
+pub fn ensure_fits(config: &StudyConfig) -> Result<()> {
+    let choice: DeviceChoice = config.device.parse()?;
+    let model = match (&config.model.pretrained, &config.model.preset) {
+        (Some(dir), _) => dir.join("config.json").display().to_string(),
+        (None, preset) => format!("preset `{}`", preset.as_deref().unwrap_or_default()),
+    };
+    let what = format!(
+        "the model of {model} at this study's batch sizes and lengths (eval.batch, \
+         grpo.prompts_per_step × grpo.group_size, eval.max_new_tokens)"
+    );
+    memory_estimate(config)?.ensure_fits(choice, &what)?;
+    Ok(())
+}
+
 /// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed.
+/// A model and batch sizes that cannot fit the machine are refused before anything is built.
 pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
+    ensure_fits(config)?;
     let (model, tokenizer) = match &config.model.pretrained {
         Some(dir) => (
             from_pretrained(dir, device)?,
@@ -133,7 +175,7 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData> {
     let shortfalls: Vec<_> = data.draws.iter().map(|d| &d.shortfalls).collect();
     let draws = json!({
         "sft": paths(&data.sft), "rl": paths(&data.rl), "validation": paths(&data.validation),
-        "shortfalls": shortfalls,
+        "shortfalls": shortfalls, "loaded": data.summary,
     });
     let path = config.out.join("draws.json");
     let text = to_json(&draws, &path, true)?;
@@ -144,6 +186,7 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData> {
 /// What every stage starts from: the seeded device, the resolved configuration saved in the
 /// output folder, and the data.
 pub fn open_study(config: &StudyConfig) -> Result<(Device, StudyData)> {
+    ensure_fits(config)?;
     let device = study_device(config)?;
     save_config(config)?;
     Ok((device, load_data(config)?))
@@ -194,34 +237,108 @@ pub fn evaluated(config: &StudyConfig, checkpoint: &str) -> bool {
         .all(|t| metrics_path(&config.out, checkpoint, &t.name).exists())
 }
 
+/// Wall time per stage in `timings.json`. While a stage runs, a heartbeat rewrites its time
+/// every few seconds, so an invocation that is killed still leaves its time there, and the
+/// resumed invocation adds to it: the file adds up across interrupted runs (losing at most
+/// one heartbeat per kill).
 struct Timings {
-    path: std::path::PathBuf,
-    stages: Vec<(String, f64)>,
+    state: std::sync::Arc<std::sync::Mutex<TimingsState>>,
+    heartbeat: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
+struct TimingsState {
+    path: std::path::PathBuf,
+    stages: Vec<(String, f64)>,
+    /// The stage running now: its name, the seconds earlier invocations spent on it, and
+    /// when this invocation started it.
+    running: Option<(String, f64, Instant)>,
+}
+
+impl TimingsState {
+    fn write(&mut self) -> Result<()> {
+        if let Some((stage, earlier, started)) = &self.running {
+            let seconds = earlier + started.elapsed().as_secs_f64();
+            match self.stages.iter_mut().find(|(s, _)| s == stage) {
+                Some(entry) => entry.1 = seconds,
+                None => self.stages.push((stage.clone(), seconds)),
+            }
+        }
+        let text = to_json(&self.stages, &self.path, false)?;
+        chex_data::write_atomic(&self.path, text.as_bytes()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Timings {
-    fn open(out: &Path) -> Self {
+    /// Start from the times in `out` when resuming, else from none.
+    fn open(out: &Path, resume: bool) -> Self {
         let path = out.join("timings.json");
         let stages = std::fs::read_to_string(&path)
             .ok()
+            .filter(|_| resume)
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        Self { path, stages }
+        let state = std::sync::Arc::new(std::sync::Mutex::new(TimingsState {
+            path,
+            stages,
+            running: None,
+        }));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let beating = state.clone();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HEARTBEAT)
+            {
+                if let Ok(mut state) = beating.lock()
+                    && state.running.is_some()
+                {
+                    // A failed heartbeat is retried at the next beat; `finish` reports errors.
+                    let _ = state.write();
+                }
+            }
+        });
+        Self {
+            state,
+            heartbeat: Some((stop, thread)),
+        }
     }
 
-    /// Record a stage's wall time; a resumed stage adds to what earlier invocations spent.
-    fn record(&mut self, stage: &str, started: Instant, resumed: bool) -> Result<()> {
-        let mut seconds = started.elapsed().as_secs_f64();
-        if resumed && let Some((_, earlier)) = self.stages.iter().find(|(s, _)| s == stage) {
-            seconds += earlier;
+    /// Start timing `stage`; a resumed stage adds to what earlier invocations spent on it.
+    fn start(&self, stage: &str, resumed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = if resumed {
+            state
+                .stages
+                .iter()
+                .find(|(s, _)| s == stage)
+                .map_or(0.0, |(_, t)| *t)
+        } else {
+            state.stages.retain(|(s, _)| s != stage);
+            0.0
+        };
+        state.running = Some((stage.to_string(), earlier, Instant::now()));
+    }
+
+    /// Stop timing the running stage and write its total.
+    fn finish(&self) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.write()?;
+        if let Some((stage, _, _)) = state.running.take()
+            && let Some((_, seconds)) = state.stages.iter().find(|(s, _)| *s == stage)
+        {
+            println!("{stage}: {seconds:.0} s");
         }
-        self.stages.retain(|(s, _)| s != stage);
-        self.stages.push((stage.to_string(), seconds));
-        println!("{stage}: {seconds:.0} s");
-        let text = to_json(&self.stages, &self.path, false)?;
-        chex_data::write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))?;
         Ok(())
+    }
+}
+
+impl Drop for Timings {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.heartbeat.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
     }
 }
 
@@ -239,27 +356,30 @@ pub fn run_study_with(
     resume: bool,
 ) -> Result<Report> {
     config.validate_with(registry)?;
-    let mut timings = Timings::open(&config.out);
-    let started = Instant::now();
+    std::fs::create_dir_all(&config.out).map_err(|e| Error::io(&config.out, e))?;
+    let timings = Timings::open(&config.out, resume);
+    timings.start("data", resume);
     let (device, data) = open_study(config)?;
-    timings.record("data", started, false)?;
+    timings.finish()?;
 
     let mut policy = base_policy(config, &device)?;
     for (checkpoint, _) in CHECKPOINTS {
-        let started = Instant::now();
+        if checkpoint != "base" {
+            timings.start(checkpoint, resume);
+        }
         match checkpoint {
             "base" => {}
             "sft" => policy = sft_stage(policy, &data, config, resume, &device)?,
             _ => policy = grpo_stage(policy, &data, config, registry, resume, &device)?,
         }
         if checkpoint != "base" {
-            timings.record(checkpoint, started, resume)?;
+            timings.finish()?;
         }
         if !(resume && evaluated(config, checkpoint)) {
-            let started = Instant::now();
+            timings.start(&format!("evaluate {checkpoint}"), resume);
             let scores = evaluate_checkpoint(&policy, checkpoint, &data.tests, config, &device)?;
             print_scores(checkpoint, &data.tests, &scores);
-            timings.record(&format!("evaluate {checkpoint}"), started, false)?;
+            timings.finish()?;
         }
     }
     write_report(&config.out)

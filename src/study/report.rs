@@ -542,6 +542,7 @@ pub fn write_report(out: &Path) -> Result<Report> {
     if !report.ends_with('\n') {
         report.push('\n');
     }
+    report.push_str(&data_section(out));
     let path = out.join("report.md");
     write(&path, &report, &mut files)?;
     Ok(Report {
@@ -550,6 +551,26 @@ pub fn write_report(out: &Path) -> Result<Report> {
         verdict,
         files,
     })
+}
+
+/// What each load read, kept and left out (from `draws.json`), so a skipped image is never
+/// silent.
+fn data_section(out: &Path) -> String {
+    let lines: Vec<String> = std::fs::read_to_string(out.join("draws.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("loaded")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(|l| format!("- {l}")))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\n## Data\n\n{}\n", lines.join("\n"))
 }
 
 #[cfg(test)]

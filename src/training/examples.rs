@@ -89,8 +89,13 @@ pub struct SftRecord {
 }
 
 /// Read an SFT JSONL file into examples; a malformed line, an unknown label or an unreadable
-/// image is an error naming the file and line.
-pub fn read_sft_jsonl(path: &std::path::Path, cache: &ImageCache) -> Result<Vec<Example>> {
+/// image is an error naming the file and line. Image paths are relative to the file's folder
+/// and may not leave it unless `allow_absolute_paths`.
+pub fn read_sft_jsonl(
+    path: &std::path::Path,
+    cache: &ImageCache,
+    allow_absolute_paths: bool,
+) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let vocabulary = LabelVocabulary::chexpert();
@@ -112,11 +117,15 @@ pub fn read_sft_jsonl(path: &std::path::Path, cache: &ImageCache) -> Result<Vec<
         if labels.is_empty() {
             labels.push("No Finding".into());
         }
-        let image_path = if record.image.is_absolute() {
-            record.image.clone()
-        } else {
-            base.join(&record.image)
-        };
+        let written = record.image.to_string_lossy();
+        let image_path =
+            chex_data::join_inside(base, &written, allow_absolute_paths).map_err(|reason| {
+                at(format!(
+                    "image path `{written}` {reason}; pass --allow-absolute-paths \
+                     (data.allow_absolute_paths = true) to read images outside {}",
+                    base.display()
+                ))
+            })?;
         let image = cache.get(&image_path).map_err(|e| at(e.to_string()))?;
         let format = OutputFormat::default();
         let reasoning = record.reasoning.map(|r| {

@@ -1,12 +1,13 @@
 //! `chex data synth | stats | check`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chex_grpo::DataSource;
 use chex_grpo::data::synth::SynthConfig;
 use chex_grpo::data::{
-    Dataset, GenericCsvSpec, ImageCache, ImageSpec, LoadOptions, NihToChexpert, OnError,
-    UncertaintyPolicy, ViewFilter,
+    Dataset, GenericCsvSpec, ImageSpec, LoadOptions, NihToChexpert, OnError, UncertaintyPolicy,
+    ViewFilter, prepare_image,
 };
 use chex_grpo::progress::progress_bar;
 use clap::{Args, Subcommand};
@@ -63,18 +64,57 @@ pub struct SourceArgs {
     /// Generic CSV: the image path column.
     #[arg(long, default_value = "Path")]
     path_column: String,
-    /// Generic CSV: comma-separated label columns.
-    #[arg(long, value_delimiter = ',')]
+    /// Generic CSV: comma-separated label columns holding CheXpert values (1.0, 0.0, -1.0,
+    /// blank).
+    #[arg(long, value_delimiter = ',', conflicts_with = "label_column")]
     label_columns: Vec<String>,
+    /// Generic CSV: one categorical label column (`No finding`, `COVID-19`, …), read through
+    /// --label-map.
+    #[arg(long, requires = "label_map")]
+    label_column: Option<String>,
+    /// Generic CSV: how categorical values become labels, e.g.
+    /// "No finding=No Finding,COVID-19=Pneumonia"; `value=` means none of our findings.
+    /// Rows with other values are left out and listed.
+    #[arg(long, value_name = "VALUE=LABEL,...", value_parser = parse_map)]
+    label_map: Option<BTreeMap<String, String>>,
     /// Generic CSV: the patient id column.
     #[arg(long)]
     patient_column: Option<String>,
+    /// Generic CSV: the view position column (AP, PA, LATERAL, …).
+    #[arg(long)]
+    view_column: Option<String>,
+    /// Generic CSV: the view column's own spellings, e.g. "AP Supine=AP,L=LATERAL".
+    #[arg(long, value_name = "VALUE=VIEW,...", value_parser = parse_map, requires = "view_column")]
+    view_map: Option<BTreeMap<String, String>>,
+    /// Generic CSV: the folder image paths are relative to (default: the CSV's folder).
+    #[arg(long, value_name = "DIR")]
+    image_root: Option<PathBuf>,
     /// Views to keep: all, frontal, ap-pa, ap, pa.
     #[arg(long, default_value = "all")]
     view: ViewFilter,
-    /// Skip bad rows and report them instead of stopping at the first.
+    /// Skip bad rows and missing images, and report them, instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    /// Read image paths that are absolute or climb out of the dataset's folder.
+    #[arg(long)]
+    allow_absolute_paths: bool,
+}
+
+/// Reads `a=b,c=d` into a map; a pair without `=` or a key given twice is refused.
+fn parse_map(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for pair in text.split(',') {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not VALUE=LABEL"))?;
+        if map
+            .insert(key.trim().to_string(), value.trim().to_string())
+            .is_some()
+        {
+            return Err(format!("`{}` is mapped twice", key.trim()));
+        }
+    }
+    Ok(map)
 }
 
 impl SourceArgs {
@@ -86,18 +126,27 @@ impl SourceArgs {
         } else if let Some(root) = &self.mimic_root {
             Ok(DataSource::Mimic { root: root.clone() })
         } else if let Some(csv) = &self.csv {
-            if self.label_columns.is_empty() {
-                return Err("--csv needs --label-columns".into());
+            if self.label_columns.is_empty() && self.label_column.is_none() {
+                return Err(
+                    "--csv needs --label-columns (CheXpert values) or --label-column with \
+                     --label-map (categorical values)"
+                        .into(),
+                );
             }
+            let spec = GenericCsvSpec {
+                path_column: self.path_column.clone(),
+                label_columns: self.label_columns.clone(),
+                label_column: self.label_column.clone(),
+                label_map: self.label_map.clone().unwrap_or_default(),
+                patient_column: self.patient_column.clone(),
+                view_column: self.view_column.clone(),
+                view_map: self.view_map.clone().unwrap_or_default(),
+                image_root: self.image_root.clone(),
+            };
+            spec.validate().map_err(|e| e.to_string())?;
             Ok(DataSource::Csv {
                 csv: csv.clone(),
-                spec: GenericCsvSpec {
-                    path_column: self.path_column.clone(),
-                    label_columns: self.label_columns.clone(),
-                    patient_column: self.patient_column.clone(),
-                    view_column: None,
-                    image_root: None,
-                },
+                spec,
             })
         } else {
             Err("name a dataset with --nih-root, --chexpert-csv, --mimic-root or --csv".into())
@@ -113,11 +162,31 @@ impl SourceArgs {
             },
             view_filter: self.view,
             check_images_exist,
+            allow_absolute_paths: self.allow_absolute_paths,
         };
+        if self.csv.is_none()
+            && (self.label_column.is_some()
+                || self.view_column.is_some()
+                || self.image_root.is_some()
+                || !self.label_columns.is_empty())
+        {
+            return Err(
+                "--label-column(s), --view-column and --image-root describe a --csv \
+                        dataset; the named formats have fixed layouts"
+                    .into(),
+            );
+        }
         let data = self.source()?.load(&options)?;
         println!("{}: {}", data.source, data.report.summary());
         for problem in &data.report.skipped {
             println!("  skipped: {problem}");
+        }
+        if data.is_empty() && data.report.rows_read > 0 {
+            return Err(format!(
+                "kept none of the {} rows read (see the summary above)",
+                data.report.rows_read
+            )
+            .into());
         }
         Ok(data)
     }
@@ -196,7 +265,8 @@ fn synth(args: SynthArgs) -> CliResult {
 }
 
 fn stats(args: StatsArgs) -> CliResult {
-    let data = args.source.load(false)?;
+    // Counts of images that are not there would mislead, so existence is checked here too.
+    let data = args.source.load(true)?;
     print_stats(&data, args.policy, args.json)?;
     if args.as_chexpert {
         let mapped = data.nih_to_chexpert(&NihToChexpert::default())?;
@@ -273,13 +343,14 @@ fn print_stats(data: &Dataset, policy: UncertaintyPolicy, json: bool) -> CliResu
 
 fn check(args: CheckArgs) -> CliResult {
     let data = args.source.load(true)?;
-    let cache = ImageCache::new(ImageSpec::siglip(args.size));
+    let spec = ImageSpec::siglip(args.size);
     let bar = progress_bar(data.len(), "decoding");
+    // Each image is decoded and dropped: a check holds at most one image per thread.
     let failures: Vec<String> = data
         .samples
         .par_iter()
         .filter_map(|s| {
-            let result = cache.get(&s.image);
+            let result = prepare_image(&s.image, &spec);
             bar.inc(1);
             result.err().map(|e| e.to_string())
         })

@@ -41,6 +41,10 @@ pub struct ConfigArgs {
     /// Continue from the checkpoints, logs and metrics already in the output folder.
     #[arg(long)]
     resume: bool,
+    /// Read image paths that are absolute or climb out of their dataset's folder (the
+    /// config's `data.allow_absolute_paths`).
+    #[arg(long)]
+    allow_absolute_paths: bool,
 }
 
 impl ConfigArgs {
@@ -57,6 +61,9 @@ impl ConfigArgs {
         }
         if let Some(root) = &self.nih_root {
             config.set_nih_root(root);
+        }
+        if self.allow_absolute_paths {
+            config.data.allow_absolute_paths = true;
         }
         Ok(config)
     }

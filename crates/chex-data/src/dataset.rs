@@ -236,6 +236,71 @@ pub struct LoadOptions {
     pub view_filter: ViewFilter,
     /// Check that each image file exists while reading the label file.
     pub check_images_exist: bool,
+    /// Read image paths that are absolute or climb out of the dataset's folder; off unless
+    /// the user asks (`--allow-absolute-paths`).
+    #[serde(default)]
+    pub allow_absolute_paths: bool,
+}
+
+/// What happened to an image listed a second time.
+pub(crate) enum Listing {
+    /// First time the image is listed.
+    New,
+    /// Listed before with the same labels: counted in [`LoadReport::duplicates`] and dropped.
+    Repeat,
+}
+
+/// Where each image was first listed, so that a second listing is caught: merged when the
+/// labels agree, refused (naming both lines) when they do not.
+#[derive(Default)]
+pub(crate) struct SeenImages {
+    first: std::collections::HashMap<PathBuf, (u64, Vec<Observation>)>,
+}
+
+impl SeenImages {
+    pub(crate) fn admit(
+        &mut self,
+        file: &std::path::Path,
+        line: u64,
+        image: &std::path::Path,
+        observations: &[Observation],
+    ) -> Result<Listing> {
+        match self.first.get(image) {
+            None => {
+                self.first
+                    .insert(image.to_path_buf(), (line, observations.to_vec()));
+                Ok(Listing::New)
+            }
+            Some((_, earlier)) if earlier == observations => Ok(Listing::Repeat),
+            Some((first_line, _)) => Err(DataError::DuplicateImage {
+                file: file.to_path_buf(),
+                line,
+                first_line: *first_line,
+                image: image.to_path_buf(),
+            }),
+        }
+    }
+}
+
+/// `root` joined with the path a data file gives in `column`, refused when it leaves `root`
+/// (unless the options allow it).
+pub(crate) fn image_path(
+    root: &std::path::Path,
+    value: &str,
+    options: &LoadOptions,
+    file: &std::path::Path,
+    line: u64,
+    column: &str,
+) -> Result<PathBuf> {
+    crate::paths::join_inside(root, value, options.allow_absolute_paths).map_err(|reason| {
+        DataError::PathEscape {
+            file: file.to_path_buf(),
+            line,
+            column: column.to_string(),
+            value: value.to_string(),
+            reason,
+        }
+    })
 }
 
 /// What a load kept and what it left out, and why. Printed after every load.
@@ -253,6 +318,13 @@ pub struct LoadReport {
     pub unlabelled: usize,
     /// Rows skipped because they were bad, with the reason for each.
     pub skipped: Vec<String>,
+    /// Rows that listed an image again with the same labels (dropped, not errors).
+    #[serde(default)]
+    pub duplicates: usize,
+    /// Categorical label values the label map does not cover, with their row counts; those
+    /// rows are left out.
+    #[serde(default)]
+    pub unmapped: std::collections::BTreeMap<String, usize>,
 }
 
 impl LoadReport {
@@ -278,6 +350,29 @@ impl LoadReport {
             self.unlabelled,
             self.skipped.len()
         );
+        if self.duplicates > 0 {
+            line.push_str(&format!(
+                ", {} repeated rows with the same labels dropped",
+                self.duplicates
+            ));
+        }
+        if !self.unmapped.is_empty() {
+            let values: Vec<String> = self
+                .unmapped
+                .iter()
+                .map(|(v, n)| {
+                    if v.is_empty() {
+                        format!("(blank) × {n}")
+                    } else {
+                        format!("`{v}` × {n}")
+                    }
+                })
+                .collect();
+            line.push_str(&format!(
+                ", left out for unmapped labels: {}",
+                values.join(", ")
+            ));
+        }
         if let Some(first) = self.skipped.first() {
             line.push_str(&format!(" (first: {first})"));
         }

@@ -59,6 +59,29 @@ pub enum DataError {
         line: u64,
         message: String,
     },
+    #[error(
+        "{file}:{line}: column `{column}`: path `{value}` {reason}; pass --allow-absolute-paths \
+         (data.allow_absolute_paths = true in a study config) to read images outside the \
+         dataset's folder"
+    )]
+    PathEscape {
+        file: PathBuf,
+        line: u64,
+        column: String,
+        value: String,
+        reason: crate::paths::PathEscape,
+    },
+    #[error("{file}: column `{column}` appears twice in the header")]
+    DuplicateColumn { file: PathBuf, column: String },
+    #[error(
+        "{file}:{line}: image `{image}` is listed again with different labels (first at line {first_line})"
+    )]
+    DuplicateImage {
+        file: PathBuf,
+        line: u64,
+        first_line: u64,
+        image: PathBuf,
+    },
     #[error("image {path}: {message}")]
     Image { path: PathBuf, message: String },
     #[error("invalid option: {0}")]

@@ -19,6 +19,7 @@ pub mod fs;
 pub mod image;
 pub mod labels;
 pub mod loaders;
+pub mod paths;
 pub mod sampler;
 pub mod split;
 pub mod synth;
@@ -35,6 +36,7 @@ pub use labels::{
     NIH_TO_CHEXPERT_TABLE, NihToChexpert,
 };
 pub use loaders::{GenericCsvSpec, load_chexpert, load_generic_csv, load_mimic, load_nih};
+pub use paths::{is_plain_file_name, join_inside};
 pub use sampler::{BalancedSamplerConfig, Draw, balanced_draws};
 pub use split::patient_split;
 pub use synth::{SynthConfig, SynthSummary, write_synthetic_sites};

@@ -146,7 +146,8 @@ fn bad_cells_name_file_line_and_column() {
     let bad_value = "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Female,68,Frontal,AP,,,2.0,,,,,,,,,,,";
     let short =
         "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0";
-    let (_dir, path) = chexpert_with_rows(&[good, bad_value, short, good]);
+    let good_again = good.replace("patient00001", "patient00004");
+    let (_dir, path) = chexpert_with_rows(&[good, bad_value, short, &good_again]);
 
     let error = load_chexpert(&path, &LoadOptions::default()).unwrap_err();
     let message = error.to_string();
@@ -279,7 +280,7 @@ fn generic_csv_with_user_label_columns() {
         label_columns: vec!["Cardiomegaly".into(), "Effusion".into()],
         patient_column: Some("patient".into()),
         view_column: Some("view".into()),
-        image_root: None,
+        ..Default::default()
     };
     let data = load_generic_csv(
         &path,
@@ -309,4 +310,256 @@ fn generic_csv_with_user_label_columns() {
         message.contains("site.csv") && message.contains("`Edema`"),
         "{message}"
     );
+}
+
+/// Writes a CSV and a handful of PNG images under `dir`.
+fn site_with_images(dir: &Path, csv: &str, images: &[&str]) -> std::path::PathBuf {
+    for name in images {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(8, 8, image::Luma([90]))
+            .save(&path)
+            .unwrap();
+    }
+    write(dir, "labels.csv", csv)
+}
+
+fn effusion_spec() -> GenericCsvSpec {
+    GenericCsvSpec {
+        path_column: "file".into(),
+        label_columns: vec!["Effusion".into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn paths_that_leave_the_dataset_folder_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cell, reason) in [
+        ("../../../etc/passwd", "climbs out"),
+        ("/etc/passwd", "is absolute"),
+        ("a/../../b.png", "climbs out"),
+    ] {
+        let path = write(
+            dir.path(),
+            "site.csv",
+            &format!("file,Effusion\nok.png,1\n{cell},0\n"),
+        );
+        let err = load_generic_csv(&path, &effusion_spec(), &LoadOptions::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, DataError::PathEscape { line: 3, .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains("site.csv:3") && message.contains(cell) && message.contains(reason),
+            "{message}"
+        );
+        assert!(message.contains("--allow-absolute-paths"), "{message}");
+        let allowed = LoadOptions {
+            allow_absolute_paths: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            load_generic_csv(&path, &effusion_spec(), &allowed)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    // CheXpert's `Path` column and NIH's `Image Index` are held to the same rule.
+    let site = tempfile::tempdir().unwrap();
+    let csv = site.path().join("CheXpert-v1.0-small/train.csv");
+    std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
+    let header = chex_data::loaders::CHEXPERT_META_COLUMNS
+        .iter()
+        .chain(chex_data::CHEXPERT_LABELS.iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::write(
+        &csv,
+        format!(
+            "{header}\n../../patient00001/study1/view1_frontal.jpg,Male,50,Frontal,AP{}\n",
+            ",".repeat(14)
+        ),
+    )
+    .unwrap();
+    let message = load_chexpert(&csv, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("train.csv:2") && message.contains("`Path`"),
+        "{message}"
+    );
+
+    let nih = tempfile::tempdir().unwrap();
+    std::fs::write(
+        nih.path().join("Data_Entry_2017.csv"),
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n\
+         ../../etc/passwd,No Finding,0,1,50,M,PA\n",
+    )
+    .unwrap();
+    let message = load_nih(nih.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("Data_Entry_2017.csv:2") && message.contains("`Image Index`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn repeated_images_merge_when_labels_agree_and_fail_when_they_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "site.csv",
+        "file,Effusion\na.png,1\nb.png,0\na.png,1.0\n",
+    );
+    let data = load_generic_csv(&path, &effusion_spec(), &LoadOptions::default()).unwrap();
+    assert_eq!((data.len(), data.report.duplicates), (2, 1));
+    assert!(
+        data.report.summary().contains("1 repeated rows"),
+        "{}",
+        data.report.summary()
+    );
+
+    let path = write(
+        dir.path(),
+        "site.csv",
+        "file,Effusion\na.png,1\nb.png,0\na.png,0\n",
+    );
+    let message = load_generic_csv(&path, &effusion_spec(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("site.csv:4") && message.contains("first at line 2"),
+        "{message}"
+    );
+    // Skip-and-report keeps the first listing and names the conflicting row.
+    let skipping = LoadOptions {
+        on_error: OnError::SkipAndReport,
+        ..Default::default()
+    };
+    let data = load_generic_csv(&path, &effusion_spec(), &skipping).unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(data.report.skipped[0].contains("site.csv:4"));
+}
+
+#[test]
+fn a_column_named_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "site.csv",
+        "file,Effusion,Effusion\na.png,1,0\n",
+    );
+    let message = load_generic_csv(&path, &effusion_spec(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("site.csv") && message.contains("`Effusion` appears twice"),
+        "{message}"
+    );
+}
+
+#[test]
+fn categorical_labels_views_and_an_image_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = site_with_images(
+        dir.path(),
+        "patientid,finding,view,imagename\n\
+         1,No finding,PA,a.png\n\
+         1,COVID-19,AP Supine,b.png\n\
+         2,COVID-19|ARDS,PA,c.png\n\
+         3,,PA,d.png\n\
+         4,Tuberculosis,L,e.png\n",
+        &[
+            "images/a.png",
+            "images/b.png",
+            "images/c.png",
+            "images/d.png",
+            "images/e.png",
+        ],
+    );
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let spec = GenericCsvSpec {
+        path_column: "imagename".into(),
+        label_column: Some("finding".into()),
+        label_map: map(&[
+            ("No finding", "No Finding"),
+            ("COVID-19", "Pneumonia"),
+            ("ARDS", "Edema"),
+            ("Tuberculosis", ""),
+        ]),
+        patient_column: Some("patientid".into()),
+        view_column: Some("view".into()),
+        view_map: map(&[("AP Supine", "AP"), ("L", "LATERAL")]),
+        image_root: Some(dir.path().join("images")),
+        ..Default::default()
+    };
+    let options = LoadOptions {
+        check_images_exist: true,
+        ..Default::default()
+    };
+    let data = load_generic_csv(&csv, &spec, &options).unwrap();
+    // The space is the map's findings in CheXpert's order.
+    assert_eq!(
+        data.label_space.labels(),
+        ["No Finding", "Edema", "Pneumonia"]
+    );
+    assert_eq!(data.len(), 4, "{}", data.report.summary());
+    use Observation::{Negative as N, Positive as P};
+    assert_eq!(data.samples[0].observations, [P, N, N]);
+    assert_eq!(data.samples[2].observations, [N, P, P]);
+    // `Tuberculosis` maps to none of our findings: every label negative.
+    assert_eq!(data.samples[3].observations, [N, N, N]);
+    assert_eq!(
+        data.samples[3].view.projection,
+        chex_data::Projection::Lateral
+    );
+    assert_eq!(data.samples[1].view.position.as_deref(), Some("AP"));
+    // The blank finding is left out and listed, not guessed.
+    assert_eq!(data.report.unmapped.get(""), Some(&1));
+    assert!(
+        data.report.summary().contains("(blank) × 1"),
+        "{}",
+        data.report.summary()
+    );
+
+    let pa = LoadOptions {
+        view_filter: ViewFilter::Pa,
+        ..options.clone()
+    };
+    assert_eq!(load_generic_csv(&csv, &spec, &pa).unwrap().len(), 2);
+    let no_view_column = GenericCsvSpec {
+        view_column: None,
+        view_map: Default::default(),
+        ..spec.clone()
+    };
+    let message = load_generic_csv(&csv, &no_view_column, &pa)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("--view-column"), "{message}");
+
+    let both = GenericCsvSpec {
+        label_columns: vec!["finding".into()],
+        ..spec.clone()
+    };
+    assert!(load_generic_csv(&csv, &both, &options).is_err());
+    let without_map = GenericCsvSpec {
+        label_map: Default::default(),
+        ..spec
+    };
+    let message = load_generic_csv(&csv, &without_map, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("`finding` needs a label map"), "{message}");
 }

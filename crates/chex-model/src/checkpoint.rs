@@ -99,7 +99,23 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
             path: index.display().to_string(),
             message: "has no `weight_map` object".into(),
         })?;
-    let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut shards = BTreeSet::new();
+    for (key, value) in map {
+        let shard = value.as_str().ok_or_else(|| ModelError::Checkpoint {
+            path: index.display().to_string(),
+            message: format!("`weight_map` entry `{key}` is not a file name"),
+        })?;
+        // The index may only name files beside it: a shard `../../etc/passwd` is refused.
+        if !chex_data::is_plain_file_name(shard) {
+            return Err(ModelError::Checkpoint {
+                path: index.display().to_string(),
+                message: format!(
+                    "`weight_map` entry `{key}` names `{shard}`, which is not a file in this folder"
+                ),
+            });
+        }
+        shards.insert(shard);
+    }
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
 

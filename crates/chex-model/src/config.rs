@@ -377,6 +377,19 @@ impl Gemma3Config {
         };
         let t = &self.text_config;
         let v = &self.vision_config;
+        // Checked first, in floating point, so that no later product of dimensions overflows
+        // and no allocation is attempted for a model no machine holds.
+        let parameters = crate::memory::parameters(self);
+        if parameters > MAX_PARAMETERS {
+            return bad(
+                "config",
+                format!(
+                    "the dimensions describe {parameters:.2e} parameters ({:.0} GiB in f32); \
+                     more than {MAX_PARAMETERS:.0e} is refused",
+                    parameters * 4.0 / (1u64 << 30) as f64
+                ),
+            );
+        }
         if t.hidden_activation != "gelu_pytorch_tanh" {
             return bad(
                 "text_config.hidden_activation",
@@ -557,6 +570,9 @@ struct SpecialIds {
     eoi: u32,
     image: u32,
 }
+
+/// The largest model a configuration may describe (MedGemma-4B has 4.3e9 parameters).
+pub const MAX_PARAMETERS: f64 = 1e12;
 
 impl SpecialIds {
     /// The ids our trained tokenizers give the image tokens (see `tokenizer::SPECIAL_TOKENS`).

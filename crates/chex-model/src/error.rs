@@ -40,6 +40,20 @@ pub enum ModelError {
     Image { what: String, message: String },
     #[error("generation: {0}")]
     Generation(String),
+    #[error(
+        "{what} needs about {needed_gib:.1} GiB ({weights_gib:.1} GiB of f32 weights, \
+         {training_gib:.1} GiB of gradients and optimizer state, {cache_gib:.1} GiB of \
+         key/value cache) but this machine has {available_gib:.1} GiB; check the dimensions \
+         in config.json or ask for smaller batches and lengths"
+    )]
+    TooLarge {
+        what: String,
+        needed_gib: f64,
+        weights_gib: f64,
+        training_gib: f64,
+        cache_gib: f64,
+        available_gib: f64,
+    },
     #[error("LoRA adapter {path}: {message}")]
     Adapter { path: String, message: String },
 }

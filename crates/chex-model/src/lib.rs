@@ -3,8 +3,8 @@
 //! shapes ([`config`]); fast batched generation with a key/value cache ([`generation`],
 //! [`cache`], [`sampling`]); teacher-forced scoring for the GRPO loss ([`scoring`]); LoRA with
 //! PEFT's file layout ([`lora`]); Hugging Face checkpoint import ([`checkpoint`]); tokenizers
-//! ([`tokenizer`]) and prompt assembly ([`prompt`]); and the run-time choice of burn backend
-//! ([`device`]).
+//! ([`tokenizer`]) and prompt assembly ([`prompt`]); the run-time choice of burn backend
+//! ([`device`]); and a memory estimate made before any allocation ([`memory`]).
 //!
 //! ```
 //! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
@@ -25,6 +25,7 @@ pub mod generation;
 pub mod layers;
 pub mod lora;
 pub mod mask;
+pub mod memory;
 pub mod prompt;
 pub mod rope;
 pub mod sampling;
@@ -38,5 +39,6 @@ pub use burn;
 pub use config::{Gemma3Config, LayerKind, ParameterCounts, TextConfig, VisionConfig};
 pub use device::{DeviceChoice, compiled_backends, select_device};
 pub use error::ModelError;
+pub use memory::MemoryEstimate;
 pub use tokenizer::ChexTokenizer;
 pub use vlm::{Gemma3ForConditionalGeneration, ImageInputs};

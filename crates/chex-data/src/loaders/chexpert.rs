@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{
-    Dataset, LoadOptions, LoadReport, OBSERVATION_VALUES, Observation, OfficialSplit, Sample, View,
+    Dataset, Listing, LoadOptions, LoadReport, OBSERVATION_VALUES, Observation, OfficialSplit,
+    Sample, SeenImages, View, image_path,
 };
 use crate::error::{DataError, Result};
 use crate::labels::{CHEXPERT_LABELS, LabelSpace};
@@ -52,6 +53,7 @@ pub fn load_chexpert(csv: &Path, options: &LoadOptions) -> Result<Dataset> {
 
     let mut report = LoadReport::default();
     let mut samples = Vec::new();
+    let mut seen = SeenImages::default();
     let width = table.header.len();
     while let Some(row) = table.next_row() {
         report.rows_read += 1;
@@ -78,7 +80,10 @@ pub fn load_chexpert(csv: &Path, options: &LoadOptions) -> Result<Dataset> {
                 }
             })?;
             let observations = parse_observations(&table.file, row.line, &row.fields, label_cols, &CHEXPERT_LABELS)?;
-            let image = image_root.join(rel);
+            let image = image_path(&image_root, rel, options, &table.file, row.line, "Path")?;
+            if let Listing::Repeat = seen.admit(&table.file, row.line, &image, &observations)? {
+                return Ok(None);
+            }
             if options.check_images_exist && !image.is_file() {
                 return Err(DataError::MissingImage {
                     file: table.file.clone(),
@@ -86,18 +91,19 @@ pub fn load_chexpert(csv: &Path, options: &LoadOptions) -> Result<Dataset> {
                     image,
                 });
             }
-            Ok(Sample {
+            Ok(Some(Sample {
                 image,
                 patient_id,
                 study_id,
                 view,
                 split,
                 observations,
-            })
+            }))
         });
         match parsed {
-            Ok(sample) if options.view_filter.keeps(&sample.view) => samples.push(sample),
-            Ok(_) => report.filtered_by_view += 1,
+            Ok(Some(sample)) if options.view_filter.keeps(&sample.view) => samples.push(sample),
+            Ok(Some(_)) => report.filtered_by_view += 1,
+            Ok(None) => report.duplicates += 1,
             Err(e) => report.handle(options.on_error, e)?,
         }
     }

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::dataset::{Dataset, LoadOptions, LoadReport, Observation, OfficialSplit, Sample, View};
+use crate::dataset::{
+    Dataset, Listing, LoadOptions, LoadReport, Observation, OfficialSplit, Sample, SeenImages, View,
+};
 use crate::error::{DataError, Result};
 use crate::labels::{CHEXPERT_LABELS, LabelSpace};
 use crate::loaders::chexpert::parse_observations;
@@ -30,6 +32,7 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
     let view_col = meta.column("ViewPosition")?;
     let width = meta.header.len();
     let mut samples = Vec::new();
+    let mut seen = SeenImages::default();
     while let Some(row) = meta.next_row() {
         report.rows_read += 1;
         let parsed = row.and_then(|row| {
@@ -48,7 +51,7 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                 }
             }
             let Some((label_subject, observations)) = labels.get(study) else {
-                return Ok(None);
+                return Ok(Parsed::Unlabelled);
             };
             if label_subject != subject {
                 return Err(DataError::Inconsistent {
@@ -59,12 +62,24 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                     ),
                 });
             }
+            if dicom.is_empty() || !crate::paths::is_plain_file_name(dicom) {
+                return Err(DataError::PathEscape {
+                    file: meta.file.clone(),
+                    line: row.line,
+                    column: "dicom_id".into(),
+                    value: dicom.into(),
+                    reason: crate::paths::PathEscape::NotAFileName,
+                });
+            }
             let image = root
                 .join("files")
                 .join(format!("p{}", &subject[..subject.len().min(2)]))
                 .join(format!("p{subject}"))
                 .join(format!("s{study}"))
                 .join(format!("{dicom}.jpg"));
+            if let Listing::Repeat = seen.admit(&meta.file, row.line, &image, observations)? {
+                return Ok(Parsed::Repeat);
+            }
             if options.check_images_exist && !image.is_file() {
                 return Err(DataError::MissingImage {
                     file: meta.file.clone(),
@@ -72,7 +87,7 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                     image,
                 });
             }
-            Ok(Some(Sample {
+            Ok(Parsed::Kept(Sample {
                 image,
                 patient_id: subject.to_string(),
                 study_id: study.to_string(),
@@ -85,9 +100,12 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
             }))
         });
         match parsed {
-            Ok(Some(sample)) if options.view_filter.keeps(&sample.view) => samples.push(sample),
-            Ok(Some(_)) => report.filtered_by_view += 1,
-            Ok(None) => report.unlabelled += 1,
+            Ok(Parsed::Kept(sample)) if options.view_filter.keeps(&sample.view) => {
+                samples.push(sample)
+            }
+            Ok(Parsed::Kept(_)) => report.filtered_by_view += 1,
+            Ok(Parsed::Unlabelled) => report.unlabelled += 1,
+            Ok(Parsed::Repeat) => report.duplicates += 1,
             Err(e) => report.handle(options.on_error, e)?,
         }
     }
@@ -99,6 +117,15 @@ pub fn load_mimic(root: &Path, options: &LoadOptions) -> Result<Dataset> {
         samples,
         report,
     })
+}
+
+/// One metadata row's outcome.
+enum Parsed {
+    Kept(Sample),
+    /// No label row covers its study.
+    Unlabelled,
+    /// The same image again, with the same labels.
+    Repeat,
 }
 
 type StudyLabels = HashMap<String, (String, Vec<Observation>)>;

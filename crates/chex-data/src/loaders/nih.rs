@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::dataset::{Dataset, LoadOptions, LoadReport, Observation, OfficialSplit, Sample, View};
+use crate::dataset::{
+    Dataset, Listing, LoadOptions, LoadReport, Observation, OfficialSplit, Sample, SeenImages, View,
+};
 use crate::error::{DataError, Result};
 use crate::labels::{LabelSpace, NIH_LABELS};
 use crate::loaders::table::{Table, read_list};
@@ -53,6 +55,7 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
 
     let mut report = LoadReport::default();
     let mut samples = Vec::new();
+    let mut seen = SeenImages::default();
     while let Some(row) = table.next_row() {
         report.rows_read += 1;
         let parsed = row.and_then(|row| {
@@ -105,7 +108,23 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                     allowed: "a decimal identifier".into(),
                 });
             }
+            if !crate::paths::is_plain_file_name(name) && !options.allow_absolute_paths {
+                return Err(DataError::PathEscape {
+                    file: table.file.clone(),
+                    line: row.line,
+                    column: "Image Index".into(),
+                    value: name.into(),
+                    reason: if Path::new(name).is_absolute() {
+                        crate::paths::PathEscape::Absolute
+                    } else {
+                        crate::paths::PathEscape::NotAFileName
+                    },
+                });
+            }
             let image = images.locate(name);
+            if let Listing::Repeat = seen.admit(&table.file, row.line, &image, &observations)? {
+                return Ok(None);
+            }
             if options.check_images_exist && !image.is_file() {
                 return Err(DataError::MissingImage {
                     file: table.file.clone(),
@@ -123,7 +142,7 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
             let follow_up = follow_up_col
                 .map(|c| cell(c).to_string())
                 .unwrap_or_default();
-            Ok(Sample {
+            Ok(Some(Sample {
                 image,
                 // `00012` and `12` are the same patient; digits were checked above.
                 patient_id: patient
@@ -133,11 +152,12 @@ pub fn load_nih(root: &Path, options: &LoadOptions) -> Result<Dataset> {
                 view: View::from_position(cell(view_col)),
                 split,
                 observations,
-            })
+            }))
         });
         match parsed {
-            Ok(sample) if options.view_filter.keeps(&sample.view) => samples.push(sample),
-            Ok(_) => report.filtered_by_view += 1,
+            Ok(Some(sample)) if options.view_filter.keeps(&sample.view) => samples.push(sample),
+            Ok(Some(_)) => report.filtered_by_view += 1,
+            Ok(None) => report.duplicates += 1,
             Err(e) => report.handle(options.on_error, e)?,
         }
     }

@@ -46,10 +46,22 @@ impl Table {
                 message: "the file is empty (no header)".into(),
             });
         }
-        let header = first
+        let header: Vec<String> = first
             .iter()
             .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
             .collect();
+        // A repeated name would make "the" column ambiguous; unnamed columns are harmless.
+        let mut names = std::collections::HashSet::new();
+        if let Some(repeated) = header
+            .iter()
+            .filter(|h| !h.is_empty())
+            .find(|h| !names.insert(h.as_str()))
+        {
+            return Err(DataError::DuplicateColumn {
+                file: path,
+                column: repeated.clone(),
+            });
+        }
         Ok(Self {
             file: path,
             header,
