@@ -26,6 +26,7 @@ pub use chex_objective as objective;
 pub use chex_rewards as rewards;
 
 pub mod baseline;
+pub mod bench;
 pub mod corpus;
 pub mod error;
 pub mod eval;

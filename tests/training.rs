@@ -608,3 +608,77 @@ fn resume_refuses_damage_and_recovers_an_interrupted_save() {
         read_jsonl(&uninterrupted.path().join("sft_log.jsonl")).unwrap();
     assert_eq!(log.len(), full.len());
 }
+
+/// The model GRPO and SFT train gets gradients exactly where it should — every adapter (LoRA),
+/// or every weight but the frozen vision tower's (full fine-tuning) — with burn's gradient
+/// checkpointing on and off.
+#[test]
+fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
+    use chex_grpo::model::burn::optim::GradientsParams;
+    use chex_grpo::model::burn::store::ModuleSnapshot;
+    use chex_grpo::model::burn::tensor::{Tensor, TensorData};
+    use chex_grpo::model::lora::LoraConfig;
+    use chex_grpo::model::scoring::{ScoringRow, score_completions};
+    use chex_grpo::model::vlm::ImageInputs;
+    use chex_grpo::training::grpo::training_model;
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        for checkpointing in [false, true] {
+            for lora in [Some(LoraConfig::chexreason()), None] {
+                let adapters = lora.is_some();
+                let config = GrpoConfig {
+                    lora,
+                    gradient_checkpointing: Some(checkpointing),
+                    ..GrpoConfig::chexreason()
+                };
+                let policy = policy(device);
+                let model = training_model(policy.model.clone(), &config, device);
+                let ad = model.devices().remove(0);
+                assert!(ad.gradient_checkpointing_strategy().is_some());
+                let side = model.config.vision_config.image_size;
+                let pixels = Tensor::<4>::from_data(
+                    TensorData::new(vec![0.1f32; 3 * side * side], [1, 3, side, side]),
+                    &ad,
+                );
+                let features = model.encode_images(pixels).unwrap();
+                let rows = [ScoringRow {
+                    prompt: &policy.prompt.ids,
+                    image_block: policy.prompt.image_block.as_ref(),
+                    completion: &[5, 9, 14],
+                }];
+                let scores = score_completions(
+                    &model,
+                    &rows,
+                    Some(ImageInputs {
+                        features: &features,
+                        image_of_row: &[0],
+                    }),
+                    1.0,
+                    &ad,
+                );
+                let grads = GradientsParams::from_grads(scores.logprobs.sum().backward(), &model);
+                let names: Vec<String> = model
+                    .collect(None, None, false)
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect();
+                let expected = names
+                    .iter()
+                    .filter(|n| {
+                        if adapters {
+                            n.contains(".lora.")
+                        } else {
+                            !n.contains("vision_tower")
+                        }
+                    })
+                    .count();
+                assert!(expected > 0);
+                assert_eq!(
+                    grads.len(),
+                    expected,
+                    "{choice}, checkpointing {checkpointing}, adapters {adapters}"
+                );
+            }
+        }
+    });
+}

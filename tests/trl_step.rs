@@ -291,9 +291,12 @@ fn grpo_updates_match_trl_for_every_loss_type_at_mu_1_and_2() {
     let theirs = trl_gradients();
     let batch = rollout_batch(&fx);
     each_backend(|choice, device| {
-        for case in &fx.cases {
+        // Gradient checkpointing recomputes activations in the backward pass: the gradients
+        // must not change.
+        for (case, checkpointing) in fx.cases.iter().flat_map(|c| [(c, false), (c, true)]) {
             let config = GrpoConfig {
                 lora: None,
+                gradient_checkpointing: Some(checkpointing),
                 ..GrpoConfig::chexreason()
             };
             let model = training_model(adapted_model(device), &config, device);
@@ -329,7 +332,13 @@ fn grpo_updates_match_trl_for_every_loss_type_at_mu_1_and_2() {
             )
             .map_err(|e| e.to_string())?;
             for (i, (ours, trl)) in stats.iter().zip(&case.updates).enumerate() {
-                let what = |m: &str| format!("{choice} {} update {i} {m}", case.name);
+                let what = |m: &str| {
+                    format!(
+                        "{choice} {}{} update {i} {m}",
+                        case.name,
+                        if checkpointing { " (checkpointed)" } else { "" }
+                    )
+                };
                 // The loss is a mean of per-token terms of the advantages' size (about 0.7 here)
                 // that nearly cancel, since advantages sum to zero within a group: its rounding
                 // is relative to them.
@@ -352,8 +361,10 @@ fn grpo_updates_match_trl_for_every_loss_type_at_mu_1_and_2() {
                     &format!("{}/{i}/", case.name),
                 )?;
                 println!(
-                    "{choice} {} update {i}: loss {:.6} (TRL {:.6}), worst gradient {worst:.1e}",
-                    case.name, ours.loss, trl.loss
+                    "{}: loss {:.6} (TRL {:.6}), worst {worst:.1e}",
+                    what("gradients"),
+                    ours.loss,
+                    trl.loss
                 );
             }
             if stats.len() != case.updates.len() {

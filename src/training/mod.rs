@@ -8,6 +8,8 @@
 //! policy updates on it) that returns [`UpdateStats`](grpo::UpdateStats), then logging and
 //! validation through the stage — the phases of TRL's `GRPOTrainer`.
 
+use chex_model::burn::tensor::Device;
+
 pub mod checkpoint;
 pub mod examples;
 pub mod grpo;
@@ -70,4 +72,16 @@ pub(crate) fn validate_lora(
         &format!("{section}.dropout"),
         format!("must lie in [0, 1), got {}", lora.dropout),
     )
+}
+
+/// The autodiff twin of `device` that training runs on. With gradient checkpointing (`None`:
+/// on for GPUs only), burn's balanced strategy recomputes memory-bound activations during the
+/// backward pass instead of keeping them from the forward pass.
+pub fn training_device(device: &Device, gradient_checkpointing: Option<bool>) -> Device {
+    let ad = device.clone().autodiff();
+    if gradient_checkpointing.unwrap_or_else(|| chex_model::device::is_accelerator(device)) {
+        ad.gradient_checkpointing()
+    } else {
+        ad
+    }
 }

@@ -21,7 +21,9 @@ use super::optim::{OptimizerConfig, clip_global_norm};
 use super::records::{SftEpochRecord, SftLogRecord, SftStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
-use super::{Example, Policy, ensure, ensure_learning_rate, step_seed, validate_lora};
+use super::{
+    Example, Policy, ensure, ensure_learning_rate, step_seed, training_device, validate_lora,
+};
 use crate::error::Result;
 use crate::inputs::pixel_batch;
 use crate::prompts::reference_answer;
@@ -60,6 +62,11 @@ pub struct SftConfig {
     /// (for jobs on preemptible or time-limited machines); the schedule still spans `epochs`.
     #[serde(default)]
     pub stop_after_epochs: Option<usize>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// balanced gradient checkpointing: less memory, some recomputation). Unset: on for GPUs,
+    /// off for CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_checkpointing: Option<bool>,
 }
 
 impl SftConfig {
@@ -81,6 +88,7 @@ impl SftConfig {
             freeze_vision: true,
             seed: 0,
             stop_after_epochs: None,
+            gradient_checkpointing: None,
         }
     }
 
@@ -236,14 +244,16 @@ pub fn train_sft(
         })
         .collect::<Result<_>>()?;
 
-    let ad = device.clone().autodiff();
-    let mut model = policy.model.clone().to_device(&ad).train();
+    let ad = training_device(device, config.gradient_checkpointing);
+    // Freezing and adapters before the move to `ad` (see `grpo::training_model`).
+    let mut model = policy.model.clone().to_device(device);
     if config.freeze_vision {
         model.model.vision_tower = model.model.vision_tower.freeze();
     }
     if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, config.seed, &ad);
+        model = apply_lora(model, lora, config.seed, device);
     }
+    let model = model.to_device(&ad).train();
     let accumulation = config.effective_batch / config.micro_batch;
     let steps_per_epoch = training.len().div_ceil(config.effective_batch);
     let schedule = LrSchedule::new(

@@ -1,5 +1,6 @@
 //! `chex`: the chex-grpo command line.
 
+mod bench_cmd;
 mod data_cmd;
 mod model_cmd;
 mod study_cmd;
@@ -34,6 +35,8 @@ enum Command {
     Generate(study_cmd::GenerateArgs),
     /// Rebuild report.md and the figures from an output folder.
     Report(study_cmd::ReportArgs),
+    /// Measure rollout, LoRA scoring and GRPO-step throughput and peak memory (JSON lines).
+    Bench(bench_cmd::BenchArgs),
     /// Show the compiled backends and check that a device runs a computation.
     Device {
         /// Device to check: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
@@ -53,6 +56,7 @@ fn main() {
         Command::Eval(args) => study_cmd::eval(args),
         Command::Generate(args) => study_cmd::generate_answers(args),
         Command::Report(args) => study_cmd::report(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Device { device } => check_device(&device),
     };
     if let Err(error) = result {

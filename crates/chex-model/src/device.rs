@@ -120,6 +120,15 @@ impl DeviceChoice {
     }
 }
 
+/// Whether `device` is a GPU (or another accelerator) rather than a CPU backend.
+pub fn is_accelerator(device: &Device) -> bool {
+    // burn names the backend in a device's debug form; every CPU backend is listed here.
+    let name = format!("{device:?}");
+    !["Flex", "NdArray", "LibTorch(Cpu)"]
+        .iter()
+        .any(|cpu| name.contains(cpu))
+}
+
 /// Parses a device string and returns the burn device.
 pub fn select_device(spec: &str) -> Result<Device, ModelError> {
     spec.parse::<DeviceChoice>()?.device()
@@ -177,6 +186,18 @@ pub fn on_every_test_device(check: impl Fn(DeviceChoice, &Device)) {
 mod tests {
     use super::*;
     use burn::tensor::Tensor;
+
+    #[test]
+    fn no_cpu_backend_counts_as_an_accelerator() {
+        for (choice, device) in test_devices().unwrap() {
+            if matches!(choice, DeviceChoice::TchCuda(_) | DeviceChoice::Cuda(_)) {
+                assert!(is_accelerator(&device), "{choice}: {device:?}");
+            } else {
+                assert!(!is_accelerator(&device), "{choice}: {device:?}");
+                assert!(!is_accelerator(&device.clone().autodiff()), "{choice}");
+            }
+        }
+    }
 
     #[test]
     fn parses_every_spelling() {

@@ -1,15 +1,16 @@
 //! Batched generation for GRPO rollouts: prompts left-padded into one batch, each prompt's image
 //! encoded and prefilled once and its cache repeated for every sampled completion, then one new
-//! position per step through the key/value cache.
+//! position per step through the key/value cache; the next token is chosen on the device, so
+//! only the chosen ids and their log-probs come to the host each step.
 
 use burn::tensor::{Device, Tensor};
-use rayon::prelude::*;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::mask::BatchLayout;
 use crate::prompt::{EncodedPrompt, left_pad};
-use crate::sampling::{SamplingConfig, row_rng, sample_token};
+use crate::sampling::{SamplingConfig, row_rng, sample_rows};
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs, token_tensor};
 
 /// What to generate.
@@ -162,16 +163,14 @@ pub fn generate(
     let mut length = width;
 
     for _ in 0..config.max_new_tokens {
-        let host: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| ModelError::Generation(format!("{e:?}")))?;
-        let picks: Vec<(u32, f32)> = host
-            .par_chunks(vocab)
-            .zip(rngs.par_iter_mut())
-            .map(|(row, rng)| sample_token(row, &config.sampling, rng))
-            .collect();
+        // Every row draws each step, stopped or not, so a row's draws never depend on the
+        // others'; the choice itself happens on the device.
+        let uniforms: Vec<f64> = if config.sampling.is_greedy() {
+            Vec::new()
+        } else {
+            rngs.iter_mut().map(|rng| rng.random::<f64>()).collect()
+        };
+        let picks = sample_rows(logits, &config.sampling, &uniforms)?;
         let mut next = Vec::with_capacity(batch);
         for (r, (token, logprob)) in picks.into_iter().enumerate() {
             if finished[r] {

@@ -1,9 +1,20 @@
 //! Choosing the next token: greedy, or sampling with temperature, top-k and top-p from a
 //! seeded generator per row (so results do not depend on thread scheduling).
+//!
+//! [`sample_rows`] chooses where the logits are: on a GPU only one id and one log-prob per row
+//! cross to the host, instead of the whole vocabulary (262,208 floats a row for Gemma 3). Each
+//! row's uniform draw comes from its own host generator, so the choice is reproducible and
+//! equals [`sample_token`]'s (the reference the device path is tested against) except where a
+//! draw falls within float rounding of a boundary between two tokens.
 
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -53,6 +64,16 @@ pub fn row_rng(seed: u64, row: usize) -> ChaCha8Rng {
 /// temperature-scaled distribution before top-k/top-p truncation, which is what the GRPO
 /// objective compares new log-probs against (as TRL does).
 pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rng) -> (u32, f32) {
+    let uniform = if config.is_greedy() {
+        0.0
+    } else {
+        rng.random::<f64>()
+    };
+    choose_token(logits, config, uniform)
+}
+
+/// [`sample_token`] with the row's uniform draw in `[0, 1)` given (ignored when greedy).
+pub fn choose_token(logits: &[f32], config: &SamplingConfig, uniform: f64) -> (u32, f32) {
     let temperature = if config.is_greedy() {
         1.0
     } else {
@@ -101,7 +122,7 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rn
         }
     }
     let total: f64 = (0..keep).map(|n| weights[order(n)] as f64).sum();
-    let mut draw = rng.random::<f64>() * total;
+    let mut draw = uniform * total;
     for n in 0..keep {
         draw -= weights[order(n)] as f64;
         if draw <= 0.0 {
@@ -110,6 +131,110 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut ChaCha8Rn
     }
     let last = order(keep - 1);
     (last as u32, logprob(last))
+}
+
+/// Choose one token per row of `logits` (`[rows, vocab]`) where the logits are, drawing with
+/// `uniforms[row]` in `[0, 1)` (ignored when greedy): on a GPU with [`sample_on_device`], so
+/// only the choices cross to the host; on a CPU backend, where the logits already are in host
+/// memory, with [`choose_token`] over the rows in parallel (sorting packed keys on the host is
+/// faster there than the backend's general sort). Returns each row's token and its
+/// log-probability under the temperature-scaled distribution.
+pub fn sample_rows(
+    logits: Tensor<2>,
+    config: &SamplingConfig,
+    uniforms: &[f64],
+) -> Result<Vec<(u32, f32)>, ModelError> {
+    let [rows, vocab] = logits.dims();
+    check_uniforms(config, uniforms, rows)?;
+    if crate::device::is_accelerator(&logits.device()) {
+        return sample_on_device(logits, config, uniforms);
+    }
+    let host: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Generation(format!("{e:?}")))?;
+    Ok(host
+        .par_chunks(vocab)
+        .enumerate()
+        .map(|(r, row)| choose_token(row, config, uniforms.get(r).copied().unwrap_or(0.0)))
+        .collect())
+}
+
+fn check_uniforms(
+    config: &SamplingConfig,
+    uniforms: &[f64],
+    rows: usize,
+) -> Result<(), ModelError> {
+    if config.is_greedy() || uniforms.len() == rows {
+        Ok(())
+    } else {
+        Err(ModelError::Generation(format!(
+            "{} uniform draws for {rows} rows",
+            uniforms.len()
+        )))
+    }
+}
+
+/// [`sample_rows`] on the device whatever it is, with the same rule as [`choose_token`]:
+/// greedy, or temperature then top-k then top-p (relative to the whole distribution).
+pub fn sample_on_device(
+    logits: Tensor<2>,
+    config: &SamplingConfig,
+    uniforms: &[f64],
+) -> Result<Vec<(u32, f32)>, ModelError> {
+    let [rows, vocab] = logits.dims();
+    check_uniforms(config, uniforms, rows)?;
+    let device = logits.device();
+    let temperature = if config.is_greedy() {
+        1.0
+    } else {
+        config.temperature
+    };
+    let logp = log_softmax(logits / temperature as f64, 1);
+    let tokens: Tensor<2, Int> = if config.is_greedy() {
+        logp.clone().argmax(1)
+    } else {
+        let (sorted, order) = logp.clone().exp().sort_descending_with_indices(1);
+        // A token is kept when the mass strictly before it is under top_p (so the kept set is
+        // the smallest that reaches top_p), and when it is among the top k.
+        let before = sorted.clone().cumsum(1) - sorted.clone();
+        let mut keep = before.lower_elem(config.top_p.min(1.0) as f64);
+        if config.top_k > 0 && config.top_k < vocab {
+            let rank = Tensor::<1, Int>::arange(0..vocab as i64, &device)
+                .reshape([1, vocab])
+                .expand([rows, vocab]);
+            keep = keep.bool_and(rank.lower_elem(config.top_k as i64));
+        }
+        let kept = sorted.mask_fill(keep.bool_not(), 0.0);
+        let cumulative = kept.cumsum(1);
+        let total = cumulative.clone().slice([0..rows, vocab - 1..vocab]);
+        let uniforms: Vec<f32> = uniforms.iter().map(|&u| u as f32).collect();
+        let draw = Tensor::<2>::from_data(TensorData::new(uniforms, [rows, 1]), &device) * total;
+        // The chosen rank is the first whose cumulative mass reaches the draw; the cumulative
+        // mass is flat after the last kept token, so the count never passes it.
+        let rank = cumulative
+            .lower(draw.expand([rows, vocab]))
+            .int()
+            .sum_dim(1);
+        order.gather(1, rank)
+    };
+    let chosen = logp.gather(1, tokens.clone());
+    let tokens = tokens
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| ModelError::Generation(format!("{e:?}")))?;
+    let logprobs = chosen
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Generation(format!("{e:?}")))?;
+    Ok(tokens
+        .into_iter()
+        .zip(logprobs)
+        .map(|(t, lp)| (t as u32, lp))
+        .collect())
 }
 
 /// Index of the largest value (the first on ties).
@@ -158,5 +283,63 @@ mod tests {
         let top1 = SamplingConfig { top_k: 1, ..config };
         let mut rng = row_rng(0, 0);
         assert!((0..50).all(|_| sample_token(&logits, &top1, &mut rng).0 == 0));
+    }
+
+    #[test]
+    fn the_device_sampler_chooses_as_the_host_reference_on_every_backend() {
+        use crate::device::on_every_test_device;
+        let (rows, vocab) = (12, 64);
+        let mut source = row_rng(7, 0);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| (source.random::<f32>() - 0.5) * 8.0)
+            .collect();
+        let configs = [
+            SamplingConfig::greedy(),
+            SamplingConfig::chexreason(),
+            SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 5,
+            },
+            SamplingConfig {
+                temperature: 1.3,
+                top_p: 0.5,
+                top_k: 10,
+            },
+            SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+            },
+        ];
+        on_every_test_device(|_, device| {
+            for config in &configs {
+                let mut host_rngs: Vec<_> = (0..rows).map(|r| row_rng(11, r)).collect();
+                let mut device_rngs = host_rngs.clone();
+                for _ in 0..25 {
+                    let expected: Vec<(u32, f32)> = logits
+                        .chunks(vocab)
+                        .zip(&mut host_rngs)
+                        .map(|(row, rng)| sample_token(row, config, rng))
+                        .collect();
+                    let uniforms: Vec<f64> = if config.is_greedy() {
+                        Vec::new()
+                    } else {
+                        device_rngs.iter_mut().map(|r| r.random::<f64>()).collect()
+                    };
+                    let tensor = Tensor::<2>::from_data(
+                        TensorData::new(logits.clone(), [rows, vocab]),
+                        device,
+                    );
+                    let found = sample_on_device(tensor.clone(), config, &uniforms).unwrap();
+                    // On a CPU backend `sample_rows` is the host reference itself.
+                    assert_eq!(sample_rows(tensor, config, &uniforms).unwrap(), expected);
+                    for ((t, lp), (et, elp)) in found.iter().zip(&expected) {
+                        assert_eq!(t, et, "{config:?}");
+                        assert!((lp - elp).abs() < 1e-5, "{config:?}: {lp} vs {elp}");
+                    }
+                }
+            }
+        });
     }
 }

@@ -1,8 +1,8 @@
 //! Teacher-forced scoring: per-token log-probabilities and entropies of given completions under
 //! the model, in one forward pass, differentiable when the model lives on an autodiff device
-//! (what the GRPO loss and the SFT loss need).
+//! (what the GRPO loss and the SFT loss need). The output head and the log-softmax run only at
+//! completion positions and a chunk of positions at a time (see [`positions_per_chunk`]).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::mask::BatchLayout;
@@ -41,6 +41,19 @@ pub fn score_completions(
     temperature: f32,
     device: &Device,
 ) -> TokenScores {
+    let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
+    score_in_chunks(model, rows, images, temperature, chunk, device)
+}
+
+/// [`score_completions`] with `chunk` positions per pass of the output head.
+pub fn score_in_chunks(
+    model: &Gemma3ForConditionalGeneration,
+    rows: &[ScoringRow<'_>],
+    images: Option<ImageInputs<'_>>,
+    temperature: f32,
+    chunk: usize,
+    device: &Device,
+) -> TokenScores {
     let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
     let blocks: Vec<_> = rows.iter().map(|r| r.image_block.cloned()).collect();
     let (prompt_ids, width, layout) = left_pad(&prompts, &blocks, 0);
@@ -72,21 +85,140 @@ pub fn score_completions(
         None,
     );
     let [_, _, d] = hidden.dims();
-    // The hidden state at slot t predicts the token at slot t + 1.
-    let predicting = hidden.slice([0..batch, width - 1..total - 1, 0..d]);
-    let logits = model.logits(predicting) / temperature.max(1e-6) as f64;
-    let logp = log_softmax(logits, 2);
     let targets: Tensor<3, Int> =
         Tensor::from_data(TensorData::new(targets, [batch, longest, 1]), device);
     let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, longest]), device);
-    let chosen = logp.clone().gather(2, targets).reshape([batch, longest]);
-    let entropies = (logp.clone().exp() * logp)
-        .sum_dim(2)
-        .reshape([batch, longest])
-        .neg();
+    // The head runs only at the completion's positions (transformers' `logits_to_keep`), and
+    // over the vocabulary a chunk of positions at a time, so no full-vocabulary tensor spans
+    // the whole completion.
+    let head = model.output_head();
+    let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
+    let chunk = chunk.max(1);
+    let mut chosen = Vec::new();
+    let mut entropies = Vec::new();
+    for start in (0..longest).step_by(chunk) {
+        let end = (start + chunk).min(longest);
+        // The hidden state at slot t predicts the token at slot t + 1.
+        let predicting = hidden
+            .clone()
+            .slice([0..batch, width - 1 + start..width - 1 + end, 0..d]);
+        let logits = model.logits_with_head(predicting, &head) * inverse_temperature;
+        let (logprob, entropy) =
+            selected_log_softmax(logits, targets.clone().slice([0..batch, start..end, 0..1]));
+        chosen.push(logprob);
+        entropies.push(entropy);
+    }
+    let chosen = Tensor::cat(chosen, 1);
+    let entropies = Tensor::cat(entropies, 1);
     TokenScores {
         logprobs: chosen * mask.clone(),
         entropies: entropies * mask.clone(),
         mask,
+    }
+}
+
+/// Most elements of one chunk's `[batch, positions, vocab]` logits: 2^24 (64 MiB in f32).
+pub const CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// Positions scored per chunk so that a chunk's logits stay within [`CHUNK_ELEMENTS`] (at least
+/// one position).
+pub fn positions_per_chunk(batch: usize, vocab: usize) -> usize {
+    (CHUNK_ELEMENTS / (batch.max(1) * vocab.max(1))).max(1)
+}
+
+/// `log softmax(logits)` at `targets` and the entropy of each position's distribution, from
+/// the log-sum-exp, without a second full-vocabulary log-probability tensor (TRL's
+/// `selective_log_softmax`). `logits` is `[batch, positions, vocab]`, `targets`
+/// `[batch, positions, 1]`; both results are `[batch, positions]`.
+pub fn selected_log_softmax(logits: Tensor<3>, targets: Tensor<3, Int>) -> (Tensor<2>, Tensor<2>) {
+    let [batch, positions, _] = logits.dims();
+    // The shift only steadies exp; its gradient cancels, so it is taken out of the graph.
+    let shift = logits.clone().max_dim(2).detach();
+    let shifted = logits.clone() - shift.clone();
+    let log_norm = shifted.clone().exp().sum_dim(2).log() + shift;
+    let chosen = logits.clone().gather(2, targets) - log_norm.clone();
+    let probabilities = (logits.clone() - log_norm.clone()).exp();
+    let entropy = log_norm - (probabilities * logits).sum_dim(2);
+    (
+        chosen.reshape([batch, positions]),
+        entropy.reshape([batch, positions]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::log_softmax;
+
+    use super::*;
+    use crate::Gemma3Config;
+    use crate::device::on_every_test_device;
+
+    #[test]
+    fn selected_log_softmax_matches_the_full_one() {
+        on_every_test_device(|_, device| {
+            let logits = Tensor::<3>::from_data(
+                TensorData::new(
+                    (0..2 * 3 * 7)
+                        .map(|i| ((i * 37 % 11) as f32 - 5.0) * 3.0)
+                        .collect::<Vec<_>>(),
+                    [2, 3, 7],
+                ),
+                device,
+            );
+            let targets = Tensor::<3, Int>::from_data(
+                TensorData::new(vec![0i64, 6, 3, 2, 5, 1], [2, 3, 1]),
+                device,
+            );
+            let (chosen, entropy) = selected_log_softmax(logits.clone(), targets.clone());
+            let logp = log_softmax(logits, 2);
+            let expected = logp.clone().gather(2, targets).reshape([2, 3]);
+            let expected_entropy = (logp.clone().exp() * logp).sum_dim(2).reshape([2, 3]).neg();
+            let close = |a: Tensor<2>, b: Tensor<2>| {
+                let diff: f32 = (a - b).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-5, "{diff}");
+            };
+            close(chosen, expected);
+            close(entropy, expected_entropy);
+        });
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_the_chunk_size() {
+        on_every_test_device(|_, device| {
+            let config = Gemma3Config::preset("tiny").unwrap();
+            let model = Gemma3ForConditionalGeneration::seeded(&config, 3, device);
+            let (a, b) = ([5u32, 9, 12, 4], [5u32, 7]);
+            let rows = [
+                ScoringRow {
+                    prompt: &a,
+                    image_block: None,
+                    completion: &[3, 8, 2, 11, 6],
+                },
+                ScoringRow {
+                    prompt: &b,
+                    image_block: None,
+                    completion: &[14, 1],
+                },
+            ];
+            let whole = score_in_chunks(&model, &rows, None, 0.8, 64, device);
+            let single = score_in_chunks(&model, &rows, None, 0.8, 1, device);
+            let uneven = score_in_chunks(&model, &rows, None, 0.8, 2, device);
+            for other in [single, uneven] {
+                let diff: f32 = (other.logprobs - whole.logprobs.clone())
+                    .abs()
+                    .max()
+                    .into_scalar::<f32>();
+                assert!(diff < 1e-6, "{diff}");
+                let diff: f32 = (other.entropies - whole.entropies.clone())
+                    .abs()
+                    .max()
+                    .into_scalar::<f32>();
+                assert!(diff < 1e-6, "{diff}");
+            }
+        });
+        // MedGemma's vocabulary at GRPO's 16 rows: 3 positions a chunk, under 64 MiB of logits.
+        assert_eq!(positions_per_chunk(16, 262_208), 3);
+        assert!(positions_per_chunk(16, 262_208) * 16 * 262_208 <= CHUNK_ELEMENTS);
+        assert_eq!(positions_per_chunk(1, 10), CHUNK_ELEMENTS / 10);
     }
 }

@@ -30,7 +30,9 @@ use super::optim::OptimizerConfig;
 use super::records::{GrpoSampleRecord, GrpoStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
-use super::{Example, Policy, ensure, ensure_learning_rate, step_seed, validate_lora};
+use super::{
+    Example, Policy, ensure, ensure_learning_rate, step_seed, training_device, validate_lora,
+};
 use crate::error::{Error, Result};
 use crate::evaluation::{AnswerSettings, answer_images, chexpert_scores};
 
@@ -100,6 +102,11 @@ pub struct GrpoConfig {
     /// preemptible or time-limited machines); the schedule still spans `steps`.
     #[serde(default)]
     pub stop_after_steps: Option<usize>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// balanced gradient checkpointing: less memory, some recomputation). Unset: on for GPUs,
+    /// off for CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_checkpointing: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -140,6 +147,25 @@ impl GrpoConfig {
             seed: 0,
             rewards: vec![WeightedReward::new("hard", 1.0)],
             stop_after_steps: None,
+            gradient_checkpointing: None,
+        }
+    }
+
+    /// How a step's rollouts are learned from, with `loss` ([`Self::loss_config`]) and the
+    /// learning rate of each of the μ updates.
+    pub fn update_settings<'a>(
+        &self,
+        loss: &'a GrpoLossConfig,
+        learning_rates: &'a [f64],
+    ) -> UpdateSettings<'a> {
+        UpdateSettings {
+            loss,
+            temperature: self.sampling.temperature,
+            scale_rewards: self.scale_rewards,
+            mask_truncated_completions: self.mask_truncated_completions,
+            max_grad_norm: self.max_grad_norm,
+            learning_rates,
+            micro_batch: self.micro_batch,
         }
     }
 
@@ -298,7 +324,7 @@ pub fn train_grpo_with(
             name: e.name,
             known: e.known,
         })?;
-    let ad = device.clone().autodiff();
+    let ad = training_device(device, config.gradient_checkpointing);
     let start_model = policy.model.valid();
     let model = training_model(policy.model.clone(), config, device);
     let opened = Stage::open(
@@ -330,15 +356,7 @@ pub fn train_grpo_with(
         let learning_rates: Vec<f64> = (0..config.mu)
             .map(|i| schedule.at(step * config.mu + i))
             .collect();
-        let settings = UpdateSettings {
-            loss: &loss,
-            temperature: config.sampling.temperature,
-            scale_rewards: config.scale_rewards,
-            mask_truncated_completions: config.mask_truncated_completions,
-            max_grad_norm: config.max_grad_norm,
-            learning_rates: &learning_rates,
-            micro_batch: config.micro_batch,
-        };
+        let settings = config.update_settings(&loss, &learning_rates);
         let (updated, updates) = update::update(
             model,
             &mut optimizer,
@@ -421,21 +439,25 @@ pub fn training_model(
     config: &GrpoConfig,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
-    let ad = device.clone().autodiff();
-    let mut model = model.to_device(&ad).train();
+    // Freezing and adapters first, the move last: freezing a tensor already on the
+    // checkpointing device would put it back on burn's default (non-checkpointing) one, and
+    // burn refuses to mix the two in one operation.
+    let mut model = model.to_device(device);
     model.model.vision_tower = model.model.vision_tower.freeze();
     if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, config.seed, &ad);
+        model = apply_lora(model, lora, config.seed, device);
     }
     if config.disable_dropout {
         model = set_lora_dropout(model, 0.0);
     }
     model
+        .to_device(&training_device(device, config.gradient_checkpointing))
+        .train()
 }
 
 /// What the rewards may know about the pool: each label's prevalence (the nuanced reward
 /// weighs false positives by it).
-fn reward_init(pool: &[Example], context: &RewardContext) -> RewardInit {
+pub(crate) fn reward_init(pool: &[Example], context: &RewardContext) -> RewardInit {
     let mut frequencies = vec![0.0; CHEXPERT_LABELS.len()];
     for example in pool {
         for i in example.truth(&context.vocabulary) {

@@ -202,7 +202,12 @@ pub fn update(
     if rows == 0 {
         return Ok((model, Vec::new()));
     }
-    let ad = device.clone().autodiff();
+    // The model's own device: the autodiff twin (with its checkpointing strategy) it was put on.
+    let ad = model
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| device.clone().autodiff());
     let rewards: Vec<f32> = batch.rows.iter().map(|r| r.reward as f32).collect();
     let advantages = group_advantages(
         Tensor::<1>::from_data(TensorData::new(rewards, [rows]), &ad),

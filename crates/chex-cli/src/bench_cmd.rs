@@ -1,0 +1,62 @@
+//! `chex bench`: the throughput harness, one JSON line per figure.
+
+use chex_grpo::bench::{BenchConfig, BenchShape, Figure, run_bench};
+use clap::Args;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model preset: tiny, small or medgemma-4b (random weights of that shape).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Device: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Figures to measure, comma-separated: rollout, score, grpo-step, trl-cpu-step.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rollout,score,grpo-step,trl-cpu-step"
+    )]
+    figures: Vec<Figure>,
+    /// Timed repetitions of each figure after one warm-up (the median is printed).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeats: u64,
+    /// New tokens per completion (GRPO's max_completion_length in the step figures).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    new_tokens: u64,
+    /// Seed of the weights, inputs and sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Gradient checkpointing in the scoring and GRPO figures: true or false (default: on
+    /// for GPUs, as in training).
+    #[arg(long)]
+    gradient_checkpointing: Option<bool>,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let shape = BenchShape {
+        repeats: args.repeats as usize,
+        new_tokens: args.new_tokens as usize,
+        ..BenchShape::peer()
+    };
+    let config = BenchConfig {
+        preset: args.preset,
+        device: args.device,
+        figures: args.figures,
+        shape,
+        seed: args.seed,
+        gradient_checkpointing: args.gradient_checkpointing,
+    };
+    let mut failed = None;
+    run_bench(
+        &config,
+        &mut |measurement| match serde_json::to_string(measurement) {
+            Ok(line) => println!("{line}"),
+            Err(e) => failed = Some(e),
+        },
+    )?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,512 @@
+//! The throughput harness behind `chex bench`: rollout generation, LoRA scoring forward and
+//! backward, and whole GRPO steps, at the shapes the Python peers measure
+//! (`../shared/peer/hf_gpu_baseline.py`, `trl_grpo_baseline.py`), on any preset and device.
+//! Each figure is one [`Measurement`], printed as a JSON line beside the peers' lines.
+//!
+//! Weights are the preset's random initialisation: speed and memory do not depend on their
+//! values, and no download is needed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chex_data::PreparedImage;
+use chex_model::burn::module::Module;
+use chex_model::burn::tensor::{Device, Distribution, Tensor};
+use chex_model::generation::{GenerationConfig, generate};
+use chex_model::lora::{LoraConfig, apply_lora};
+use chex_model::prompt::EncodedPrompt;
+use chex_model::sampling::SamplingConfig;
+use chex_model::scoring::{ScoringRow, score_completions};
+use chex_model::vlm::ImageInputs;
+use chex_model::{DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+use chex_objective::LossType;
+use chex_rewards::{RewardContext, RewardRegistry};
+use serde::Serialize;
+
+use crate::corpus::preset_tokenizer;
+use crate::error::{Error, Result};
+use crate::prompts::PromptVariant;
+use crate::training::grpo::{Reference, rollout, training_model, update};
+use crate::training::{Example, GrpoConfig, Policy, training_device};
+
+/// One figure the harness can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Figure {
+    /// Sampled generation: `rollout_prompts × samples` rows, `new_tokens` each, no early stop.
+    Rollout,
+    /// LoRA r16 scoring forward + backward of `score_prompts × samples` rows × `new_tokens`.
+    Score,
+    /// A whole GRPO step at ChexReason's settings (4 prompts × G 4, LoRA r16, β 0.15, dr_grpo).
+    GrpoStep,
+    /// A GRPO step at the shape of TRL's CPU baseline: 2 prompts × 4, full fine-tuning.
+    TrlCpuStep,
+}
+
+impl Figure {
+    /// Every figure, in the order they are measured.
+    pub const ALL: [Figure; 4] = [Self::Rollout, Self::Score, Self::GrpoStep, Self::TrlCpuStep];
+}
+
+impl std::str::FromStr for Figure {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "rollout" => Ok(Self::Rollout),
+            "score" => Ok(Self::Score),
+            "grpo-step" => Ok(Self::GrpoStep),
+            "trl-cpu-step" => Ok(Self::TrlCpuStep),
+            other => Err(Error::setting(
+                "figure",
+                format!("unknown figure `{other}` (rollout, score, grpo-step, trl-cpu-step)"),
+            )),
+        }
+    }
+}
+
+/// The sizes every figure uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchShape {
+    /// Prompts of a rollout (each with `samples` completions).
+    pub rollout_prompts: usize,
+    /// Completions per prompt in the rollout and scoring figures.
+    pub samples: usize,
+    /// Text tokens around each prompt's image block.
+    pub text_tokens: usize,
+    /// New tokens per completion (rollout and scoring) and GRPO's `max_completion_length`.
+    pub new_tokens: usize,
+    /// Prompts scored (each × `samples` rows).
+    pub score_prompts: usize,
+    /// Timed repetitions of each figure after one untimed warm-up; the median is reported.
+    pub repeats: usize,
+}
+
+impl BenchShape {
+    /// The peers' shapes: 8 prompts × 4 samples × 128 new tokens, 24 text tokens, 2 prompts
+    /// scored (8 rows), 3 repetitions.
+    pub fn peer() -> Self {
+        Self {
+            rollout_prompts: 8,
+            samples: 4,
+            text_tokens: 24,
+            new_tokens: 128,
+            score_prompts: 2,
+            repeats: 3,
+        }
+    }
+}
+
+/// What to measure, where.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Model preset (`tiny`, `small`, `medgemma-4b`).
+    pub preset: String,
+    /// Device (`cpu`, `tch-cpu`, `tch-cuda:0`, …).
+    pub device: String,
+    pub figures: Vec<Figure>,
+    pub shape: BenchShape,
+    /// Seed of the weights, the inputs and the sampling.
+    pub seed: u64,
+    /// Gradient checkpointing in the scoring and GRPO figures (`None`: the trainers' default,
+    /// on for GPUs).
+    pub gradient_checkpointing: Option<bool>,
+}
+
+/// One measured figure, as `chex bench` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    pub figure: Figure,
+    pub preset: String,
+    pub device: String,
+    /// Weights and activations (f32 on every backend today).
+    pub dtype: &'static str,
+    /// Whether backward passes recomputed activations (scoring and GRPO figures).
+    pub gradient_checkpointing: bool,
+    /// Rows (sequences) in the batch.
+    pub rows: usize,
+    /// Completion tokens per row (at most, for GRPO steps).
+    pub new_tokens: usize,
+    /// Median seconds of one repetition (a step, for GRPO figures).
+    pub seconds: f64,
+    /// Completion tokens generated or scored per second (for GRPO steps: sampled tokens).
+    pub tokens_per_s: f64,
+    /// Peak memory while the figure ran, in GiB, when it can be read.
+    pub peak_memory_gib: Option<f64>,
+    /// What the peak is: `host peak RSS` or `nvidia-smi used`.
+    pub memory: &'static str,
+    pub repeats: usize,
+}
+
+/// Measure every figure of `config`, handing each to `emit` as soon as it is done.
+pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Result<()> {
+    if config.shape.repeats == 0
+        || config.shape.new_tokens == 0
+        || config.shape.samples == 0
+        || config.shape.rollout_prompts == 0
+        || config.shape.score_prompts == 0
+    {
+        return Err(Error::setting(
+            "bench",
+            "repeats, new tokens, samples and prompts must be positive",
+        ));
+    }
+    let choice: DeviceChoice = config.device.parse()?;
+    let device = select_device(&config.device)?;
+    device.seed(config.seed);
+    let model_config = Gemma3Config::preset(&config.preset)?;
+    for &figure in &config.figures {
+        let probe = MemoryProbe::start(choice);
+        let (rows, new_tokens, seconds, tokens) = match figure {
+            Figure::Rollout => rollout_figure(&model_config, config, &device)?,
+            Figure::Score => score_figure(&model_config, config, &device)?,
+            Figure::GrpoStep | Figure::TrlCpuStep => {
+                grpo_step_figure(&model_config, config, figure, &device)?
+            }
+        };
+        let (peak_memory_gib, memory) = probe.finish();
+        emit(&Measurement {
+            figure,
+            preset: config.preset.clone(),
+            device: config.device.clone(),
+            dtype: "f32",
+            gradient_checkpointing: figure != Figure::Rollout
+                && config
+                    .gradient_checkpointing
+                    .unwrap_or_else(|| chex_model::device::is_accelerator(&device)),
+            rows,
+            new_tokens,
+            seconds,
+            tokens_per_s: tokens / seconds,
+            peak_memory_gib,
+            memory,
+            repeats: config.shape.repeats,
+        });
+    }
+    Ok(())
+}
+
+/// The median of timed runs of `work` after one untimed warm-up; `work` returns the tokens
+/// it handled, averaged over the timed runs.
+fn timed(repeats: usize, mut work: impl FnMut() -> Result<usize>) -> Result<(f64, f64)> {
+    work()?;
+    let mut seconds = Vec::with_capacity(repeats);
+    let mut tokens = 0usize;
+    for _ in 0..repeats {
+        let started = Instant::now();
+        tokens += work()?;
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    Ok((seconds[seconds.len() / 2], tokens as f64 / repeats as f64))
+}
+
+/// Prompts of `text` tokens with the image block after the fourth, as the peer builds them.
+fn image_prompts(config: &Gemma3Config, prompts: usize, text: usize) -> Vec<EncodedPrompt> {
+    let mm = config.mm_tokens_per_image;
+    let vocab = config.text_config.vocab_size as u32;
+    let lead = text.min(4);
+    (0..prompts)
+        .map(|p| {
+            let words: Vec<u32> = (0..text)
+                .map(|i| (20 + ((p * 31 + i * 7) % 1000) as u32) % vocab)
+                .collect();
+            let mut ids = words[..lead].to_vec();
+            ids.extend(std::iter::repeat_n(config.image_token_index, mm));
+            ids.extend_from_slice(&words[lead..]);
+            EncodedPrompt {
+                ids,
+                image_block: Some(lead..lead + mm),
+            }
+        })
+        .collect()
+}
+
+fn random_pixels(config: &Gemma3Config, images: usize, device: &Device) -> Tensor<4> {
+    let side = config.vision_config.image_size;
+    Tensor::<4>::random(
+        [images, 3, side, side],
+        Distribution::Uniform(-1.0, 1.0),
+        device,
+    )
+}
+
+fn rollout_figure(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    device: &Device,
+) -> Result<(usize, usize, f64, f64)> {
+    let shape = &config.shape;
+    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device);
+    let prompts = image_prompts(model_config, shape.rollout_prompts, shape.text_tokens);
+    let pixels = random_pixels(model_config, shape.rollout_prompts, device);
+    let generation = GenerationConfig {
+        max_new_tokens: shape.new_tokens,
+        samples_per_prompt: shape.samples,
+        sampling: SamplingConfig::chexreason(),
+        stop_tokens: Vec::new(),
+        seed: config.seed,
+        use_cache: true,
+    };
+    let (seconds, tokens) = timed(shape.repeats, || {
+        let completions = generate(&model, &prompts, Some(pixels.clone()), &generation, device)?;
+        Ok(completions.iter().map(|c| c.tokens.len()).sum())
+    })?;
+    Ok((
+        shape.rollout_prompts * shape.samples,
+        shape.new_tokens,
+        seconds,
+        tokens,
+    ))
+}
+
+fn score_figure(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    device: &Device,
+) -> Result<(usize, usize, f64, f64)> {
+    let shape = &config.shape;
+    let ad = training_device(device, config.gradient_checkpointing);
+    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, &ad);
+    let model = apply_lora(model, &LoraConfig::chexreason(), config.seed, &ad);
+    let prompts = image_prompts(model_config, shape.score_prompts, shape.text_tokens);
+    let pixels = random_pixels(model_config, shape.score_prompts, &ad);
+    let vocab = model_config.text_config.vocab_size as u32;
+    let completion: Vec<u32> = (0..shape.new_tokens as u32)
+        .map(|i| (30 + i) % vocab)
+        .collect();
+    let rows: Vec<ScoringRow> = (0..shape.score_prompts * shape.samples)
+        .map(|r| ScoringRow {
+            prompt: &prompts[r / shape.samples].ids,
+            image_block: prompts[r / shape.samples].image_block.as_ref(),
+            completion: &completion,
+        })
+        .collect();
+    let image_of_row: Vec<usize> = (0..rows.len()).map(|r| r / shape.samples).collect();
+    let (seconds, tokens) = timed(shape.repeats, || {
+        let features = model.encode_images(pixels.clone())?;
+        let scores = score_completions(
+            &model,
+            &rows,
+            Some(ImageInputs {
+                features: &features,
+                image_of_row: &image_of_row,
+            }),
+            SamplingConfig::chexreason().temperature,
+            &ad,
+        );
+        // Reading one value waits for the backward pass on asynchronous devices.
+        let gradients = scores.logprobs.sum().backward();
+        drop(gradients);
+        Ok(rows.len() * completion.len())
+    })?;
+    Ok((rows.len(), shape.new_tokens, seconds, tokens))
+}
+
+/// The GRPO settings of a step figure: ChexReason's (LoRA r16, β 0.15, dr_grpo, 4 prompts ×
+/// G 4), or TRL's CPU baseline's (2 prompts × 4, every weight trained, learning rate 1e-5).
+pub fn step_config(figure: Figure, new_tokens: usize, seed: u64) -> GrpoConfig {
+    let mut config = GrpoConfig::chexreason();
+    config.max_completion_length = new_tokens;
+    config.seed = seed;
+    config.loss.loss_type = LossType::DrGrpo;
+    config.loss.beta = 0.15;
+    if figure == Figure::TrlCpuStep {
+        config.lora = None;
+        config.prompts_per_step = 2;
+        config.group_size = 4;
+    }
+    config
+}
+
+fn grpo_step_figure(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    figure: Figure,
+    device: &Device,
+) -> Result<(usize, usize, f64, f64)> {
+    let shape = &config.shape;
+    let mut grpo = step_config(figure, shape.new_tokens, config.seed);
+    grpo.gradient_checkpointing = config.gradient_checkpointing;
+    let registry = RewardRegistry::builtin();
+    grpo.validate(&registry)?;
+    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device);
+    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+    let mut policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
+    let side = model_config.vision_config.image_size as u32;
+    let pool: Vec<Example> = (0..16)
+        .map(|i| Example {
+            path: format!("bench-{i}.png").into(),
+            image: Arc::new(PreparedImage {
+                size: side,
+                pixels: (0..side * side)
+                    .map(|p| ((p as usize * 7 + i * 13) % 255) as f32 / 127.5 - 1.0)
+                    .collect(),
+            }),
+            labels: vec![chex_data::CHEXPERT_LABELS[1 + i % 13].to_string()],
+            reasoning: None,
+        })
+        .collect();
+    let context = RewardContext::default();
+    let mut rewards = registry
+        .build(
+            &grpo.rewards,
+            &crate::training::grpo::reward_init(&pool, &context),
+        )
+        .map_err(|e| Error::UnknownReward {
+            name: e.name,
+            known: e.known,
+        })?;
+    let start_model = policy.model.valid();
+    let mut model = training_model(policy.model.clone(), &grpo, device);
+    let mut optimizer = grpo.optimizer.init();
+    let loss = grpo.loss_config();
+    let learning_rates = [grpo.learning_rate];
+    let settings = grpo.update_settings(&loss, &learning_rates);
+    let reference = match grpo.lora {
+        Some(_) => Reference::WithoutAdapters,
+        None => Reference::Frozen(&start_model),
+    };
+    let mut step = 0;
+    let (seconds, tokens) = timed(shape.repeats, || {
+        policy.model = model.valid();
+        let batch = rollout::rollout(&policy, &pool, &mut rewards, &grpo, step, &context, device)?;
+        let tokens = batch.rows.iter().map(|r| r.completion.len()).sum();
+        let (updated, _) = update::update(
+            model.clone(),
+            &mut optimizer,
+            &batch,
+            &settings,
+            reference,
+            device,
+            &mut |_, _, _| {},
+        )?;
+        model = updated;
+        step += 1;
+        Ok(tokens)
+    })?;
+    Ok((
+        grpo.prompts_per_step * grpo.group_size,
+        shape.new_tokens,
+        seconds,
+        tokens,
+    ))
+}
+
+/// Peak memory while a figure runs: the host's peak resident set on CPU backends (reset when
+/// the figure starts), the GPU's used memory polled through `nvidia-smi` on CUDA ones.
+struct MemoryProbe {
+    kind: MemoryKind,
+}
+
+enum MemoryKind {
+    Host,
+    Gpu {
+        stop: std::sync::mpsc::Sender<()>,
+        poller: std::thread::JoinHandle<Option<f64>>,
+    },
+}
+
+impl MemoryProbe {
+    fn start(device: DeviceChoice) -> Self {
+        let kind = match device {
+            DeviceChoice::TchCuda(index) | DeviceChoice::Cuda(index) => {
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
+                let poller = std::thread::spawn(move || {
+                    let mut peak: Option<f64> = None;
+                    loop {
+                        if let Some(mib) = gpu_used_mib(index) {
+                            peak = Some(peak.map_or(mib, |p: f64| p.max(mib)));
+                        }
+                        if stopped
+                            .recv_timeout(std::time::Duration::from_millis(100))
+                            .is_ok()
+                        {
+                            return peak.map(|mib| mib / 1024.0);
+                        }
+                    }
+                });
+                MemoryKind::Gpu { stop, poller }
+            }
+            _ => {
+                // Writing 5 resets the peak resident set (Linux ≥ 4.0); elsewhere the peak
+                // is the process's so far.
+                let _ = std::fs::write("/proc/self/clear_refs", "5");
+                MemoryKind::Host
+            }
+        };
+        Self { kind }
+    }
+
+    fn finish(self) -> (Option<f64>, &'static str) {
+        match self.kind {
+            MemoryKind::Host => (host_peak_gib(), "host peak RSS"),
+            MemoryKind::Gpu { stop, poller } => {
+                let _ = stop.send(());
+                (poller.join().ok().flatten(), "nvidia-smi used")
+            }
+        }
+    }
+}
+
+fn host_peak_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+fn gpu_used_mib(index: usize) -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.used",
+            "--format=csv,noheader,nounits",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_figure_measures_the_tiny_preset() {
+        let config = BenchConfig {
+            preset: "tiny".into(),
+            device: "cpu".into(),
+            figures: Figure::ALL.to_vec(),
+            shape: BenchShape {
+                rollout_prompts: 2,
+                samples: 2,
+                text_tokens: 6,
+                new_tokens: 4,
+                score_prompts: 1,
+                repeats: 1,
+            },
+            seed: 1,
+            gradient_checkpointing: Some(true),
+        };
+        let mut seen = Vec::new();
+        run_bench(&config, &mut |m| seen.push(m.clone())).unwrap();
+        assert_eq!(
+            seen.iter().map(|m| m.figure).collect::<Vec<_>>(),
+            Figure::ALL
+        );
+        let rollout = &seen[0];
+        assert_eq!((rollout.rows, rollout.new_tokens), (4, 4));
+        // No stop tokens: every row generates all its tokens.
+        assert!((rollout.tokens_per_s * rollout.seconds - 16.0).abs() < 1e-6);
+        assert_eq!((seen[2].rows, seen[3].rows), (16, 8));
+        assert!(!seen[0].gradient_checkpointing && seen[1].gradient_checkpointing);
+        for m in &seen {
+            assert!(m.seconds > 0.0 && m.tokens_per_s > 0.0, "{m:?}");
+            if cfg!(target_os = "linux") {
+                assert!(m.peak_memory_gib.is_some_and(|g| g > 0.0), "{m:?}");
+            }
+            let line = serde_json::to_string(m).unwrap();
+            assert!(line.contains("\"figure\":\""), "{line}");
+        }
+    }
+}
