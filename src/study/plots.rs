@@ -100,6 +100,11 @@ pub fn rolling_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The share of a panel's plotting height its legend takes: about 8% a row plus the frame.
+fn legend_share(rows: usize) -> f64 {
+    (0.06 + 0.08 * rows as f64).min(0.6)
+}
+
 /// Panels side by side in rows of `columns`, each with its own axes and legend.
 pub fn line_panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Result<()> {
     fonts();
@@ -115,7 +120,12 @@ pub fn line_panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -
     for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
         let points = || panel.series.iter().flat_map(|(_, p)| p.iter());
         let (x0, x1) = range(points().map(|p| p.0));
-        let (y0, y1) = range(points().map(|p| p.1));
+        let (y0, mut y1) = range(points().map(|p| p.1));
+        if panel.series.len() > 1 {
+            // Headroom above the data for the legend, which otherwise hides the curves' ends.
+            let share = legend_share(panel.series.len());
+            y1 += (y1 - y0) * share / (1.0 - share);
+        }
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 16))
             .margin(8)
@@ -154,6 +164,7 @@ pub fn line_panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -
         if panel.series.len() > 1 {
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.3))
                 .label_font(("sans-serif", 12))
