@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use burn::tensor::{Distribution, Tensor};
+use chex_grpo::bench::image_prompts;
 use chex_grpo::model::generation::{GenerationConfig, generate};
-use chex_grpo::model::prompt::EncodedPrompt;
 use chex_grpo::model::sampling::SamplingConfig;
 use chex_grpo::model::scoring::{ScoringRow, score_completions};
 use chex_grpo::model::vlm::ImageInputs;
@@ -19,24 +19,6 @@ const PROMPTS: usize = 8;
 const SAMPLES: usize = 4;
 const NEW_TOKENS: usize = 128;
 
-fn prompts(config: &Gemma3Config) -> Vec<EncodedPrompt> {
-    let mm = config.mm_tokens_per_image;
-    (0..PROMPTS)
-        .map(|p| {
-            let text: Vec<u32> = (0..24)
-                .map(|i| 20 + ((p * 31 + i * 7) % 1000) as u32)
-                .collect();
-            let mut ids = text[..4].to_vec();
-            ids.extend(std::iter::repeat_n(config.image_token_index, mm));
-            ids.extend_from_slice(&text[4..]);
-            EncodedPrompt {
-                ids,
-                image_block: Some(4..4 + mm),
-            }
-        })
-        .collect()
-}
-
 fn bench_preset(c: &mut Criterion, preset: &str) {
     // burn's own default prefers libtorch over flex when both are compiled; name the device.
     let spec = std::env::var("CHEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
@@ -44,7 +26,7 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
     device.seed(0);
     let config = Gemma3Config::preset(preset).unwrap();
     let model = Gemma3ForConditionalGeneration::new(&config, &device);
-    let prompts = prompts(&config);
+    let prompts = image_prompts(&config, PROMPTS, 24);
     let side = config.vision_config.image_size;
     let pixels = Tensor::<4>::random(
         [PROMPTS, 3, side, side],

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chex_data::PreparedImage;
-use chex_model::burn::module::Module;
 use chex_model::burn::tensor::{Device, Distribution, Tensor};
 use chex_model::generation::{GenerationConfig, generate};
 use chex_model::lora::{LoraConfig, apply_lora};
@@ -20,14 +19,15 @@ use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
 use chex_model::{DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
 use chex_objective::LossType;
-use chex_rewards::{RewardContext, RewardRegistry};
+use chex_rewards::RewardRegistry;
 use serde::Serialize;
 
 use crate::corpus::preset_tokenizer;
 use crate::error::{Error, Result};
 use crate::prompts::PromptVariant;
-use crate::training::grpo::{Reference, rollout, training_model, update};
-use crate::training::{Example, GrpoConfig, Policy, training_device};
+use crate::training::log::read_jsonl;
+use crate::training::records::GrpoStepRecord;
+use crate::training::{Example, GrpoConfig, Policy, train_grpo_with, training_device};
 
 /// One figure the harness can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,8 +200,9 @@ fn timed(repeats: usize, mut work: impl FnMut() -> Result<usize>) -> Result<(f64
     Ok((seconds[seconds.len() / 2], tokens as f64 / repeats as f64))
 }
 
-/// Prompts of `text` tokens with the image block after the fourth, as the peer builds them.
-fn image_prompts(config: &Gemma3Config, prompts: usize, text: usize) -> Vec<EncodedPrompt> {
+/// `prompts` prompts of `text` tokens with the image block after the fourth, as the peer builds
+/// them (also what `benches/generation.rs` feeds).
+pub fn image_prompts(config: &Gemma3Config, prompts: usize, text: usize) -> Vec<EncodedPrompt> {
     let mm = config.mm_tokens_per_image;
     let vocab = config.text_config.vocab_size as u32;
     let lead = text.min(4);
@@ -331,7 +332,7 @@ fn grpo_step_figure(
     grpo.validate(&registry)?;
     let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device);
     let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
-    let mut policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
+    let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
     let side = model_config.vision_config.image_size as u32;
     let pool: Vec<Example> = (0..16)
         .map(|i| Example {
@@ -346,50 +347,39 @@ fn grpo_step_figure(
             reasoning: None,
         })
         .collect();
-    let context = RewardContext::default();
-    let mut rewards = registry
-        .build(
-            &grpo.rewards,
-            &crate::training::grpo::reward_init(&pool, &context),
-        )
-        .map_err(|e| Error::UnknownReward {
-            name: e.name,
-            known: e.known,
-        })?;
-    let start_model = policy.model.valid();
-    let mut model = training_model(policy.model.clone(), &grpo, device);
-    let mut optimizer = grpo.optimizer.init();
-    let loss = grpo.loss_config();
-    let learning_rates = [grpo.learning_rate];
-    let settings = grpo.update_settings(&loss, &learning_rates);
-    let reference = match grpo.lora {
-        Some(_) => Reference::WithoutAdapters,
-        None => Reference::Frozen(&start_model),
-    };
-    let mut step = 0;
-    let (seconds, tokens) = timed(shape.repeats, || {
-        policy.model = model.valid();
-        let batch = rollout::rollout(&policy, &pool, &mut rewards, &grpo, step, &context, device)?;
-        let tokens = batch.rows.iter().map(|r| r.completion.len()).sum();
-        let (updated, _) = update::update(
-            model.clone(),
-            &mut optimizer,
-            &batch,
-            &settings,
-            reference,
-            device,
-            &mut |_, _, _| {},
-        )?;
-        model = updated;
-        step += 1;
-        Ok(tokens)
-    })?;
-    Ok((
-        grpo.prompts_per_step * grpo.group_size,
-        shape.new_tokens,
-        seconds,
-        tokens,
-    ))
+    // The trainer itself, so the figure is what a training step costs: one warm-up step, then
+    // the timed ones (its own per-step wall time, rollout and update, before any saving);
+    // nothing validated or sampled on the way.
+    grpo.steps = shape.repeats + 1;
+    grpo.eval_every = 0;
+    grpo.sample_every = 0;
+    let out = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    train_grpo_with(
+        policy,
+        &pool,
+        &[],
+        &grpo,
+        &registry,
+        out.path(),
+        false,
+        device,
+    )?;
+    let log = out.path().join("grpo_log.jsonl");
+    let records: Vec<GrpoStepRecord> = read_jsonl(&log)?;
+    let rows = grpo.prompts_per_step * grpo.group_size;
+    let timed = records.get(1..).unwrap_or_default();
+    let mut seconds: Vec<f64> = timed.iter().map(|r| r.step_time).collect();
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds
+        .get(seconds.len() / 2)
+        .copied()
+        .ok_or_else(|| Error::setting("bench", format!("{} holds no timed step", log.display())))?;
+    let tokens = timed
+        .iter()
+        .map(|r| r.completions_mean_length * rows as f64)
+        .sum::<f64>()
+        / timed.len() as f64;
+    Ok((rows, shape.new_tokens, median, tokens))
 }
 
 /// Peak memory while a figure runs: the host's peak resident set on CPU backends (reset when

@@ -25,8 +25,11 @@ use crate::training::checkpoint::load_checkpoint_model;
 use crate::training::{Policy, train_grpo_with, train_sft};
 use chex_rewards::RewardRegistry;
 
-/// The device a configuration names, seeded with the study's seed.
+/// The device a configuration names, seeded with the study's seed; a model and batch sizes that
+/// cannot fit it are refused here, before any data is read or model built (every stage starts
+/// by choosing its device).
 pub fn study_device(config: &StudyConfig) -> Result<Device> {
+    ensure_fits(config)?;
     let device = select_device(&config.device)?;
     device.seed(config.seed);
     Ok(device)
@@ -81,9 +84,7 @@ pub fn ensure_fits(config: &StudyConfig) -> Result<()> {
 }
 
 /// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed.
-/// A model and batch sizes that cannot fit the machine are refused before anything is built.
 pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
-    ensure_fits(config)?;
     let (model, tokenizer) = match &config.model.pretrained {
         Some(dir) => (
             from_pretrained(dir, device)?,
@@ -186,7 +187,6 @@ pub fn load_data(config: &StudyConfig) -> Result<StudyData> {
 /// What every stage starts from: the seeded device, the resolved configuration saved in the
 /// output folder, and the data.
 pub fn open_study(config: &StudyConfig) -> Result<(Device, StudyData)> {
-    ensure_fits(config)?;
     let device = study_device(config)?;
     save_config(config)?;
     Ok((device, load_data(config)?))

@@ -8,7 +8,10 @@
 //! policy updates on it) that returns [`UpdateStats`](grpo::UpdateStats), then logging and
 //! validation through the stage — the phases of TRL's `GRPOTrainer`.
 
+use chex_model::Gemma3ForConditionalGeneration;
+use chex_model::burn::module::Module;
 use chex_model::burn::tensor::Device;
+use chex_model::lora::{LoraConfig, apply_lora};
 
 pub mod checkpoint;
 pub mod examples;
@@ -72,6 +75,41 @@ pub(crate) fn validate_lora(
         &format!("{section}.dropout"),
         format!("must lie in [0, 1), got {}", lora.dropout),
     )
+}
+
+/// `model` made trainable on [`training_device`]: the vision tower frozen when asked, fresh
+/// adapters attached when `lora` is given, then moved, in training mode. Freezing and adapters
+/// come before the move: freezing a tensor already on the checkpointing device would put it
+/// back on burn's default (non-checkpointing) one, and burn refuses to mix the two in one
+/// operation.
+pub fn trainable_model(
+    model: Gemma3ForConditionalGeneration,
+    freeze_vision: bool,
+    lora: Option<&LoraConfig>,
+    seed: u64,
+    gradient_checkpointing: Option<bool>,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
+    let mut model = model.to_device(device);
+    if freeze_vision {
+        model.model.vision_tower = model.model.vision_tower.freeze();
+    }
+    if let Some(lora) = lora {
+        model = apply_lora(model, lora, seed, device);
+    }
+    model
+        .to_device(&training_device(device, gradient_checkpointing))
+        .train()
+}
+
+/// The device `model`'s parameters live on: for a trainable model, its autodiff twin with the
+/// checkpointing strategy it was given, which every tensor meeting it must share.
+pub(crate) fn device_of(model: &Gemma3ForConditionalGeneration) -> Device {
+    model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model has parameters")
 }
 
 /// The autodiff twin of `device` that training runs on. With gradient checkpointing (`None`:

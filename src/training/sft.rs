@@ -9,7 +9,7 @@ use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::{GradientsAccumulator, GradientsParams};
 use chex_model::burn::tensor::{Device, Tensor};
-use chex_model::lora::{LoraConfig, apply_lora};
+use chex_model::lora::LoraConfig;
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
 use rand::SeedableRng;
@@ -22,7 +22,8 @@ use super::records::{SftEpochRecord, SftLogRecord, SftStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
 use super::{
-    Example, Policy, ensure, ensure_learning_rate, step_seed, training_device, validate_lora,
+    Example, Policy, device_of, ensure, ensure_learning_rate, step_seed, trainable_model,
+    validate_lora,
 };
 use crate::error::Result;
 use crate::inputs::pixel_batch;
@@ -244,16 +245,15 @@ pub fn train_sft(
         })
         .collect::<Result<_>>()?;
 
-    let ad = training_device(device, config.gradient_checkpointing);
-    // Freezing and adapters before the move to `ad` (see `grpo::training_model`).
-    let mut model = policy.model.clone().to_device(device);
-    if config.freeze_vision {
-        model.model.vision_tower = model.model.vision_tower.freeze();
-    }
-    if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, config.seed, device);
-    }
-    let model = model.to_device(&ad).train();
+    let model = trainable_model(
+        policy.model.clone(),
+        config.freeze_vision,
+        config.lora.as_ref(),
+        config.seed,
+        config.gradient_checkpointing,
+        device,
+    );
+    let ad = device_of(&model);
     let accumulation = config.effective_batch / config.micro_batch;
     let steps_per_epoch = training.len().div_ceil(config.effective_batch);
     let schedule = LrSchedule::new(

@@ -61,6 +61,13 @@ const MINIATURE: [&str; 4] = [
     "data.validation_size=4",
 ];
 
+/// `chex run` on the miniature sites with one more setting.
+fn run_miniature(cwd: &Path, set: &str) -> Outcome {
+    let mut sets = MINIATURE.to_vec();
+    sets.push(set);
+    run_with(cwd, &sets)
+}
+
 fn tiny_cpu() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/tiny-cpu.toml").to_string()
 }
@@ -231,16 +238,7 @@ fn model_folders_that_would_exhaust_memory_or_escape_are_refused() {
     let folder = model_dir("huge", &huge);
     refused(
         "config.json beyond the machine",
-        run_with(
-            cwd,
-            &[
-                &pretrained(&folder),
-                MINIATURE[0],
-                MINIATURE[1],
-                MINIATURE[2],
-                MINIATURE[3],
-            ],
-        ),
+        run_miniature(cwd, &pretrained(&folder)),
         &["config.json", "GiB", "this machine has"],
     );
     // A shard index naming a file outside the folder.
@@ -252,16 +250,7 @@ fn model_folders_that_would_exhaust_memory_or_escape_are_refused() {
     );
     refused(
         "shard outside the folder",
-        run_with(
-            cwd,
-            &[
-                &pretrained(&folder),
-                MINIATURE[0],
-                MINIATURE[1],
-                MINIATURE[2],
-                MINIATURE[3],
-            ],
-        ),
+        run_miniature(cwd, &pretrained(&folder)),
         &["model.safetensors.index.json", "../../etc/passwd"],
     );
     // A truncated safetensors file.
@@ -273,16 +262,7 @@ fn model_folders_that_would_exhaust_memory_or_escape_are_refused() {
     );
     refused(
         "truncated safetensors",
-        run_with(
-            cwd,
-            &[
-                &pretrained(&folder),
-                MINIATURE[0],
-                MINIATURE[1],
-                MINIATURE[2],
-                MINIATURE[3],
-            ],
-        ),
+        run_miniature(cwd, &pretrained(&folder)),
         &["model.safetensors"],
     );
     assert_eq!(half_written(cwd), Vec::<PathBuf>::new());
@@ -468,16 +448,7 @@ fn sft_trace_files_too_small_to_train_are_refused_after_loading() {
     let traces = write(cwd, "empty.jsonl", b"");
     refused(
         "empty sft_traces",
-        run_with(
-            cwd,
-            &[
-                MINIATURE[0],
-                MINIATURE[1],
-                MINIATURE[2],
-                MINIATURE[3],
-                &format!("data.sft_traces=\"{}\"", traces.display()),
-            ],
-        ),
+        run_miniature(cwd, &format!("data.sft_traces=\"{}\"", traces.display())),
         &["SFT needs at least two examples"],
     );
     png(cwd, "a.png");
@@ -488,16 +459,7 @@ fn sft_trace_files_too_small_to_train_are_refused_after_loading() {
     );
     refused(
         "a trace image outside its folder",
-        run_with(
-            cwd,
-            &[
-                MINIATURE[0],
-                MINIATURE[1],
-                MINIATURE[2],
-                MINIATURE[3],
-                &format!("data.sft_traces=\"{}\"", escape.display()),
-            ],
-        ),
+        run_miniature(cwd, &format!("data.sft_traces=\"{}\"", escape.display())),
         &["escape.jsonl:1", "../../etc/passwd"],
     );
     assert_eq!(half_written(cwd), Vec::<PathBuf>::new());

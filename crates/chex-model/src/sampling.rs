@@ -144,11 +144,11 @@ pub fn sample_rows(
     config: &SamplingConfig,
     uniforms: &[f64],
 ) -> Result<Vec<(u32, f32)>, ModelError> {
-    let [rows, vocab] = logits.dims();
-    check_uniforms(config, uniforms, rows)?;
     if crate::device::is_accelerator(&logits.device()) {
         return sample_on_device(logits, config, uniforms);
     }
+    let [rows, vocab] = logits.dims();
+    check_uniforms(config, uniforms, rows)?;
     let host: Vec<f32> = logits
         .into_data()
         .convert::<f32>()

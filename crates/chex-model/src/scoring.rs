@@ -134,10 +134,12 @@ pub fn selected_log_softmax(logits: Tensor<3>, targets: Tensor<3, Int>) -> (Tens
     let [batch, positions, _] = logits.dims();
     // The shift only steadies exp; its gradient cancels, so it is taken out of the graph.
     let shift = logits.clone().max_dim(2).detach();
-    let shifted = logits.clone() - shift.clone();
-    let log_norm = shifted.clone().exp().sum_dim(2).log() + shift;
+    let weights = (logits.clone() - shift.clone()).exp();
+    let total = weights.clone().sum_dim(2);
+    let log_norm = total.clone().log() + shift;
     let chosen = logits.clone().gather(2, targets) - log_norm.clone();
-    let probabilities = (logits.clone() - log_norm.clone()).exp();
+    // One exponential serves both the normaliser and the probabilities.
+    let probabilities = weights / total;
     let entropy = log_norm - (probabilities * logits).sum_dim(2);
     (
         chosen.reshape([batch, positions]),

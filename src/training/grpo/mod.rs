@@ -17,7 +17,7 @@ use chex_data::labels::CHEXPERT_LABELS;
 use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::tensor::Device;
-use chex_model::lora::{LoraConfig, apply_lora, set_lora_dropout};
+use chex_model::lora::{LoraConfig, set_lora_dropout};
 use chex_model::sampling::SamplingConfig;
 use chex_objective::{AdvantageScaling, GrpoLossConfig};
 use chex_rewards::{RewardContext, RewardInit, RewardRegistry, WeightedReward};
@@ -31,7 +31,8 @@ use super::records::{GrpoSampleRecord, GrpoStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
 use super::{
-    Example, Policy, ensure, ensure_learning_rate, step_seed, training_device, validate_lora,
+    Example, Policy, device_of, ensure, ensure_learning_rate, step_seed, trainable_model,
+    validate_lora,
 };
 use crate::error::{Error, Result};
 use crate::evaluation::{AnswerSettings, answer_images, chexpert_scores};
@@ -324,9 +325,9 @@ pub fn train_grpo_with(
             name: e.name,
             known: e.known,
         })?;
-    let ad = training_device(device, config.gradient_checkpointing);
     let start_model = policy.model.valid();
     let model = training_model(policy.model.clone(), config, device);
+    let ad = device_of(&model);
     let opened = Stage::open(
         "grpo",
         out,
@@ -439,25 +440,24 @@ pub fn training_model(
     config: &GrpoConfig,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
-    // Freezing and adapters first, the move last: freezing a tensor already on the
-    // checkpointing device would put it back on burn's default (non-checkpointing) one, and
-    // burn refuses to mix the two in one operation.
-    let mut model = model.to_device(device);
-    model.model.vision_tower = model.model.vision_tower.freeze();
-    if let Some(lora) = &config.lora {
-        model = apply_lora(model, lora, config.seed, device);
-    }
+    let model = trainable_model(
+        model,
+        true,
+        config.lora.as_ref(),
+        config.seed,
+        config.gradient_checkpointing,
+        device,
+    );
     if config.disable_dropout {
-        model = set_lora_dropout(model, 0.0);
+        set_lora_dropout(model, 0.0)
+    } else {
+        model
     }
-    model
-        .to_device(&training_device(device, config.gradient_checkpointing))
-        .train()
 }
 
 /// What the rewards may know about the pool: each label's prevalence (the nuanced reward
 /// weighs false positives by it).
-pub(crate) fn reward_init(pool: &[Example], context: &RewardContext) -> RewardInit {
+fn reward_init(pool: &[Example], context: &RewardContext) -> RewardInit {
     let mut frequencies = vec![0.0; CHEXPERT_LABELS.len()];
     for example in pool {
         for i in example.truth(&context.vocabulary) {

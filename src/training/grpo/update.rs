@@ -203,11 +203,7 @@ pub fn update(
         return Ok((model, Vec::new()));
     }
     // The model's own device: the autodiff twin (with its checkpointing strategy) it was put on.
-    let ad = model
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| device.clone().autodiff());
+    let ad = crate::training::device_of(&model);
     let rewards: Vec<f32> = batch.rows.iter().map(|r| r.reward as f32).collect();
     let advantages = group_advantages(
         Tensor::<1>::from_data(TensorData::new(rewards, [rows]), &ad),
