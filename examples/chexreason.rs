@@ -1,11 +1,11 @@
 //! The ChexReason study end to end on the built-in two-site benchmark.
 //!
 //! `cargo run --release --example chexreason` writes the synthetic sites (or reuses them),
-//! draws ChexReason's balanced SFT / RL / validation sets from site A, evaluates the untrained
-//! tiny model, trains SFT, evaluates, trains GRPO from the SFT checkpoint, evaluates — each
+//! draws ChexReason's balanced SFT / RL / validation sets from site A, pretrains the tiny model
+//! on label-only answers at site C and evaluates it (the base), trains SFT, evaluates, trains GRPO from the SFT checkpoint, evaluates — each
 //! checkpoint on site A's held-out patients (in distribution) and on site B (cross-site, NIH
 //! vocabulary mapped to CheXpert, ChexReason's nine shared labels) — and writes
-//! `outputs/chexreason/report.md` with its figures. About ten minutes on two CPU cores.
+//! `outputs/chexreason/report.md` with its figures. Under ten minutes on two CPU cores.
 //!
 //! The settings are `configs/tiny-cpu.toml` (compiled in); `--config FILE` reads another and
 //! `--set key=value` changes any value.

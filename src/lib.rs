@@ -5,7 +5,8 @@
 //! [`data`] (loaders, label spaces, samplers, the synthetic two-site benchmark),
 //! [`metrics`] (scikit-learn-exact multi-label metrics and bootstrap intervals),
 //! [`model`] (backends and the vision-language model), [`objective`] (the GRPO loss) and
-//! [`rewards`] (reward functions) — and holds what composes them.
+//! [`rewards`] (reward functions) — and holds what composes them: the [`study`] (one
+//! ChexReason run end to end) and the [`sweep`] (studies over a grid of settings × seeds).
 //!
 //! ```no_run
 //! use chex_grpo::data::{LoadOptions, NihToChexpert, UncertaintyPolicy};
@@ -36,6 +37,7 @@ pub mod progress;
 pub mod prompts;
 pub mod source;
 pub mod study;
+pub mod sweep;
 pub mod training;
 
 pub use error::{Error, Result};

@@ -31,4 +31,17 @@ impl DataSource {
             Self::Csv { csv, spec } => crate::data::load_generic_csv(csv, spec, options),
         }
     }
+
+    /// The file-system paths this source names (to move them together).
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        match self {
+            Self::Chexpert { csv } => vec![csv],
+            Self::Mimic { root } | Self::Nih { root } => vec![root],
+            Self::Csv { csv, spec } => {
+                let mut paths = vec![csv];
+                paths.extend(spec.image_root.as_mut());
+                paths
+            }
+        }
+    }
 }

@@ -5,7 +5,6 @@
 use chex_grpo::training::records::{GrpoStepRecord, SftLogRecord};
 use std::path::{Path, PathBuf};
 
-use chex_grpo::DataSource;
 use chex_grpo::metrics::Evaluation;
 use chex_grpo::study::evaluate::{CHECKPOINTS, read_predictions};
 use chex_grpo::study::report::Comparison;
@@ -68,6 +67,8 @@ fn miniature(dir: &Path) -> StudyConfig {
     .unwrap();
     let overrides: Vec<String> = [
         "data.synthetic.miniature=true",
+        "pretrain.size=12",
+        "pretrain.training.epochs=1",
         "data.sft_size=12",
         "data.rl_size=6",
         "data.validation_size=4",
@@ -87,18 +88,8 @@ fn miniature(dir: &Path) -> StudyConfig {
     let mut config = StudyConfig::from_toml(&text, "tiny-cpu.toml", &overrides).unwrap();
     let synth = dir.join("synthetic");
     config.out = dir.join("out");
-    config.data.synthetic.as_mut().unwrap().dir = synth.clone();
-    let site_a = synth.join("site-a/CheXpert-v1.0-small");
-    config.data.train.source = DataSource::Chexpert {
-        csv: site_a.join("train.csv"),
-    };
-    config.data.tests[0].source = Some(DataSource::Chexpert {
-        csv: site_a.join("valid.csv"),
-    });
+    config.move_synthetic(&synth);
     config.data.tests[0].limit = 8;
-    config.data.tests[1].source = Some(DataSource::Nih {
-        root: synth.join("site-b"),
-    });
     config.data.tests[1].limit = 8;
     config
 }
@@ -179,7 +170,7 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
             image::open(out.join(format!("figures/per_label_f1-{}.png", test.name))).unwrap();
         assert!(bars.width() >= 640);
     }
-    for figure in ["grpo_curves.png", "sft_loss.png"] {
+    for figure in ["grpo_curves.png", "sft_loss.png", "pretrain_loss.png"] {
         let png = image::open(out.join("figures").join(figure)).unwrap();
         assert!(png.width() > 400 && png.height() > 200, "{figure}");
         assert!(text.contains(&format!("figures/{figure}")));
@@ -210,6 +201,39 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
     }
     assert!(out.join("checkpoints/sft-best/state.json").exists());
     assert!(out.join("checkpoints/grpo-last/state.json").exists());
+    assert!(out.join("checkpoints/pretrain-best/state.json").exists());
+    assert!(text.contains("Base: the preset after the pretrain stage"));
+
+    // TensorBoard event files hold one event per log record plus the version event.
+    for stage in ["pretrain", "sft", "grpo"] {
+        let events =
+            std::fs::read(out.join(format!("tensorboard/{stage}/events.out.tfevents.chex")))
+                .unwrap();
+        let mut offset = 0;
+        let mut records = 0;
+        while offset < events.len() {
+            let len = u64::from_le_bytes(events[offset..offset + 8].try_into().unwrap()) as usize;
+            offset += 16 + len;
+            records += 1;
+        }
+        let lines = std::fs::read_to_string(out.join(format!("{stage}_log.jsonl")))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(records, lines + 1, "{stage}");
+    }
+
+    // The cue's reliance is scored on both synthetic test sets for every checkpoint, from the
+    // generator's truth; its films are the test images without the cue's cause.
+    let cue: Vec<chex_grpo::study::cue::CueReliance> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/cue.json")).unwrap())
+            .unwrap();
+    assert_eq!(cue.len(), 6, "3 checkpoints × 2 test sets");
+    for r in &cue {
+        assert!(r.with_cue.films + r.without_cue.films <= 8);
+        assert!(r.with_cue.predicted <= r.with_cue.films);
+    }
+    assert!(text.contains("## The spurious cue"));
 
     // Rebuilding the report from the folder alone gives the same report.
     let rebuilt = write_report(out).unwrap();

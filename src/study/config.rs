@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use chex_data::synth::{SiteKnobs, SynthConfig};
 use chex_data::{OfficialSplit, ViewFilter};
 use serde::{Deserialize, Serialize};
 
@@ -28,9 +29,23 @@ pub struct StudyConfig {
     pub out: PathBuf,
     pub model: ModelSection,
     pub data: DataSection,
+    /// The optional first stage: label-only answers on a third site, so the base can read.
+    #[serde(default)]
+    pub pretrain: PretrainSection,
     pub sft: SftConfig,
     pub grpo: GrpoConfig,
     pub eval: EvalSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+/// What the training stages write besides their JSONL logs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// TensorBoard event files (`tensorboard/{pretrain,sft,grpo}/`) kept in step with the
+    /// JSONL logs while the stages run: `tensorboard --logdir <out>/tensorboard`.
+    pub tensorboard: bool,
 }
 
 /// Which model to train.
@@ -71,13 +86,93 @@ pub struct DataSection {
     pub tests: Vec<TestSetConfig>,
 }
 
-/// The synthetic benchmark's folder and size.
+/// The synthetic benchmark's folder, size and the sites' knobs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticSection {
     pub dir: PathBuf,
     /// A few dozen images per site (tests and quick looks).
     pub miniature: bool,
+    /// Site A's spurious cue, P(Support Devices | Edema); 0 switches it off.
+    #[serde(default = "default_cue")]
+    pub cue: f64,
+    /// Changes to site A's (training site's) settings.
+    #[serde(default)]
+    pub site_a: SiteKnobs,
+    /// Changes to site B's (the cross-site test site's) settings.
+    #[serde(default)]
+    pub site_b: SiteKnobs,
+    /// Changes to site C's (the pretraining site's) settings.
+    #[serde(default)]
+    pub site_c: SiteKnobs,
+}
+
+fn default_cue() -> f64 {
+    0.9
+}
+
+impl SyntheticSection {
+    /// The sites this section asks for, drawn with `seed`.
+    pub fn synth_config(&self, seed: u64) -> Result<SynthConfig> {
+        let mut synth = if self.miniature {
+            SynthConfig::miniature(seed)
+        } else {
+            SynthConfig {
+                seed,
+                ..SynthConfig::default()
+            }
+        };
+        let failed = |key: &str, e: chex_data::DataError| Error::setting(key, e.to_string());
+        synth
+            .set_cue_probability(self.cue)
+            .map_err(|e| failed("data.synthetic.cue", e))?;
+        for (knobs, site, key) in [
+            (&self.site_a, &mut synth.site_a, "data.synthetic.site_a"),
+            (&self.site_b, &mut synth.site_b, "data.synthetic.site_b"),
+            (&self.site_c, &mut synth.site_c, "data.synthetic.site_c"),
+        ] {
+            knobs.apply(site, key).map_err(|e| failed(key, e))?;
+        }
+        Ok(synth)
+    }
+}
+
+/// The optional pretraining stage: the untrained preset learns label-only answers on a third
+/// site with its own style and no spurious cue, the stand-in for a pretrained model's broad
+/// exposure, so that the base checkpoint can read images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSection {
+    pub enabled: bool,
+    /// Images drawn (with the seed) from `source`.
+    pub size: usize,
+    /// The pretraining site (default: synthetic site C's `train.csv`).
+    pub source: DataSource,
+    pub view: ViewFilter,
+    /// How it trains (the SFT trainer's settings, on label-only answers).
+    pub training: SftConfig,
+}
+
+impl Default for PretrainSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: 1200,
+            source: DataSource::Chexpert {
+                csv: PathBuf::from("data/synthetic/site-c/CheXpert-v1.0-small/train.csv"),
+            },
+            view: ViewFilter::Frontal,
+            training: SftConfig {
+                lora: None,
+                learning_rate: 2e-3,
+                epochs: 2,
+                micro_batch: 4,
+                effective_batch: 8,
+                freeze_vision: false,
+                ..SftConfig::chexreason()
+            },
+        }
+    }
 }
 
 /// The training site.
@@ -178,6 +273,10 @@ impl Default for StudyConfig {
                 synthetic: Some(SyntheticSection {
                     dir: synthetic.clone(),
                     miniature: false,
+                    cue: default_cue(),
+                    site_a: SiteKnobs::default(),
+                    site_b: SiteKnobs::default(),
+                    site_c: SiteKnobs::default(),
                 }),
                 sft_size: 2000,
                 rl_size: 1000,
@@ -220,6 +319,7 @@ impl Default for StudyConfig {
                     },
                 ],
             },
+            pretrain: PretrainSection::default(),
             sft: SftConfig::chexreason(),
             grpo: GrpoConfig::chexreason(),
             eval: EvalSection {
@@ -228,6 +328,7 @@ impl Default for StudyConfig {
                 bootstrap_resamples: 1000,
                 traces: 3,
             },
+            logging: LoggingSection::default(),
         }
     }
 }
@@ -439,11 +540,40 @@ impl StudyConfig {
 
     /// Point every NIH source at `root` (the `--nih-root` flag).
     pub fn set_nih_root(&mut self, root: &Path) {
-        let sources = std::iter::once(&mut self.data.train.source)
-            .chain(self.data.tests.iter_mut().filter_map(|t| t.source.as_mut()));
-        for source in sources {
+        for source in self.sources_mut() {
             if let DataSource::Nih { root: r } = source {
                 *r = root.to_path_buf();
+            }
+        }
+    }
+
+    /// Whether the pretrain stage runs: it is on and the model is a preset (a pretrained
+    /// checkpoint already is what the stage stands in for, so it is skipped and the report
+    /// says so).
+    pub fn pretrains(&self) -> bool {
+        self.pretrain.enabled && self.model.pretrained.is_none()
+    }
+
+    /// Every source and its key, the pretraining site's included.
+    fn sources_mut(&mut self) -> impl Iterator<Item = &mut DataSource> {
+        std::iter::once(&mut self.data.train.source)
+            .chain(std::iter::once(&mut self.pretrain.source))
+            .chain(self.data.tests.iter_mut().filter_map(|t| t.source.as_mut()))
+    }
+
+    /// Write the synthetic sites into `dir` instead, pointing every source that lay under the
+    /// old folder at the same place under the new one (how a sweep shares one set of sites
+    /// between the runs that draw the same sites).
+    pub fn move_synthetic(&mut self, dir: &Path) {
+        let Some(synthetic) = self.data.synthetic.as_mut() else {
+            return;
+        };
+        let old = std::mem::replace(&mut synthetic.dir, dir.to_path_buf());
+        for source in self.sources_mut() {
+            for path in source.paths_mut() {
+                if let Ok(rest) = path.strip_prefix(&old) {
+                    *path = dir.join(rest);
+                }
             }
         }
     }
@@ -523,6 +653,24 @@ impl StudyConfig {
                 "eval",
                 "eval.batch and eval.max_new_tokens must be positive".into(),
             );
+        }
+        if let Some(synthetic) = &self.data.synthetic {
+            synthetic.synth_config(self.seed)?;
+        }
+        if self.pretrains() {
+            if self.pretrain.size < 2 {
+                return bad(
+                    "pretrain.size",
+                    format!(
+                        "must be ≥ 2 (one to train, one to validate), got {}",
+                        self.pretrain.size
+                    ),
+                );
+            }
+            self.pretrain
+                .training
+                .validate()
+                .map_err(|e| Error::setting("pretrain.training", e.to_string()))?;
         }
         self.sft.validate()?;
         self.grpo.validate(registry)

@@ -2,7 +2,7 @@
 //! sets, each as examples with the truth in its own label space.
 
 use chex_data::labels::CHEXPERT_LABELS;
-use chex_data::synth::{SynthConfig, planned_images, write_synthetic_sites};
+use chex_data::synth::{planned_images, write_synthetic_sites};
 use chex_data::{
     BalancedSamplerConfig, Dataset, Draw, ImageCache, ImageSpec, LoadOptions, NihToChexpert,
     OnError, UncertaintyPolicy, ViewFilter, balanced_draws, patient_split,
@@ -38,6 +38,8 @@ impl TestSet {
 
 /// Everything the stages read.
 pub struct StudyData {
+    /// The pretraining draw (empty when the stage is off).
+    pub pretrain: Vec<Example>,
     pub sft: Vec<Example>,
     pub rl: Vec<Example>,
     pub validation: Vec<Example>,
@@ -103,14 +105,7 @@ fn without_undecodable(dataset: Dataset, cache: &ImageCache) -> (Dataset, Vec<St
 pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> {
     let data = &config.data;
     if let Some(synthetic) = &data.synthetic {
-        let synth = if synthetic.miniature {
-            SynthConfig::miniature(config.seed)
-        } else {
-            SynthConfig {
-                seed: config.seed,
-                ..SynthConfig::default()
-            }
-        };
+        let synth = synthetic.synth_config(config.seed)?;
         let bar = progress_bar(planned_images(&synth), "synthesising sites");
         write_synthetic_sites(&synthetic.dir, &synth, &|| bar.inc(1))?;
         bar.finish_and_clear();
@@ -181,6 +176,30 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
             traces.display()
         ));
     }
+
+    let pretrain = if config.pretrains() {
+        let section = &config.pretrain;
+        let site = section.source.load(&options(section.view, data))?;
+        let site = in_chexpert_space(site, false)?;
+        let all: Vec<usize> = (0..site.len()).collect();
+        if all.len() < section.size {
+            return Err(Error::Draws(format!(
+                "pretrain.size asks for {} images but the pretraining site offers {}",
+                section.size,
+                all.len()
+            )));
+        }
+        // Its own stream of the seed, so turning pretraining on changes no other draw.
+        let chosen = limited(all, section.size, config.seed ^ 0x9e37_79b9_7f4a_7c15);
+        summary.push(format!(
+            "pretraining site: {} of its images; {}",
+            chosen.len(),
+            site.report.summary()
+        ));
+        examples_from(&site, &chosen, &cache)?
+    } else {
+        Vec::new()
+    };
 
     let mut tests = Vec::new();
     for (t, test) in data.tests.iter().enumerate() {
@@ -272,6 +291,7 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
         });
     }
     Ok(StudyData {
+        pretrain,
         sft,
         rl,
         validation,

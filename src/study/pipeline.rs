@@ -1,5 +1,5 @@
-//! The stages of a study and the whole run: evaluate the untrained model, SFT, evaluate, GRPO
-//! from the SFT checkpoint, evaluate, report. Each stage writes into the one output folder, so
+//! The stages of a study and the whole run: optionally pretrain on a third site, evaluate the
+//! base model, SFT, evaluate, GRPO from the SFT checkpoint, evaluate, report. Each stage writes into the one output folder, so
 //! the stages can also be run one at a time (`chex sft`, `chex grpo`, `chex eval`, `chex report`)
 //! and an interrupted run resumes where it stopped.
 
@@ -21,9 +21,12 @@ use super::evaluate::{CHECKPOINTS, evaluate_checkpoint, metrics_path, print_scor
 use super::report::{Report, write_report};
 use crate::corpus::preset_tokenizer;
 use crate::error::{Error, Result, to_json};
+use crate::prompts::{PromptVariant, reference_answer};
 use crate::training::checkpoint::load_checkpoint_model;
-use crate::training::{Policy, train_grpo_with, train_sft};
+use crate::training::tensorboard::LiveMirrors;
+use crate::training::{Policy, train_grpo_with, train_sft, train_supervised};
 use chex_rewards::RewardRegistry;
+use rand::SeedableRng;
 
 /// The device a configuration names, seeded with the study's seed; a model and batch sizes that
 /// cannot fit it are refused here, before any data is read or model built (every stage starts
@@ -83,8 +86,9 @@ pub fn ensure_fits(config: &StudyConfig) -> Result<()> {
     Ok(())
 }
 
-/// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed.
-pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
+/// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed
+/// (before the `pretrain` stage, when that is on).
+pub fn initial_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
     let (model, tokenizer) = match &config.model.pretrained {
         Some(dir) => (
             from_pretrained(dir, device)?,
@@ -114,17 +118,86 @@ fn finished(dir: &Path, names: [&str; 2]) -> Result<std::path::PathBuf> {
         })
 }
 
-/// The SFT policy as GRPO starts from it: adapters (if SFT used them) merged into the weights.
+/// A supervised stage's model as the next stage starts from it: its adapters, if it used
+/// them, merged into the weights.
+fn merged(
+    model: Gemma3ForConditionalGeneration,
+    with_adapters: bool,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
+    if with_adapters {
+        merge_lora(model, device)
+    } else {
+        model
+    }
+}
+
+/// The SFT policy as GRPO starts from it.
 fn after_sft(
     model: Gemma3ForConditionalGeneration,
     config: &StudyConfig,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
-    if config.sft.lora.is_some() {
-        merge_lora(model, device)
-    } else {
-        model
+    merged(model, config.sft.lora.is_some(), device)
+}
+
+/// The base policy: the initial one, after the `pretrain` stage's best checkpoint when that
+/// stage is on.
+pub fn base_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
+    let mut policy = initial_policy(config, device)?;
+    if config.pretrains() {
+        let checkpoints = config.out.join("checkpoints");
+        let dir = finished(&checkpoints, ["pretrain-best", "pretrain-last"])?;
+        let mut model = policy.model.clone();
+        if let Some(lora) = &config.pretrain.training.lora {
+            model = apply_lora(model, lora, config.seed, device);
+        }
+        model = load_checkpoint_model(&dir, model)?;
+        policy.model = merged(model, config.pretrain.training.lora.is_some(), device);
     }
+    Ok(policy)
+}
+
+/// Label-only answers on the pretraining site, from the initial policy. The question is the
+/// study's own prompt (what the base is asked when it is scored); the answer leaves the
+/// reasoning block empty, as a pretrained model that names findings without explaining them.
+pub fn pretrain_stage(
+    policy: Policy,
+    data: &StudyData,
+    config: &StudyConfig,
+    resume: bool,
+    device: &Device,
+) -> Result<Policy> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.pretrain.training.seed);
+    let examples: Vec<crate::training::Example> = data
+        .pretrain
+        .iter()
+        .map(|e| {
+            let labels: Vec<&str> = e
+                .labels
+                .iter()
+                .map(String::as_str)
+                .filter(|l| *l != "No Finding")
+                .collect();
+            let answer = reference_answer(&labels, PromptVariant::LabelOnly, &mut rng);
+            crate::training::Example {
+                reasoning: Some(answer),
+                ..e.clone()
+            }
+        })
+        .collect();
+    let training = &config.pretrain.training;
+    let mut outcome = train_supervised(
+        "pretrain",
+        policy,
+        &examples,
+        training,
+        &config.out,
+        resume,
+        device,
+    )?;
+    outcome.policy.model = merged(outcome.policy.model, training.lora.is_some(), device);
+    Ok(outcome.policy)
 }
 
 /// A stage's policy read back from the output folder: `base`, `sft` (best, else last) or `grpo`
@@ -342,6 +415,15 @@ impl Drop for Timings {
     }
 }
 
+/// The training logs' TensorBoard mirrors, when `logging.tensorboard` is on; every command
+/// that trains holds them while it runs.
+pub fn tensorboard_mirrors(config: &StudyConfig) -> Option<LiveMirrors> {
+    config
+        .logging
+        .tensorboard
+        .then(|| LiveMirrors::start(&config.out, &["pretrain", "sft", "grpo"]))
+}
+
 /// The whole study with the built-in rewards; with `resume`, finished stages are read back
 /// instead of rerun.
 pub fn run_study(config: &StudyConfig, resume: bool) -> Result<Report> {
@@ -358,11 +440,17 @@ pub fn run_study_with(
     config.validate_with(registry)?;
     std::fs::create_dir_all(&config.out).map_err(|e| Error::io(&config.out, e))?;
     let timings = Timings::open(&config.out, resume);
+    let mirrors = tensorboard_mirrors(config);
     timings.start("data", resume);
     let (device, data) = open_study(config)?;
     timings.finish()?;
 
-    let mut policy = base_policy(config, &device)?;
+    let mut policy = initial_policy(config, &device)?;
+    if config.pretrains() {
+        timings.start("pretrain", resume);
+        policy = pretrain_stage(policy, &data, config, resume, &device)?;
+        timings.finish()?;
+    }
     for (checkpoint, _) in CHECKPOINTS {
         if checkpoint != "base" {
             timings.start(checkpoint, resume);
@@ -381,6 +469,9 @@ pub fn run_study_with(
             print_scores(checkpoint, &data.tests, &scores);
             timings.finish()?;
         }
+    }
+    if let Some(mirrors) = mirrors {
+        mirrors.finish()?;
     }
     write_report(&config.out)
 }

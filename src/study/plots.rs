@@ -19,7 +19,7 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-const COLOURS: [RGBColor; 6] = [
+pub(crate) const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,7 +28,7 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn fonts() {
+pub(crate) fn fonts() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         // Only fails on a malformed font, and this one is compiled in.
@@ -40,21 +40,21 @@ fn fonts() {
     });
 }
 
-fn create_parent(path: &Path) -> Result<()> {
+pub(crate) fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     Ok(())
 }
 
-fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Plot {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
 }
 
-fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(crate) fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -73,7 +73,7 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// A tick value without trailing zeros: `10`, `0.25`, `0.003`.
-fn tick(v: f64) -> String {
+pub(crate) fn tick(v: f64) -> String {
     let text = format!("{v:.4}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     if text == "-0" {

@@ -12,6 +12,7 @@ use chex_metrics::{
 use serde::{Deserialize, Serialize};
 
 use super::config::{StudyConfig, TestRole};
+use super::cue::{PredictionRate, cue_reliance};
 use super::evaluate::{
     CHECKPOINTS, Prediction, bootstrap_config, metrics_path, prediction_matrices, predictions_path,
     read_predictions,
@@ -206,9 +207,15 @@ fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>>
         files.push(path);
         shown.push("![GRPO training curves](figures/grpo_curves.png)".into());
     }
-    let sft_log = out.join("sft_log.jsonl");
-    if sft_log.exists() {
-        let records: Vec<SftLogRecord> = read_jsonl(&sft_log)?;
+    for (stage, title) in [
+        ("pretrain", "Pretraining (label-only answers)"),
+        ("sft", "SFT"),
+    ] {
+        let log = out.join(format!("{stage}_log.jsonl"));
+        if !log.exists() {
+            continue;
+        }
+        let records: Vec<SftLogRecord> = read_jsonl(&log)?;
         let steps: Vec<_> = records
             .iter()
             .filter_map(|r| match r {
@@ -243,10 +250,10 @@ fn training_figures(out: &Path, files: &mut Vec<PathBuf>) -> Result<Vec<String>>
                 .collect(),
             },
         ];
-        let path = figures.join("sft_loss.png");
-        line_panels(&path, "SFT", &panels, 2)?;
+        let path = figures.join(format!("{stage}_loss.png"));
+        line_panels(&path, title, &panels, 2)?;
         files.push(path);
-        shown.push("![SFT loss](figures/sft_loss.png)".into());
+        shown.push(format!("![{title} loss](figures/{stage}_loss.png)"));
     }
     Ok(shown)
 }
@@ -465,6 +472,7 @@ pub fn write_report(out: &Path) -> Result<Report> {
     )?;
     let verdict = verdict(&comparisons, &collapsed);
     let figures = training_figures(out, &mut files)?;
+    let cue = cue_section(&config, out, &mut files)?;
 
     let mut parse_table = String::from("| Checkpoint |");
     for test in &config.data.tests {
@@ -500,11 +508,12 @@ pub fn write_report(out: &Path) -> Result<Report> {
         })
         .unwrap_or_default();
     let mut report = format!(
-        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, rewards {}.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
+        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. {} Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, rewards {}.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
         config.name,
         serde_name(&config.model.prompt),
         config.device,
         config.seed,
+        base_description(&config),
         config.data.sft_size,
         config.data.rl_size,
         config.data.validation_size,
@@ -542,6 +551,7 @@ pub fn write_report(out: &Path) -> Result<Report> {
     if !report.ends_with('\n') {
         report.push('\n');
     }
+    report.push_str(&cue);
     report.push_str(&data_section(out));
     let path = out.join("report.md");
     write(&path, &report, &mut files)?;
@@ -551,6 +561,64 @@ pub fn write_report(out: &Path) -> Result<Report> {
         verdict,
         files,
     })
+}
+
+/// What the base column measures: the untrained model, or the model after the pretrain stage.
+fn base_description(config: &StudyConfig) -> String {
+    if config.model.pretrained.is_some() {
+        format!(
+            "Base: the pretrained checkpoint as given{}.",
+            if config.pretrain.enabled {
+                " (the pretrain stage, which stands in for pretraining, is skipped)"
+            } else {
+                ""
+            }
+        )
+    } else if config.pretrains() {
+        format!(
+            "Base: the preset after the pretrain stage ({} images of the pretraining site, \
+             label-only answers, {} epochs at most, learning rate {}), the stand-in for a \
+             pretrained model's broad exposure.",
+            config.pretrain.size,
+            config.pretrain.training.epochs,
+            config.pretrain.training.learning_rate
+        )
+    } else {
+        "Base: the preset initialised at random (no pretrain stage), which cannot answer yet."
+            .into()
+    }
+}
+
+/// The spurious-cue table (when the test sets are synthetic sites) and `metrics/cue.json`.
+fn cue_section(config: &StudyConfig, out: &Path, files: &mut Vec<PathBuf>) -> Result<String> {
+    let mut all = Vec::new();
+    for (key, _) in CHECKPOINTS {
+        all.extend(cue_reliance(config, out, key)?);
+    }
+    let Some(first) = all.first() else {
+        return Ok(String::new());
+    };
+    let path = out.join("metrics").join("cue.json");
+    write(&path, &to_json(&all, &path, true)?, files)?;
+    let percent =
+        |r: &PredictionRate| format!("{:.1}% ({} of {})", 100.0 * r.rate(), r.predicted, r.films);
+    let mut text = format!(
+        "\n## The spurious cue\n\nHow often each checkpoint predicts {cause} on films without {cause}, with and without {cue} (from the generator's truth, so {cue} counts even where the test set's labels do not score it). A reader that ignores the cue has a gap near 0; a positive gap is the shortcut learned where {cause} came with {cue}.\n\n| Checkpoint | Test set | with {cue} | without | gap |\n|---|---|---:|---:|---:|\n",
+        cause = first.cause,
+        cue = first.cue,
+    );
+    for r in &all {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {:+.3} |",
+            r.checkpoint,
+            r.test,
+            percent(&r.with_cue),
+            percent(&r.without_cue),
+            r.gap()
+        );
+    }
+    Ok(text)
 }
 
 /// What each load read, kept and left out (from `draws.json`), so a skipped image is never

@@ -22,12 +22,13 @@ pub mod records;
 pub mod schedule;
 pub mod sft;
 pub mod stage;
+pub mod tensorboard;
 
 pub use examples::{Example, Policy};
 pub use grpo::{GrpoConfig, GrpoOutcome, RolloutBatch, UpdateStats, train_grpo, train_grpo_with};
 pub use optim::OptimizerConfig;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use sft::{SftConfig, SftOutcome, train_sft};
+pub use sft::{SftConfig, SftOutcome, train_sft, train_supervised};
 
 /// A seed for one purpose at one step, so that a resumed run draws what the uninterrupted run
 /// drew.

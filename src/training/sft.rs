@@ -205,6 +205,20 @@ fn examples_loss(
 /// written from its labels in the policy's prompt style. Writes `sft_log.jsonl` and
 /// checkpoints under `out`; resumes from the latest checkpoint there when `resume`.
 pub fn train_sft(
+    policy: Policy,
+    examples: &[Example],
+    config: &SftConfig,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<SftOutcome> {
+    train_supervised("sft", policy, examples, config, out, resume, device)
+}
+
+/// [`train_sft`] as stage `stage` (its log `{stage}_log.jsonl`, checkpoints `{stage}-best`
+/// and `{stage}-last`): the study's `pretrain` stage is the same trainer on other data.
+pub fn train_supervised(
+    stage: &'static str,
     mut policy: Policy,
     examples: &[Example],
     config: &SftConfig,
@@ -263,7 +277,7 @@ pub fn train_sft(
         steps_per_epoch * config.epochs,
     );
     let opened = Stage::open(
-        "sft",
+        stage,
         out,
         config.seed,
         steps_per_epoch * config.epochs,

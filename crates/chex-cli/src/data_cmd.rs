@@ -17,7 +17,8 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Write the synthetic two-site benchmark (site A in CheXpert's layout, site B in NIH's).
+    /// Write the synthetic benchmark (site A in CheXpert's layout, site B in NIH's, site C for
+    /// pretraining).
     Synth(SynthArgs),
     /// Print per-label counts, views and patients of a dataset.
     Stats(StatsArgs),
@@ -240,12 +241,9 @@ fn synth(args: SynthArgs) -> CliResult {
         config.site_b.patients = n;
     }
     if let Some(p) = args.spurious_probability {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(format!("--spurious-probability must lie in [0, 1], got {p}").into());
-        }
-        if let Some(cue) = config.site_a.spurious.as_mut() {
-            cue.probability_with_cause = p;
-        }
+        config
+            .set_cue_probability(p)
+            .map_err(|e| format!("--spurious-probability: {e}"))?;
     }
     let bar = progress_bar(
         chex_grpo::data::synth::planned_images(&config),
@@ -254,12 +252,15 @@ fn synth(args: SynthArgs) -> CliResult {
     let summary = chex_grpo::data::write_synthetic_sites(&args.out, &config, &|| bar.inc(1))?;
     bar.finish_and_clear();
     println!(
-        "{} site A ({} images, CheXpert layout) at {} and site B ({} images, NIH layout) at {}",
+        "{} site A ({} images, CheXpert layout) at {}, site B ({} images, NIH layout) at {} \
+         and site C ({} images, the pretraining site, CheXpert layout) at {}",
         if summary.reused { "reused" } else { "wrote" },
         summary.site_a_images,
         summary.site_a_dir.display(),
         summary.site_b_images,
-        summary.site_b_dir.display()
+        summary.site_b_dir.display(),
+        summary.site_c_images,
+        summary.site_c_dir.display()
     );
     Ok(())
 }

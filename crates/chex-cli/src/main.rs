@@ -4,6 +4,7 @@ mod bench_cmd;
 mod data_cmd;
 mod model_cmd;
 mod study_cmd;
+mod sweep_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,9 +24,11 @@ enum Command {
     /// Inspect model presets and checkpoints.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
-    /// Run the whole study: evaluate the untrained model, SFT, evaluate, GRPO, evaluate, report.
+    /// Run the whole study: pretrain (when on), evaluate the base model, SFT, evaluate, GRPO,
+    /// evaluate, report.
     Run(study_cmd::RunArgs),
-    /// Supervised fine-tuning on the SFT draw (writes checkpoints/sft-best and sft-last).
+    /// Supervised fine-tuning on the SFT draw (writes checkpoints/sft-best and sft-last), after
+    /// the pretrain stage when that is on.
     Sft(study_cmd::StageArgs),
     /// GRPO from the SFT checkpoint on the RL draw (writes checkpoints/grpo-best and grpo-last).
     Grpo(study_cmd::StageArgs),
@@ -35,6 +38,8 @@ enum Command {
     Generate(study_cmd::GenerateArgs),
     /// Rebuild report.md and the figures from an output folder.
     Report(study_cmd::ReportArgs),
+    /// Run the study over a grid of settings × seeds and summarise with intervals over seeds.
+    Sweep(sweep_cmd::SweepArgs),
     /// Measure rollout, LoRA scoring and GRPO-step throughput and peak memory (JSON lines).
     Bench(bench_cmd::BenchArgs),
     /// Show the compiled backends and check that a device runs a computation.
@@ -56,6 +61,7 @@ fn main() {
         Command::Eval(args) => study_cmd::eval(args),
         Command::Generate(args) => study_cmd::generate_answers(args),
         Command::Report(args) => study_cmd::report(args),
+        Command::Sweep(args) => sweep_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Device { device } => check_device(&device),
     };

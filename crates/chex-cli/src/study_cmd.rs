@@ -8,7 +8,8 @@ use chex_grpo::model::sampling::SamplingConfig;
 use chex_grpo::rewards::{RewardContext, RewardRegistry};
 use chex_grpo::study::evaluate::{evaluate_checkpoint, print_scores};
 use chex_grpo::study::pipeline::{
-    base_policy, grpo_stage, model_config, open_study, sft_stage, study_device,
+    grpo_stage, initial_policy, model_config, open_study, pretrain_stage, sft_stage, study_device,
+    tensorboard_mirrors,
 };
 use chex_grpo::study::{Report, StudyConfig, load_policy, run_study, write_report};
 use clap::Args;
@@ -144,13 +145,15 @@ pub fn run(args: RunArgs) -> CliResult {
 pub fn sft(args: StageArgs) -> CliResult {
     let config = args.config.resolve()?;
     let (device, data) = open_study(&config)?;
-    sft_stage(
-        base_policy(&config, &device)?,
-        &data,
-        &config,
-        args.config.resume,
-        &device,
-    )?;
+    let mirrors = tensorboard_mirrors(&config);
+    let mut policy = initial_policy(&config, &device)?;
+    if config.pretrains() {
+        policy = pretrain_stage(policy, &data, &config, args.config.resume, &device)?;
+    }
+    sft_stage(policy, &data, &config, args.config.resume, &device)?;
+    if let Some(mirrors) = mirrors {
+        mirrors.finish()?;
+    }
     println!(
         "SFT checkpoints: {}",
         config.out.join("checkpoints").display()
@@ -161,6 +164,7 @@ pub fn sft(args: StageArgs) -> CliResult {
 pub fn grpo(args: StageArgs) -> CliResult {
     let config = args.config.resolve()?;
     let (device, data) = open_study(&config)?;
+    let mirrors = tensorboard_mirrors(&config);
     let policy = load_policy(&config, "sft", &device)?;
     let rewards = RewardRegistry::builtin();
     grpo_stage(
@@ -171,6 +175,9 @@ pub fn grpo(args: StageArgs) -> CliResult {
         args.config.resume,
         &device,
     )?;
+    if let Some(mirrors) = mirrors {
+        mirrors.finish()?;
+    }
     println!(
         "GRPO checkpoints: {}",
         config.out.join("checkpoints").display()

@@ -54,8 +54,10 @@ fn refused(case: &str, outcome: Outcome, needles: &[&str]) {
 }
 
 /// The synthetic sites at miniature size, with draws they can fill.
-const MINIATURE: [&str; 4] = [
+const MINIATURE: [&str; 6] = [
     "data.synthetic.miniature=true",
+    "pretrain.size=12",
+    "pretrain.training.epochs=1",
     "data.sft_size=12",
     "data.rl_size=6",
     "data.validation_size=4",

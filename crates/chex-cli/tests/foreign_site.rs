@@ -171,6 +171,7 @@ fn a_study_test_set_skips_unreadable_images_and_counts_them() {
         "data.sft_size=12",
         "data.rl_size=6",
         "data.validation_size=4",
+        "pretrain.size=12",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -184,11 +185,7 @@ fn a_study_test_set_skips_unreadable_images_and_counts_them() {
     )
     .unwrap();
     let synth: PathBuf = dir.path().join("synthetic");
-    config.data.synthetic.as_mut().unwrap().dir = synth.clone();
-    let site_a = synth.join("site-a/CheXpert-v1.0-small");
-    config.data.train.source = DataSource::Chexpert {
-        csv: site_a.join("train.csv"),
-    };
+    config.move_synthetic(&synth);
     config.data.tests = vec![test.clone()];
     config.validate().unwrap();
 

@@ -13,8 +13,10 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 /// The main job shrunk to seconds: 2 SFT epochs of 2 steps, 4 GRPO steps saved after each.
-const SETTINGS: [&str; 13] = [
+const SETTINGS: [&str; 15] = [
     "data.synthetic.miniature=true",
+    "pretrain.size=12",
+    "pretrain.training.epochs=1",
     "data.sft_size=12",
     "data.rl_size=6",
     "data.validation_size=4",

@@ -21,8 +21,11 @@ fn both_sites_load_with_the_real_loaders_and_are_deterministic() {
     );
     assert_eq!(
         chex_data::synth::planned_images(&config),
-        first.site_a_images + first.site_b_images
+        first.site_a_images + first.site_b_images + first.site_c_images
     );
+    let site_c =
+        load_chexpert(&first.site_c_dir.join("train.csv"), &LoadOptions::default()).unwrap();
+    assert!(!site_c.is_empty(), "site C (the pretraining site) loads");
     for rel in [
         "site-a/CheXpert-v1.0-small/train.csv",
         "site-b/Data_Entry_2017.csv",
@@ -160,4 +163,44 @@ fn balanced_draws_meet_the_five_percent_floor_and_are_disjoint() {
         draws[2].indices
     );
     assert!(balanced_draws(&data, &pool, &[data.len() + 1], &sampler).is_err());
+}
+
+#[test]
+fn knobs_change_one_site_and_the_fingerprint() {
+    use chex_data::synth::{Finding, SiteKnobs};
+    let base = SynthConfig::miniature(5);
+    let mut changed = base.clone();
+    let knobs: SiteKnobs =
+        toml::from_str("exposure = 0.8\n[prevalence]\nsupport_devices = 0.5\n").unwrap();
+    knobs
+        .apply(&mut changed.site_b, "data.synthetic.site_b")
+        .unwrap();
+    assert_eq!(changed.site_b.style.exposure, 0.8);
+    let devices = Finding::ALL
+        .iter()
+        .position(|f| *f == Finding::SupportDevices)
+        .unwrap();
+    assert_eq!(changed.site_b.prevalence[devices], 0.5);
+    assert_eq!(changed.site_a, base.site_a);
+    assert_ne!(changed.fingerprint(), base.fingerprint());
+    assert_eq!(base.fingerprint(), SynthConfig::miniature(5).fingerprint());
+
+    let mut off = base.clone();
+    off.set_cue_probability(0.0).unwrap();
+    assert_eq!(
+        off.site_a.spurious.as_ref().unwrap().probability_with_cause,
+        0.0
+    );
+    assert!(off.set_cue_probability(1.5).is_err());
+
+    let unknown: SiteKnobs = toml::from_str("[prevalence]\nedemaa = 0.1\n").unwrap();
+    let e = unknown
+        .apply(&mut off.site_a, "data.synthetic.site_a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.synthetic.site_a") && e.contains("edemaa"),
+        "{e}"
+    );
+    assert!(toml::from_str::<SiteKnobs>("exposur = 1.0").is_err());
 }

@@ -1,7 +1,9 @@
-//! The built-in benchmark: two synthetic hospitals. Site A is written in CheXpert's layout and
-//! vocabulary, site B in NIH ChestX-ray14's, so the real loaders read both. Every finding has
-//! a visible sign; the sites differ in acquisition, prevalence, vocabulary and one spurious
-//! cue, the way real institutions do. Everything is a function of the seed.
+//! The built-in benchmark: synthetic hospitals. Site A is written in CheXpert's layout and
+//! vocabulary, site B in NIH ChestX-ray14's, so the real loaders read both; site C, a third
+//! hospital with its own scanner, clean labels and no spurious cue, is what the optional
+//! `pretrain` stage learns from. Every finding has a visible sign; the sites differ in
+//! acquisition, prevalence, vocabulary and one spurious cue, the way real institutions do.
+//! Everything is a function of the seed, and [`SiteKnobs`] change a site's settings.
 
 mod render;
 
@@ -156,12 +158,14 @@ pub struct SiteConfig {
     pub uncertain_fraction: f64,
 }
 
-/// Both sites and the seed.
+/// The three sites and the seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynthConfig {
     pub seed: u64,
     pub site_a: SiteConfig,
     pub site_b: SiteConfig,
+    /// The pretraining site: CheXpert layout, clean labels, no spurious cue.
+    pub site_c: SiteConfig,
 }
 
 impl Default for SynthConfig {
@@ -221,7 +225,120 @@ impl Default for SynthConfig {
                 lateral_fraction: 0.0,
                 uncertain_fraction: 0.0,
             },
+            site_c: SiteConfig {
+                name: "site-c".into(),
+                layout: SiteLayout::Chexpert,
+                patients: 1000,
+                max_images_per_patient: 2,
+                test_fraction: 0.1,
+                // A third scanner, between the other two: what a pretrained model has seen
+                // is neither the training site's nor the test site's acquisition.
+                style: SiteStyle {
+                    exposure: 1.03,
+                    gamma: 0.92,
+                    noise_std: 0.028,
+                    blur_sigma: 0.75,
+                    render_size: 112,
+                    file_size: 128,
+                },
+                // A general hospital; every finding common enough to be learned.
+                prevalence: vec![
+                    0.06, 0.12, 0.10, 0.08, 0.10, 0.08, 0.06, 0.12, 0.07, 0.18, 0.05, 0.05, 0.12,
+                    0.0,
+                ],
+                spurious: None,
+                lateral_fraction: 0.0,
+                uncertain_fraction: 0.0,
+            },
         }
+    }
+}
+
+/// Changes to one site's settings (each left out keeps the built-in value): what a study's
+/// `[data.synthetic.site_a]` table and a sweep's grid vary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteKnobs {
+    pub patients: Option<usize>,
+    pub exposure: Option<f32>,
+    pub gamma: Option<f32>,
+    pub noise_std: Option<f32>,
+    pub blur_sigma: Option<f32>,
+    pub render_size: Option<u32>,
+    /// Prevalence by finding (`edema`, `support_devices`, `Support Devices`: case, spaces and
+    /// underscores are ignored).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub prevalence: std::collections::BTreeMap<String, f64>,
+}
+
+/// The finding a knob names, ignoring case, spaces and underscores.
+pub fn finding_named(name: &str) -> Option<Finding> {
+    let plain = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    let wanted = plain(name);
+    Finding::ALL
+        .into_iter()
+        .find(|f| plain(&format!("{f:?}")) == wanted)
+}
+
+impl SiteKnobs {
+    /// `site` with these changes, or an error naming the knob (`key` is where it was set).
+    pub fn apply(&self, site: &mut SiteConfig, key: &str) -> Result<()> {
+        let bad = |m: String| Err(DataError::Config(format!("{key}: {m}")));
+        let positive = |name: &str, v: Option<f32>| -> Result<()> {
+            match v {
+                Some(v) if !(v.is_finite() && v >= 0.0) => Err(DataError::Config(format!(
+                    "{key}.{name} must be a finite number ≥ 0, got {v}"
+                ))),
+                _ => Ok(()),
+            }
+        };
+        positive("exposure", self.exposure)?;
+        positive("gamma", self.gamma)?;
+        positive("noise_std", self.noise_std)?;
+        positive("blur_sigma", self.blur_sigma)?;
+        if self.exposure == Some(0.0) || self.gamma == Some(0.0) {
+            return bad("exposure and gamma must be > 0".into());
+        }
+        if let Some(n) = self.patients {
+            site.patients = n;
+        }
+        if let Some(v) = self.exposure {
+            site.style.exposure = v;
+        }
+        if let Some(v) = self.gamma {
+            site.style.gamma = v;
+        }
+        if let Some(v) = self.noise_std {
+            site.style.noise_std = v;
+        }
+        if let Some(v) = self.blur_sigma {
+            site.style.blur_sigma = v;
+        }
+        if let Some(v) = self.render_size {
+            site.style.render_size = v;
+        }
+        for (name, p) in &self.prevalence {
+            let Some(finding) = finding_named(name) else {
+                let known: Vec<String> = Finding::ALL.iter().map(|f| format!("{f:?}")).collect();
+                return bad(format!(
+                    "unknown finding `{name}` in prevalence (known: {})",
+                    known.join(", ")
+                ));
+            };
+            if !(0.0..=1.0).contains(p) {
+                return bad(format!(
+                    "prevalence of `{name}` must lie in [0, 1], got {p}"
+                ));
+            }
+            let index = Finding::ALL.iter().position(|f| *f == finding).unwrap_or(0);
+            site.prevalence[index] = *p;
+        }
+        Ok(())
     }
 }
 
@@ -234,11 +351,45 @@ impl SynthConfig {
         };
         config.site_a.patients = 40;
         config.site_b.patients = 30;
+        config.site_c.patients = 30;
         config
     }
 
+    /// Set site A's spurious cue strength: P(cue | cause); 0 switches it off.
+    pub fn set_cue_probability(&mut self, probability: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&probability) {
+            return Err(DataError::Config(format!(
+                "the spurious cue's probability must lie in [0, 1], got {probability}"
+            )));
+        }
+        if let Some(cue) = self.site_a.spurious.as_mut() {
+            cue.probability_with_cause = probability;
+        }
+        Ok(())
+    }
+
+    /// A short stable name of this configuration (FNV-1a of its JSON), so that folders of
+    /// different configurations never collide and equal ones are shared.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+
     fn validate(&self) -> Result<()> {
-        for site in [&self.site_a, &self.site_b] {
+        let names = [&self.site_a.name, &self.site_b.name, &self.site_c.name];
+        if names.iter().any(|n| !crate::paths::is_plain_file_name(n))
+            || names[0] == names[1]
+            || names[1] == names[2]
+            || names[0] == names[2]
+        {
+            return Err(DataError::Config(
+                "synthetic sites need three different plain folder names".into(),
+            ));
+        }
+        for site in [&self.site_a, &self.site_b, &self.site_c] {
             let bad = |m: String| {
                 Err(DataError::Config(format!(
                     "synthetic site `{}`: {m}",
@@ -281,8 +432,11 @@ pub struct SynthSummary {
     pub site_a_dir: PathBuf,
     /// The NIH-layout site's root (`…/site-b`).
     pub site_b_dir: PathBuf,
+    /// The pretraining site's dataset folder (`…/site-c/CheXpert-v1.0-small`).
+    pub site_c_dir: PathBuf,
     pub site_a_images: usize,
     pub site_b_images: usize,
+    pub site_c_images: usize,
     /// True when an existing dataset with the same config was reused.
     pub reused: bool,
 }
@@ -299,6 +453,7 @@ pub fn write_synthetic_sites(
     config.validate()?;
     let site_a_dir = root.join(&config.site_a.name).join("CheXpert-v1.0-small");
     let site_b_dir = root.join(&config.site_b.name);
+    let site_c_dir = root.join(&config.site_c.name).join("CheXpert-v1.0-small");
     let manifest_path = root.join(MANIFEST);
     if let Ok(text) = std::fs::read_to_string(&manifest_path)
         && let Ok(previous) = serde_json::from_str::<Manifest>(&text)
@@ -308,8 +463,10 @@ pub fn write_synthetic_sites(
             root: root.to_path_buf(),
             site_a_dir,
             site_b_dir,
+            site_c_dir,
             site_a_images: previous.site_a_images,
             site_b_images: previous.site_b_images,
+            site_c_images: previous.site_c_images,
             reused: true,
         });
     }
@@ -317,10 +474,12 @@ pub fn write_synthetic_sites(
     let _ = std::fs::remove_file(&manifest_path);
     let a = write_site(root, &config.site_a, config.seed, 0, progress)?;
     let b = write_site(root, &config.site_b, config.seed, 1, progress)?;
+    let c = write_site(root, &config.site_c, config.seed, 2, progress)?;
     let manifest = Manifest {
         config: config.clone(),
         site_a_images: a,
         site_b_images: b,
+        site_c_images: c,
     };
     let json =
         serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Config(e.to_string()))?;
@@ -329,8 +488,10 @@ pub fn write_synthetic_sites(
         root: root.to_path_buf(),
         site_a_dir,
         site_b_dir,
+        site_c_dir,
         site_a_images: a,
         site_b_images: b,
+        site_c_images: c,
         reused: false,
     })
 }
@@ -340,15 +501,20 @@ struct Manifest {
     config: SynthConfig,
     site_a_images: usize,
     site_b_images: usize,
+    site_c_images: usize,
 }
 
 /// Number of images a site config will produce (the patients' image counts are drawn from
 /// the seed, so this replays that draw).
 pub fn planned_images(config: &SynthConfig) -> usize {
-    [(&config.site_a, 0u64), (&config.site_b, 1)]
-        .iter()
-        .map(|(site, index)| plan_site(site, config.seed, *index).len())
-        .sum()
+    [
+        (&config.site_a, 0u64),
+        (&config.site_b, 1),
+        (&config.site_c, 2),
+    ]
+    .iter()
+    .map(|(site, index)| plan_site(site, config.seed, *index).len())
+    .sum()
 }
 
 struct Plan {
