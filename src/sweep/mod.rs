@@ -159,7 +159,8 @@ pub fn write_summary(plan: &SweepPlan, summary: &SweepSummary) -> Result<()> {
             .collect();
         figure::delta_scatter(
             &plan.out.join("sweep.png"),
-            "SFT → GRPO change of macro-F1, one point per run",
+            // The compiled-in font has no arrow glyph.
+            "Change of macro-F1 from SFT to GRPO, one point per run",
             &format!("Δ macro-F1 in distribution ({id})"),
             &format!("Δ macro-F1 cross-site ({cross})"),
             &groups,

@@ -514,6 +514,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn contrasts_pair_runs_by_seed_between_cells_that_differ_in_one_setting() {
+        let cell = |cue: &str, pretrain: &str| Cell {
+            name: format!("cue={cue} pretrain={pretrain}"),
+            folder: String::new(),
+            settings: vec![
+                ("cue".to_string(), cue.to_string()),
+                ("pretrain".to_string(), pretrain.to_string()),
+            ],
+        };
+        let cells = vec![cell("0", "no"), cell("0.9", "no"), cell("0.9", "yes")];
+        let run = |cell: usize, seed: u64, delta: f64| RunFigures {
+            cell,
+            seed,
+            values: [("x".to_string(), delta)].into_iter().collect(),
+        };
+        let summary = SweepSummary {
+            cells,
+            runs: vec![
+                run(0, 1, 0.10),
+                run(0, 2, 0.20),
+                run(1, 1, 0.05),
+                run(1, 2, 0.13),
+                run(2, 1, 0.0),
+                run(2, 2, 0.0),
+            ],
+            stats: vec![Default::default(); 3],
+            in_distribution: None,
+            cross_site: None,
+            tests: vec![],
+        };
+        let contrasts = summary.contrasts("x");
+        // Cells 0 and 2 differ in two settings, so only two pairs are contrasted.
+        assert_eq!(contrasts.len(), 2);
+        let (label, first) = &contrasts[0];
+        assert_eq!(label, "cue: 0 → 0.9 (at pretrain=no)");
+        // Per-seed differences −0.05 and −0.07.
+        assert!((first.mean + 0.06).abs() < 1e-12);
+        assert!((first.high - first.mean - 12.706 * 0.01).abs() < 1e-9);
+        assert_eq!(contrasts[1].0, "pretrain: no → yes (at cue=0.9)");
+    }
+
+    #[test]
     fn intervals_match_the_t_distribution() {
         // scipy.stats.t.interval(0.95, 2, loc=2, scale=stats.sem([1, 2, 3])) = (-0.484, 4.484)
         let s = SeedInterval::of(&[1.0, 2.0, 3.0]);
