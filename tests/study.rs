@@ -2,6 +2,8 @@
 //! every artefact of the report exists and parses, and that the report's numbers are the
 //! metrics files' numbers.
 
+mod common;
+
 use chex_grpo::training::records::{GrpoStepRecord, SftLogRecord};
 use std::path::{Path, PathBuf};
 
@@ -65,26 +67,7 @@ fn miniature(dir: &Path) -> StudyConfig {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-cpu.toml"),
     )
     .unwrap();
-    let overrides: Vec<String> = [
-        "data.synthetic.miniature=true",
-        "pretrain.size=12",
-        "pretrain.training.epochs=1",
-        "data.sft_size=12",
-        "data.rl_size=6",
-        "data.validation_size=4",
-        "sft.epochs=1",
-        "grpo.steps=2",
-        "grpo.eval_every=1",
-        "grpo.sample_every=1",
-        "grpo.max_completion_length=12",
-        "eval.max_new_tokens=12",
-        "eval.batch=4",
-        "eval.bootstrap_resamples=50",
-        "eval.traces=2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let overrides: Vec<String> = common::MINIATURE.iter().map(|s| s.to_string()).collect();
     let mut config = StudyConfig::from_toml(&text, "tiny-cpu.toml", &overrides).unwrap();
     let synth = dir.join("synthetic");
     config.out = dir.join("out");

@@ -2,34 +2,21 @@
 //! run's own metrics files, a killed sweep continuing where it stopped, and a folder holding
 //! another configuration refused.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use chex_grpo::study::evaluate::metrics_path;
 use chex_grpo::sweep::{SeedInterval, SweepPlan, run_sweep};
 
-const MINIATURE: [&str; 16] = [
-    "data.synthetic.miniature=true",
-    "data.sft_size=12",
-    "data.rl_size=6",
-    "data.validation_size=4",
-    "sft.epochs=1",
-    "grpo.steps=2",
-    "grpo.eval_every=1",
-    "grpo.sample_every=1",
-    "grpo.max_completion_length=12",
-    "eval.max_new_tokens=12",
-    "eval.batch=4",
-    "eval.bootstrap_resamples=50",
-    "eval.traces=1",
-    "pretrain.enabled=true",
-    "pretrain.size=12",
-    "pretrain.training.epochs=1",
-];
-
 fn plan(out: &Path) -> SweepPlan {
     SweepPlan {
         config: Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-cpu.toml"),
-        overrides: MINIATURE.iter().map(|s| s.to_string()).collect(),
+        overrides: common::MINIATURE
+            .iter()
+            .chain(&["eval.traces=1", "pretrain.enabled=true"])
+            .map(|s| s.to_string())
+            .collect(),
         grid: vec!["data.synthetic.cue=0,0.9".parse().unwrap()],
         seeds: vec![7, 8],
         out: out.to_path_buf(),

@@ -117,9 +117,9 @@ pub fn cue_reliance(
         let truth_file = root.join("truth.json");
         let text = std::fs::read_to_string(&truth_file).map_err(|e| Error::io(&truth_file, e))?;
         let records: Vec<SynthRecord> =
-            serde_json::from_str(&text).map_err(|e| Error::Predictions {
+            serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: truth_file.clone(),
-                message: e.to_string(),
+                source,
             })?;
         // Keyed by the path inside the site: the loaders may have made the images' paths
         // absolute, so a prediction is matched by its trailing components.

@@ -180,7 +180,6 @@ pub fn prepare_data(config: &StudyConfig, image_size: u32) -> Result<StudyData> 
     let pretrain = if config.pretrains() {
         let section = &config.pretrain;
         let site = section.source.load(&options(section.view, data))?;
-        let site = in_chexpert_space(site, false)?;
         let all: Vec<usize> = (0..site.len()).collect();
         if all.len() < section.size {
             return Err(Error::Draws(format!(

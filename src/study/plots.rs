@@ -72,6 +72,29 @@ pub(crate) fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The chart of a line or scatter figure.
+pub(crate) type XyChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The legend of a line or scatter figure, on a light box at `position`.
+pub(crate) fn draw_legend<'a, 'b: 'a>(
+    chart: &mut XyChart<'a, 'b>,
+    position: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(|e| plot_error(path, e))
+}
+
 /// A tick value without trailing zeros: `10`, `0.25`, `0.003`.
 pub(crate) fn tick(v: f64) -> String {
     let text = format!("{v:.4}");
@@ -162,14 +185,7 @@ pub fn line_panels(path: &Path, title: &str, panels: &[Panel], columns: usize) -
             }
         }
         if panel.series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .label_font(("sans-serif", 12))
-                .draw()
-                .map_err(|e| plot_error(path, e))?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, path)?;
         }
     }
     root.present().map_err(|e| plot_error(path, e))

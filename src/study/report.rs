@@ -50,7 +50,8 @@ fn write(path: &Path, text: &str, files: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn read_evaluation(path: &Path) -> Result<Evaluation> {
+/// A checkpoint's scores on one test set, as `metrics/{checkpoint}-{test}.json` holds them.
+pub(crate) fn read_evaluation(path: &Path) -> Result<Evaluation> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),

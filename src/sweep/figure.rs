@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::Result;
-use crate::study::plots::{COLOURS, create_parent, fonts, plot_error, range, tick};
+use crate::study::plots::{COLOURS, create_parent, draw_legend, fonts, plot_error, range, tick};
 
 /// One cell's points.
 pub struct ScatterGroup {
@@ -69,13 +69,6 @@ pub fn delta_scatter(
             .label(group.name.as_str())
             .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 12))
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, path)?;
     root.present().map_err(|e| plot_error(path, e))
 }

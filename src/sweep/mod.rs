@@ -85,9 +85,11 @@ pub fn run_sweep(plan: &SweepPlan) -> Result<SweepSummary> {
     let runs = plan.runs()?;
     let cells = plan.cells();
     std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
-    for run in &runs {
-        check_folder(&run.config)?;
-    }
+    // Every folder is checked before anything runs; a run with a folder continues it.
+    let resume = runs
+        .iter()
+        .map(|r| check_folder(&r.config))
+        .collect::<Result<Vec<bool>>>()?;
     plan.save()?;
     let total = runs.len();
     let mut done = runs.iter().filter(|r| finished(&r.config)).count();
@@ -115,8 +117,7 @@ pub fn run_sweep(plan: &SweepPlan) -> Result<SweepSummary> {
             cells[run.cell].name,
             run.seed,
         );
-        let resume = check_folder(&run.config)?;
-        run_study(&run.config, resume)?;
+        run_study(&run.config, resume[index])?;
         done += 1;
     }
     let figures = runs

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use chex_metrics::Evaluation;
 use serde::{Deserialize, Serialize};
 
 use super::grid::Cell;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::study::cue::cue_reliance;
 use crate::study::evaluate::metrics_path;
+use crate::study::report::read_evaluation;
 use crate::study::{StudyConfig, TestRole};
 
 /// One run's figures, by name (`site-a Δ macro-F1 SFT→GRPO`).
@@ -131,14 +131,6 @@ impl Direction {
             Self::Unknown => "cannot be judged (one seed)",
         }
     }
-}
-
-fn read_evaluation(path: &std::path::Path) -> Result<Evaluation> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Predictions {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
 
 /// The figure names of one test set.

@@ -106,25 +106,42 @@ pub fn scalars_of(stage: &str, line: &serde_json::Value) -> Option<(i64, Vec<(St
     Some((step, scalars))
 }
 
-/// The events of a whole file: the version, then one event per record with scalars.
-/// `wall_time` gives each record's time (a step's wall clock is not in the JSONL log).
-pub fn event_file_bytes(
+/// The event every file starts with: its format version.
+fn version_record(wall_time: f64) -> Vec<u8> {
+    record(&event(wall_time, 0, EventBody::FileVersion))
+}
+
+/// One event per log record that has scalars. `wall_time` gives the time of the `i`-th
+/// record (a step's wall clock is not in the JSONL log).
+fn scalar_records(
     stage: &str,
     records: &[serde_json::Value],
     wall_time: &dyn Fn(usize) -> f64,
 ) -> Vec<u8> {
-    let mut bytes = record(&event(wall_time(0), 0, EventBody::FileVersion));
+    let mut bytes = Vec::new();
     for (i, line) in records.iter().enumerate() {
         if let Some((step, scalars)) = scalars_of(stage, line)
             && !scalars.is_empty()
         {
             bytes.extend(record(&event(
-                wall_time(i + 1),
+                wall_time(i),
                 step,
                 EventBody::Scalars(&scalars),
             )));
         }
     }
+    bytes
+}
+
+/// The events of a whole file: the version at `wall_time(0)`, then one event per record
+/// with scalars, the `i`-th at `wall_time(i + 1)`.
+pub fn event_file_bytes(
+    stage: &str,
+    records: &[serde_json::Value],
+    wall_time: &dyn Fn(usize) -> f64,
+) -> Vec<u8> {
+    let mut bytes = version_record(wall_time(0));
+    bytes.extend(scalar_records(stage, records, &|i| wall_time(i + 1)));
     bytes
 }
 
@@ -193,14 +210,12 @@ impl EventMirror {
             let new = parse(&lines[self.mirrored.len()..]);
             if !new.is_empty() {
                 let time = now();
-                let bytes = event_file_bytes(&self.stage, &new, &|_| time);
-                // Skip the version event: the file already starts with one.
-                let version_len = record(&event(0.0, 0, EventBody::FileVersion)).len();
+                let bytes = scalar_records(&self.stage, &new, &|_| time);
                 let mut file = OpenOptions::new()
                     .append(true)
                     .open(&self.events)
                     .map_err(|e| Error::io(&self.events, e))?;
-                file.write_all(&bytes[version_len..])
+                file.write_all(&bytes)
                     .and_then(|_| file.flush())
                     .map_err(|e| Error::io(&self.events, e))?;
             }
