@@ -6,8 +6,8 @@
 #   scripts/gpu-bench.sh gpu-bundle /tmp/out [path/to/hf_gpu_baseline.py]
 #
 # The peer needs torch, transformers and peft (the node has them); without its path only our
-# figures are taken. BENCH_FIGURES (default rollout,score,grpo-step) and BENCH_REPEATS
-# (default 1) trim the run to the time at hand.
+# figures are taken. BENCH_FIGURES (default rollout,score,grpo-step), BENCH_REPEATS
+# (default 1) and BENCH_DTYPES (default "bf16 f32") trim the run to the time at hand.
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -22,10 +22,12 @@ peer=${3:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader |
   sed 's/^/{"card": "/; s/$/"}/' >> "$out"
 status=0
-for checkpointing in true false; do
-  "$bundle/run.sh" bench --preset medgemma-4b --device tch-cuda:0 \
-    --figures "${BENCH_FIGURES:-rollout,score,grpo-step}" --repeats "${BENCH_REPEATS:-1}" \
-    --gradient-checkpointing "$checkpointing" >> "$out" 2>> "$out.stderr" || status=1
+for dtype in ${BENCH_DTYPES:-bf16 f32}; do
+  for checkpointing in true false; do
+    "$bundle/run.sh" bench --preset medgemma-4b --device tch-cuda:0 --dtype "$dtype" \
+      --figures "${BENCH_FIGURES:-rollout,score,grpo-step}" --repeats "${BENCH_REPEATS:-1}" \
+      --gradient-checkpointing "$checkpointing" >> "$out" 2>> "$out.stderr" || status=1
+  done
 done
 if [ -n "$peer" ]; then
   python3 "$peer" bfloat16 float32 >> "$out" 2>> "$out.stderr" || status=1

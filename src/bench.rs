@@ -12,12 +12,14 @@ use std::time::Instant;
 use chex_data::PreparedImage;
 use chex_model::burn::tensor::{Device, Distribution, Tensor};
 use chex_model::generation::{GenerationConfig, generate};
-use chex_model::lora::{LoraConfig, apply_lora};
+use chex_model::lora::LoraConfig;
 use chex_model::prompt::EncodedPrompt;
 use chex_model::sampling::SamplingConfig;
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
-use chex_model::{DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, select_device};
+use chex_model::{
+    DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype, select_device,
+};
 use chex_objective::LossType;
 use chex_rewards::RewardRegistry;
 use serde::Serialize;
@@ -27,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::prompts::PromptVariant;
 use crate::training::log::read_jsonl;
 use crate::training::records::GrpoStepRecord;
-use crate::training::{Example, GrpoConfig, Policy, train_grpo_with, training_device};
+use crate::training::{Example, GrpoConfig, Policy, device_of, train_grpo_with, trainable_model};
 
 /// One figure the harness can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +112,8 @@ pub struct BenchConfig {
     /// Gradient checkpointing in the scoring and GRPO figures (`None`: the trainers' default,
     /// on for GPUs).
     pub gradient_checkpointing: Option<bool>,
+    /// Precision of the weights (`None`: bf16 on GPUs, f32 on CPUs, as in a study).
+    pub dtype: Option<ModelDtype>,
 }
 
 /// One measured figure, as `chex bench` prints it.
@@ -118,8 +122,8 @@ pub struct Measurement {
     pub figure: Figure,
     pub preset: String,
     pub device: String,
-    /// Weights and activations (f32 on every backend today).
-    pub dtype: &'static str,
+    /// Precision of the matrix-product weights (`bf16` or `f32`; see `chex_model::precision`).
+    pub dtype: ModelDtype,
     /// Whether backward passes recomputed activations (scoring and GRPO figures).
     pub gradient_checkpointing: bool,
     /// Rows (sequences) in the batch.
@@ -152,15 +156,19 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
     }
     let choice: DeviceChoice = config.device.parse()?;
     let device = select_device(&config.device)?;
+    let dtype = config
+        .dtype
+        .unwrap_or_else(|| ModelDtype::default_for(choice));
+    dtype.ensure_supported(&device)?;
     device.seed(config.seed);
     let model_config = Gemma3Config::preset(&config.preset)?;
     for &figure in &config.figures {
         let probe = MemoryProbe::start(choice);
         let (rows, new_tokens, seconds, tokens) = match figure {
-            Figure::Rollout => rollout_figure(&model_config, config, &device)?,
-            Figure::Score => score_figure(&model_config, config, &device)?,
+            Figure::Rollout => rollout_figure(&model_config, config, dtype, &device)?,
+            Figure::Score => score_figure(&model_config, config, dtype, &device)?,
             Figure::GrpoStep | Figure::TrlCpuStep => {
-                grpo_step_figure(&model_config, config, figure, &device)?
+                grpo_step_figure(&model_config, config, figure, dtype, &device)?
             }
         };
         let (peak_memory_gib, memory) = probe.finish();
@@ -168,7 +176,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             figure,
             preset: config.preset.clone(),
             device: config.device.clone(),
-            dtype: "f32",
+            dtype,
             gradient_checkpointing: figure != Figure::Rollout
                 && config
                     .gradient_checkpointing
@@ -234,10 +242,12 @@ fn random_pixels(config: &Gemma3Config, images: usize, device: &Device) -> Tenso
 fn rollout_figure(
     model_config: &Gemma3Config,
     config: &BenchConfig,
+    dtype: ModelDtype,
     device: &Device,
 ) -> Result<(usize, usize, f64, f64)> {
     let shape = &config.shape;
-    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device);
+    let model =
+        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
     let prompts = image_prompts(model_config, shape.rollout_prompts, shape.text_tokens);
     let pixels = random_pixels(model_config, shape.rollout_prompts, device);
     let generation = GenerationConfig {
@@ -263,12 +273,21 @@ fn rollout_figure(
 fn score_figure(
     model_config: &Gemma3Config,
     config: &BenchConfig,
+    dtype: ModelDtype,
     device: &Device,
 ) -> Result<(usize, usize, f64, f64)> {
     let shape = &config.shape;
-    let ad = training_device(device, config.gradient_checkpointing);
-    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, &ad);
-    let model = apply_lora(model, &LoraConfig::chexreason(), config.seed, &ad);
+    let model =
+        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
+    let model = trainable_model(
+        model,
+        true,
+        Some(&LoraConfig::chexreason()),
+        config.seed,
+        config.gradient_checkpointing,
+        device,
+    );
+    let ad = device_of(&model);
     let prompts = image_prompts(model_config, shape.score_prompts, shape.text_tokens);
     let pixels = random_pixels(model_config, shape.score_prompts, &ad);
     let vocab = model_config.text_config.vocab_size as u32;
@@ -323,6 +342,7 @@ fn grpo_step_figure(
     model_config: &Gemma3Config,
     config: &BenchConfig,
     figure: Figure,
+    dtype: ModelDtype,
     device: &Device,
 ) -> Result<(usize, usize, f64, f64)> {
     let shape = &config.shape;
@@ -330,7 +350,8 @@ fn grpo_step_figure(
     grpo.gradient_checkpointing = config.gradient_checkpointing;
     let registry = RewardRegistry::builtin();
     grpo.validate(&registry)?;
-    let model = Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device);
+    let model =
+        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
     let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
     let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
     let side = model_config.vision_config.image_size as u32;
@@ -477,6 +498,7 @@ mod tests {
             },
             seed: 1,
             gradient_checkpointing: Some(true),
+            dtype: None,
         };
         let mut seen = Vec::new();
         run_bench(&config, &mut |m| seen.push(m.clone())).unwrap();
@@ -497,6 +519,31 @@ mod tests {
             }
             let line = serde_json::to_string(m).unwrap();
             assert!(line.contains("\"figure\":\""), "{line}");
+            assert!(
+                line.contains("\"dtype\":\"f32\""),
+                "the CPU default: {line}"
+            );
+        }
+
+        // bf16 where asked, refused where the backend has none.
+        let bf16 = BenchConfig {
+            figures: vec![Figure::Rollout, Figure::Score],
+            dtype: Some(ModelDtype::Bf16),
+            ..config
+        };
+        let mut seen = Vec::new();
+        run_bench(&bf16, &mut |m| seen.push(m.clone())).unwrap();
+        assert!(
+            seen.iter()
+                .all(|m| m.dtype == ModelDtype::Bf16 && m.tokens_per_s > 0.0)
+        );
+        if cfg!(feature = "ndarray") {
+            let refused = BenchConfig {
+                device: "ndarray".into(),
+                ..bf16
+            };
+            let err = run_bench(&refused, &mut |_| {}).unwrap_err().to_string();
+            assert!(err.contains("model.dtype") && err.contains("f32"), "{err}");
         }
     }
 }

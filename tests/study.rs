@@ -229,6 +229,40 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
     assert_eq!(before, after);
 }
 
+/// The whole study with bf16 weights on every backend that has bf16: the pretrain and SFT
+/// stages train every weight (f32 masters, rounded back to bf16 after each stage), GRPO trains
+/// f32 adapters over the bf16 base and still starts at zero KL, and the report names the
+/// precision.
+#[test]
+fn miniature_study_runs_in_bf16_where_the_backend_has_it() {
+    use chex_grpo::model::ModelDtype;
+    use chex_grpo::model::burn::tensor::FloatDType;
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    chex_grpo::model::device::on_every_test_device(|choice, device| {
+        if !device.supports_dtype(FloatDType::BF16) {
+            return;
+        }
+        let mut config = miniature(dir.path());
+        config.device = choice.to_string();
+        config.model.dtype = Some(ModelDtype::Bf16);
+        config.out = dir.path().join(format!("out-{choice}"));
+        run_study(&config, false).unwrap();
+        let log: Vec<GrpoStepRecord> =
+            chex_grpo::training::log::read_jsonl(&config.out.join("grpo_log.jsonl")).unwrap();
+        let kl = log[0].kl.unwrap();
+        assert!(kl.abs() < 1e-6, "{choice}: GRPO step-1 kl {kl}");
+        assert!(
+            log.iter().all(|r| r.loss.is_some_and(f64::is_finite)),
+            "{choice}"
+        );
+        let report = std::fs::read_to_string(config.out.join("report.md")).unwrap();
+        assert!(report.contains("bf16 weights"), "{choice}");
+        let policy = chex_grpo::study::load_policy(&config, "grpo", device).unwrap();
+        assert_eq!(policy.model.dtype(), ModelDtype::Bf16, "{choice}");
+    });
+}
+
 #[test]
 fn miniature_study_starts_grpo_at_zero_kl_on_every_backend() {
     let _serial = serial();

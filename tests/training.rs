@@ -10,9 +10,10 @@ use chex_grpo::corpus::preset_tokenizer;
 use chex_grpo::data::{ImageSpec, PreparedImage};
 use chex_grpo::model::burn::optim::AdamWConfig;
 use chex_grpo::model::burn::tensor::Device;
+use chex_grpo::model::burn::tensor::{DType, FloatDType};
 use chex_grpo::model::checkpoint::{from_pretrained, save_pretrained};
 use chex_grpo::model::device::{DeviceChoice, on_every_test_device, test_devices};
-use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration};
+use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype};
 use chex_grpo::prompts::PromptVariant;
 use chex_grpo::rewards::{RewardInit, RewardRegistry, WeightedReward};
 use chex_grpo::training::checkpoint::{latest_checkpoint, load_checkpoint};
@@ -187,6 +188,69 @@ fn sft_lowers_validation_loss_and_resume_matches_the_uninterrupted_run() {
         assert!(err.contains("model.bpk"), "{err}");
         assert!(!weights(&split.path().join("checkpoints/sft-best"), device).is_empty());
         assert!(latest_checkpoint(&split.path().join("checkpoints")).is_some());
+    });
+}
+
+/// LoRA SFT over a bf16 base, on every backend with bf16: the validation loss falls, the policy
+/// comes back in bf16, and a run stopped after one epoch and resumed ends with the
+/// uninterrupted run's adapters (the checkpoint holds the bf16 base and f32 adapters as they
+/// were, so nothing is rounded on the way).
+#[test]
+fn lora_sft_on_a_bf16_base_learns_and_resumes_exactly() {
+    use chex_grpo::model::lora::LoraConfig;
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        if !device.supports_dtype(FloatDType::BF16) {
+            return;
+        }
+        let data = examples();
+        let bf16_policy = || {
+            let mut p = policy(device);
+            p.model = p.model.with_dtype(ModelDtype::Bf16);
+            p
+        };
+        let config = |epochs| SftConfig {
+            learning_rate: 1e-2,
+            lora: Some(LoraConfig {
+                dropout: 0.0,
+                ..LoraConfig::chexreason()
+            }),
+            ..sft_config(epochs)
+        };
+        let full = tempfile::tempdir().unwrap();
+        let outcome =
+            train_sft(bf16_policy(), &data, &config(3), full.path(), false, device).unwrap();
+        let losses = &outcome.validation_losses;
+        println!("{choice}: bf16 LoRA SFT validation losses {losses:?}");
+        assert!(
+            losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0],
+            "{losses:?}"
+        );
+        assert_eq!(outcome.policy.model.dtype(), ModelDtype::Bf16);
+
+        let split = tempfile::tempdir().unwrap();
+        let interrupted = SftConfig {
+            stop_after_epochs: Some(1),
+            ..config(3)
+        };
+        train_sft(
+            bf16_policy(),
+            &data,
+            &interrupted,
+            split.path(),
+            false,
+            device,
+        )
+        .unwrap();
+        train_sft(bf16_policy(), &data, &config(3), split.path(), true, device).unwrap();
+        let adapters = |dir: &Path| {
+            std::fs::read(dir.join("checkpoints/sft-last/adapter/adapter_model.safetensors"))
+                .unwrap()
+        };
+        assert!(
+            adapters(full.path()) == adapters(split.path()),
+            "{choice}: the resumed run's adapters differ from the uninterrupted run's"
+        );
     });
 }
 
@@ -623,7 +687,11 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
     use chex_grpo::training::grpo::training_model;
     let _serial = serial();
     on_every_test_device(|choice, device| {
-        for checkpointing in [false, true] {
+        let mut dtypes = vec![ModelDtype::F32];
+        if device.supports_dtype(FloatDType::BF16) {
+            dtypes.push(ModelDtype::Bf16);
+        }
+        for (dtype, checkpointing) in dtypes.iter().flat_map(|d| [(*d, false), (*d, true)]) {
             for lora in [Some(LoraConfig::chexreason()), None] {
                 let adapters = lora.is_some();
                 let config = GrpoConfig {
@@ -632,7 +700,31 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
                     ..GrpoConfig::chexreason()
                 };
                 let policy = policy(device);
-                let model = training_model(policy.model.clone(), &config, device);
+                let model = training_model(policy.model.clone().with_dtype(dtype), &config, device);
+                // What is trained is f32 (adapters, or full weights as masters); what is frozen
+                // keeps the model's dtype, norms and biases f32 throughout.
+                for tensor in model.collect(None, None, false) {
+                    let product = tensor.name.ends_with("proj.weight")
+                        || tensor.name.ends_with("fc1.weight")
+                        || tensor.name.ends_with("fc2.weight")
+                        || tensor.name.ends_with("embed_tokens.weight")
+                        || tensor.name.ends_with("mm_input_projection_weight");
+                    let trained = if adapters {
+                        tensor.name.contains(".lora.")
+                    } else {
+                        !tensor.name.contains("vision_tower")
+                    };
+                    let want = if product && !trained && dtype == ModelDtype::Bf16 {
+                        DType::BF16
+                    } else {
+                        DType::F32
+                    };
+                    assert_eq!(
+                        tensor.dtype, want,
+                        "{choice} {dtype} adapters {adapters}: {}",
+                        tensor.name
+                    );
+                }
                 let ad = model.devices().remove(0);
                 assert!(ad.gradient_checkpointing_strategy().is_some());
                 let side = model.config.vision_config.image_size;
@@ -676,7 +768,7 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
                 assert_eq!(
                     grads.len(),
                     expected,
-                    "{choice}, checkpointing {checkpointing}, adapters {adapters}"
+                    "{choice} {dtype}, checkpointing {checkpointing}, adapters {adapters}"
                 );
             }
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataSource;
 use crate::prompts::PromptVariant;
+use chex_model::{DeviceChoice, ModelDtype};
 use chex_rewards::RewardRegistry;
 
 use crate::error::{Error, Result};
@@ -60,6 +61,11 @@ pub struct ModelSection {
     pub pretrained: Option<PathBuf>,
     /// How the model is asked and how it answers.
     pub prompt: PromptVariant,
+    /// Precision of the weights that feed matrix products, `"bf16"` or `"f32"` (norms, softmax,
+    /// losses, adapters and optimizer state stay f32); unset: bf16 on GPUs, f32 on CPUs.
+    /// `"f16"` is refused (Gemma 3 overflows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<ModelDtype>,
 }
 
 /// Where the images come from and how they are drawn.
@@ -257,6 +263,7 @@ impl Default for StudyConfig {
                 preset: Some("small".into()),
                 pretrained: None,
                 prompt: PromptVariant::StructuredSteps,
+                dtype: None,
             },
             data: DataSection {
                 train: TrainSite {
@@ -578,6 +585,16 @@ impl StudyConfig {
         }
     }
 
+    /// The model's precision on this configuration's device: `model.dtype`, or bf16 on GPUs and
+    /// f32 on CPUs.
+    pub fn model_dtype(&self) -> Result<ModelDtype> {
+        let device: DeviceChoice = self.device.parse()?;
+        Ok(self
+            .model
+            .dtype
+            .unwrap_or_else(|| ModelDtype::default_for(device)))
+    }
+
     /// Check the whole configuration — every section's ranges, the rewards against the
     /// built-in ones — before any work starts; the one entry point the CLI, the study and the
     /// trainers share.
@@ -590,6 +607,14 @@ impl StudyConfig {
         let bad = |key: &str, m: String| Err(Error::setting(key, m));
         if self.model.preset.is_none() && self.model.pretrained.is_none() {
             return bad("model", "give `preset` or `pretrained`".into());
+        }
+        if self.model.dtype == Some(ModelDtype::Bf16)
+            && matches!(self.device.parse(), Ok(DeviceChoice::NdArray))
+        {
+            return bad(
+                "model.dtype",
+                "burn's ndarray backend has no bf16; use \"f32\" or device cpu or tch-cpu".into(),
+            );
         }
         if self.data.tests.is_empty() {
             return bad("data.tests", "at least one test set is needed".into());
@@ -803,6 +828,21 @@ mod tests {
                 vec![],
                 "unknown reward `hardd`",
             ),
+            (
+                "[model]\ndtype = \"f16\"\n",
+                vec![],
+                "exceed f16's largest value",
+            ),
+            (
+                "",
+                vec!["model.dtype=fp8".to_string()],
+                "unknown dtype `fp8`",
+            ),
+            (
+                "device = \"ndarray\"\n[model]\ndtype = \"bf16\"\n",
+                vec![],
+                "model.dtype",
+            ),
         ] {
             let e = StudyConfig::from_toml(text, "x.toml", &overrides)
                 .map(|_| ())
@@ -811,6 +851,28 @@ mod tests {
             assert!(e.contains("x.toml") || e.contains("--set"), "{e}");
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn dtype_defaults_to_bf16_on_gpus_and_f32_on_cpus_and_round_trips() {
+        let on = |device: &str, set: &[&str]| {
+            let mut overrides = vec![format!("device={device}")];
+            overrides.extend(set.iter().map(|s| s.to_string()));
+            StudyConfig::from_toml("", "x.toml", &overrides).unwrap()
+        };
+        assert_eq!(on("cpu", &[]).model_dtype().unwrap(), ModelDtype::F32);
+        assert_eq!(on("tch-cpu", &[]).model_dtype().unwrap(), ModelDtype::F32);
+        assert_eq!(on("cuda:0", &[]).model_dtype().unwrap(), ModelDtype::Bf16);
+        assert_eq!(
+            on("tch-cuda:1", &[]).model_dtype().unwrap(),
+            ModelDtype::Bf16
+        );
+        let chosen = on("cuda:0", &["model.dtype=f32"]);
+        assert_eq!(chosen.model_dtype().unwrap(), ModelDtype::F32);
+        let saved = chosen.to_toml().unwrap();
+        assert!(saved.contains("dtype = \"f32\""), "{saved}");
+        let back = StudyConfig::from_toml(&saved, "saved", &[]).unwrap();
+        assert_eq!(back.model.dtype, Some(ModelDtype::F32));
     }
 
     #[test]

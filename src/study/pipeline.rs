@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use chex_model::burn::tensor::Device;
-use chex_model::checkpoint::from_pretrained;
+use chex_model::checkpoint::from_pretrained_in;
 use chex_model::lora::{apply_lora, merge_lora};
 use chex_model::{
     ChexTokenizer, DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, MemoryEstimate,
@@ -34,6 +34,7 @@ use rand::SeedableRng;
 pub fn study_device(config: &StudyConfig) -> Result<Device> {
     ensure_fits(config)?;
     let device = select_device(&config.device)?;
+    config.model_dtype()?.ensure_supported(&device)?;
     device.seed(config.seed);
     Ok(device)
 }
@@ -67,7 +68,13 @@ pub fn memory_estimate(config: &StudyConfig) -> Result<MemoryEstimate> {
             .eval
             .max_new_tokens
             .max(config.grpo.max_completion_length);
-    Ok(MemoryEstimate::new(&model, trained, rows, tokens))
+    Ok(MemoryEstimate::new(
+        &model,
+        config.model_dtype()?,
+        trained,
+        rows,
+        tokens,
+    ))
 }
 
 /// Refuses a model and batch sizes that cannot fit the machine, with the estimate, before
@@ -89,14 +96,16 @@ pub fn ensure_fits(config: &StudyConfig) -> Result<()> {
 /// The untrained policy: the pretrained checkpoint, or the preset initialised with the seed
 /// (before the `pretrain` stage, when that is on).
 pub fn initial_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
+    let dtype = config.model_dtype()?;
     let (model, tokenizer) = match &config.model.pretrained {
         Some(dir) => (
-            from_pretrained(dir, device)?,
+            from_pretrained_in(dir, dtype, device)?,
             ChexTokenizer::from_file(&dir.join("tokenizer.json"))?,
         ),
         None => {
             let model_config = model_config(config)?;
-            let model = Gemma3ForConditionalGeneration::seeded(&model_config, config.seed, device);
+            let model = Gemma3ForConditionalGeneration::seeded(&model_config, config.seed, device)
+                .with_dtype(dtype);
             let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
             (model, tokenizer)
         }

@@ -509,8 +509,9 @@ pub fn write_report(out: &Path) -> Result<Report> {
         })
         .unwrap_or_default();
     let mut report = format!(
-        "# ChexReason study — {}\n\nModel: {model}; prompt `{}`; device `{}`; seed {}. {} Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, rewards {}.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
+        "# ChexReason study — {}\n\nModel: {model}, {} weights; prompt `{}`; device `{}`; seed {}. {} Draws from the training site: {} SFT, {} RL, {} validation images. SFT: {} epochs at most, learning rate {}, {}. GRPO: {} steps, G = {}, {} prompts per step, β = {}, learning rate {}, rewards {}.{}\n\nThe configuration is in `config.toml`; metrics in `metrics/`; every answer in `predictions/`.\n\n## Verdict\n\n{verdict}\n\n{}\n## Parse failures and distinct answers\n\nShare of answers with no answer block (they count as predicting nothing), and how many distinct label sets the parsed answers name: 1 means the checkpoint gives every image the same answer.\n\n{parse_table}\n## Training\n\n{}\n\n## Sampled reasoning traces\n\nThe same in-distribution images for every checkpoint.\n\n{traces}",
         config.name,
+        config.model_dtype()?,
         serde_name(&config.model.prompt),
         config.device,
         config.seed,

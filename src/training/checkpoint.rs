@@ -223,7 +223,7 @@ pub fn load_checkpoint(
     Error,
 > {
     let state = verified_state(path)?;
-    let model = load_checkpoint_model(path, model)?;
+    let model = read_checkpoint_model(path, model)?;
     let optimizer = optimizer.load(path.join("optimizer.bpk")).map_err(|e| {
         fail(
             &path.join("optimizer.bpk"),
@@ -245,8 +245,20 @@ pub fn clear_stage(dir: &Path, stage: &str) -> Result<()> {
     Ok(())
 }
 
-/// Restore only the model of a checkpoint (for evaluation), onto a model of the same structure.
+/// Restore only the model of a checkpoint (for evaluation, or as the next stage's start), onto
+/// a model of the same structure, keeping that model's precision: trained weights were saved
+/// as f32 masters and come back in the model's dtype.
 pub fn load_checkpoint_model(
+    path: &Path,
+    model: Gemma3ForConditionalGeneration,
+) -> Result<Gemma3ForConditionalGeneration> {
+    let dtype = model.dtype();
+    Ok(read_checkpoint_model(path, model)?.with_dtype(dtype))
+}
+
+/// The model of a checkpoint exactly as saved, every tensor in the dtype it was written in
+/// (what resuming needs: f32 masters and adapters, frozen weights in the model's dtype).
+pub(crate) fn read_checkpoint_model(
     path: &Path,
     mut model: Gemma3ForConditionalGeneration,
 ) -> Result<Gemma3ForConditionalGeneration> {

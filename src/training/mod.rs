@@ -8,10 +8,11 @@
 //! policy updates on it) that returns [`UpdateStats`](grpo::UpdateStats), then logging and
 //! validation through the stage — the phases of TRL's `GRPOTrainer`.
 
-use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::tensor::Device;
 use chex_model::lora::{LoraConfig, apply_lora};
+use chex_model::precision::cast_parameters;
+use chex_model::{Gemma3ForConditionalGeneration, ModelDtype};
 
 pub mod checkpoint;
 pub mod examples;
@@ -83,6 +84,10 @@ pub(crate) fn validate_lora(
 /// come before the move: freezing a tensor already on the checkpointing device would put it
 /// back on burn's default (non-checkpointing) one, and burn refuses to mix the two in one
 /// operation.
+///
+/// With bf16 weights (see [`chex_model::precision`]), parts trained in full — everything but a
+/// frozen vision tower when there is no LoRA — go back to f32, so the optimizer updates f32
+/// masters; frozen weights stay bf16. Adapters are f32 already.
 pub fn trainable_model(
     model: Gemma3ForConditionalGeneration,
     freeze_vision: bool,
@@ -92,6 +97,13 @@ pub fn trainable_model(
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
     let mut model = model.to_device(device);
+    if lora.is_none() {
+        let dtype = model.dtype();
+        model = model.with_dtype(ModelDtype::F32);
+        if freeze_vision {
+            model.model.vision_tower = cast_parameters(model.model.vision_tower, dtype);
+        }
+    }
     if freeze_vision {
         model.model.vision_tower = model.model.vision_tower.freeze();
     }

@@ -259,6 +259,7 @@ pub fn train_supervised(
         })
         .collect::<Result<_>>()?;
 
+    let dtype = policy.model.dtype();
     let model = trainable_model(
         policy.model.clone(),
         config.freeze_vision,
@@ -380,7 +381,7 @@ pub fn train_supervised(
         }
     }
     let skipped_steps = stage.state.skipped_steps;
-    let (best, checkpoint) = stage.finish(model)?;
+    let (best, checkpoint) = stage.finish(model, dtype)?;
     policy.model = best;
     Ok(SftOutcome {
         policy,

@@ -4,15 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::ModuleOptimizer;
 use chex_model::lora::LoraConfig;
+use chex_model::{Gemma3ForConditionalGeneration, ModelDtype};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::checkpoint::{
-    TrainingState, clear_stage, load_checkpoint_model, recover_checkpoint, resume_from,
+    TrainingState, clear_stage, read_checkpoint_model, recover_checkpoint, resume_from,
     save_checkpoint,
 };
 use super::log::JsonlLog;
@@ -178,10 +178,12 @@ impl Stage {
     }
 
     /// End the stage: clear the bar and return the best checkpoint's model (the last one's when
-    /// no validation was finite), in inference mode, with where it was read from.
+    /// no validation was finite), in inference mode and in `dtype` (the precision the stage's
+    /// policy came in, whatever masters training kept), with where it was read from.
     pub fn finish(
         self,
         model: Gemma3ForConditionalGeneration,
+        dtype: ModelDtype,
     ) -> Result<(Gemma3ForConditionalGeneration, PathBuf)> {
         self.bar.finish_and_clear();
         let best = self.checkpoints.join(format!("{}-best", self.name));
@@ -191,8 +193,9 @@ impl Stage {
         } else if last.join("state.json").exists() {
             last
         } else {
-            return Ok((model.valid(), PathBuf::new()));
+            return Ok((model.valid().with_dtype(dtype), PathBuf::new()));
         };
-        Ok((load_checkpoint_model(&path, model)?.valid(), path))
+        let model = read_checkpoint_model(&path, model)?.valid();
+        Ok((model.with_dtype(dtype), path))
     }
 }

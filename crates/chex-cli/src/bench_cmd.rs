@@ -1,6 +1,7 @@
 //! `chex bench`: the throughput harness, one JSON line per figure.
 
 use chex_grpo::bench::{BenchConfig, BenchShape, Figure, run_bench};
+use chex_grpo::model::ModelDtype;
 use clap::Args;
 
 #[derive(Args)]
@@ -31,6 +32,10 @@ pub struct BenchArgs {
     /// for GPUs, as in training).
     #[arg(long)]
     gradient_checkpointing: Option<bool>,
+    /// Precision of the weights: bf16 or f32 (default: bf16 on GPUs, f32 on CPUs; f16 is
+    /// refused for Gemma 3).
+    #[arg(long)]
+    dtype: Option<ModelDtype>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -46,6 +51,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         shape,
         seed: args.seed,
         gradient_checkpointing: args.gradient_checkpointing,
+        dtype: args.dtype,
     };
     let mut failed = None;
     run_bench(

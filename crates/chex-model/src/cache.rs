@@ -1,7 +1,7 @@
 //! The key/value cache: preallocated per layer, written in place slot by slot, so each
 //! generation step feeds only the new positions.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Keys and values of one layer, `[batch, kv_heads, capacity, head_dim]` each.
 #[derive(Debug)]
@@ -16,12 +16,14 @@ impl LayerCache {
         kv_heads: usize,
         capacity: usize,
         head_dim: usize,
+        dtype: FloatDType,
         device: &Device,
     ) -> Self {
         let shape = [batch, kv_heads, capacity, head_dim];
+        let zeros = || Tensor::zeros(shape, (device, dtype.into()));
         Self {
-            keys: Some(Tensor::zeros(shape, device)),
-            values: Some(Tensor::zeros(shape, device)),
+            keys: Some(zeros()),
+            values: Some(zeros()),
         }
     }
 
@@ -61,18 +63,20 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` rows of up to `capacity` slots.
+    /// An empty cache for `batch` rows of up to `capacity` slots, holding keys and values in
+    /// `dtype` (the attention's precision).
     pub fn new(
         layers: usize,
         batch: usize,
         kv_heads: usize,
         capacity: usize,
         head_dim: usize,
+        dtype: FloatDType,
         device: &Device,
     ) -> Self {
         Self {
             layers: (0..layers)
-                .map(|_| LayerCache::new(batch, kv_heads, capacity, head_dim, device))
+                .map(|_| LayerCache::new(batch, kv_heads, capacity, head_dim, dtype, device))
                 .collect(),
             capacity,
             filled: 0,

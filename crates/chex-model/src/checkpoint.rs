@@ -18,6 +18,7 @@ use burn::tensor::{Device, Shape, TensorData};
 
 use crate::config::Gemma3Config;
 use crate::error::ModelError;
+use crate::precision::ModelDtype;
 use crate::vlm::Gemma3ForConditionalGeneration;
 
 /// Keys a Gemma 3 checkpoint may hold that this model does not use.
@@ -119,15 +120,26 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
 
-/// Load a Hugging Face checkpoint folder (`config.json` and safetensors weights).
+/// Load a Hugging Face checkpoint folder (`config.json` and safetensors weights) in f32.
 pub fn from_pretrained(
     dir: &Path,
+    device: &Device,
+) -> Result<Gemma3ForConditionalGeneration, ModelError> {
+    from_pretrained_in(dir, ModelDtype::F32, device)
+}
+
+/// [`from_pretrained`] with the matrix-product weights in `dtype` (see [`crate::precision`]).
+/// A bf16 checkpoint loaded in bf16 is never widened to f32 on the way, beyond its norms and
+/// biases.
+pub fn from_pretrained_in(
+    dir: &Path,
+    dtype: ModelDtype,
     device: &Device,
 ) -> Result<Gemma3ForConditionalGeneration, ModelError> {
     let config = Gemma3Config::from_file(&dir.join("config.json"))?;
     let mut model = Gemma3ForConditionalGeneration::new(&config, device);
     load_weights(&mut model, &weight_files(dir)?)?;
-    Ok(model)
+    Ok(model.with_dtype(dtype))
 }
 
 /// Fill `model` from safetensors files. Every parameter must be found exactly once with the

@@ -41,7 +41,7 @@ pub enum ModelError {
     #[error("generation: {0}")]
     Generation(String),
     #[error(
-        "{what} needs about {needed_gib:.1} GiB ({weights_gib:.1} GiB of f32 weights, \
+        "{what} needs about {needed_gib:.1} GiB ({weights_gib:.1} GiB of weights, \
          {training_gib:.1} GiB of gradients and optimizer state, {cache_gib:.1} GiB of \
          key/value cache) but this machine has {available_gib:.1} GiB; check the dimensions \
          in config.json or ask for smaller batches and lengths"
@@ -54,6 +54,8 @@ pub enum ModelError {
         cache_gib: f64,
         available_gib: f64,
     },
+    #[error("model.dtype: {0}")]
+    Precision(String),
     #[error("LoRA adapter {path}: {message}")]
     Adapter { path: String, message: String },
 }

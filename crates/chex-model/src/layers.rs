@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -48,6 +48,24 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let cube = x.clone() * x.clone() * x.clone();
     let exponent = ((x.clone() + cube * 0.044715) * MINUS_TWO_SQRT_2_OVER_PI).clamp_max(80.0);
     x / (exponent.exp() + 1.0)
+}
+
+/// `x · weight (+ bias)` computed in the weight's dtype and returned in `x`'s: a bf16 weight
+/// gets a bf16 product of an f32 input, as under autocast. The bias is added in `x`'s dtype.
+pub fn product<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let (input, compute) = (x.dtype(), weight.dtype());
+    if input == compute {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let y = burn::tensor::module::linear(x.cast(compute), weight, None).cast(input);
+    match bias {
+        Some(bias) => y + bias.cast(input).unsqueeze(),
+        None => y,
+    }
 }
 
 /// LoRA settings for one linear layer.
@@ -108,13 +126,12 @@ impl LoraLinear {
         self.weight.dims()
     }
 
-    /// Apply the layer to `[..., d_in]`.
+    /// Apply the layer to `[..., d_in]`. The product runs in the weight's dtype and the
+    /// result comes back in the input's (see [`crate::precision`]); the bias and the adapter
+    /// stay in f32.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = burn::tensor::module::linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let base = product(x.clone(), self.weight.val(), bias);
         match &self.lora {
             None => base,
             Some(lora) => {
@@ -150,11 +167,14 @@ impl LoraLinear {
         self
     }
 
-    /// Fold the adapter into the weight and drop it.
+    /// Fold the adapter into the weight and drop it. The sum is taken in f32 and stored back
+    /// in the weight's dtype, as PEFT merges into a bf16 model.
     pub fn merge_lora(mut self) -> Self {
         if let Some(lora) = self.lora.take() {
+            let weight = self.weight.val().detach();
+            let dtype = weight.dtype();
             let delta = lora.a.val().matmul(lora.b.val()) * lora.scale;
-            let merged = self.weight.val().detach() + delta.detach();
+            let merged = (weight.cast(FloatDType::F32) + delta.detach()).cast(dtype);
             self.weight = Param::from_tensor(merged);
         }
         self

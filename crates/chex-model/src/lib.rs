@@ -4,7 +4,8 @@
 //! [`cache`], [`sampling`]); teacher-forced scoring for the GRPO loss ([`scoring`]); LoRA with
 //! PEFT's file layout ([`lora`]); Hugging Face checkpoint import ([`checkpoint`]); tokenizers
 //! ([`tokenizer`]) and prompt assembly ([`prompt`]); the run-time choice of burn backend
-//! ([`device`]); and a memory estimate made before any allocation ([`memory`]).
+//! ([`device`]); bf16 or f32 weights ([`precision`]); and a memory estimate made before any
+//! allocation ([`memory`]).
 //!
 //! ```
 //! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
@@ -26,6 +27,7 @@ pub mod layers;
 pub mod lora;
 pub mod mask;
 pub mod memory;
+pub mod precision;
 pub mod prompt;
 pub mod rope;
 pub mod sampling;
@@ -40,5 +42,6 @@ pub use config::{Gemma3Config, LayerKind, ParameterCounts, TextConfig, VisionCon
 pub use device::{DeviceChoice, compiled_backends, select_device};
 pub use error::ModelError;
 pub use memory::MemoryEstimate;
+pub use precision::ModelDtype;
 pub use tokenizer::ChexTokenizer;
 pub use vlm::{Gemma3ForConditionalGeneration, ImageInputs};

@@ -7,13 +7,14 @@ use serde::Serialize;
 use crate::config::Gemma3Config;
 use crate::device::DeviceChoice;
 use crate::error::ModelError;
+use crate::precision::ModelDtype;
 
 /// Bytes of one f32 value.
 const F32: f64 = 4.0;
 /// Bytes in a GiB.
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// What a run will hold at its largest, in bytes (f32 throughout).
+/// What a run will hold at its largest, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MemoryEstimate {
     /// The weights.
@@ -25,16 +26,25 @@ pub struct MemoryEstimate {
 }
 
 impl MemoryEstimate {
-    /// Weights, plus training state for `trained_parameters`, plus the cache of `rows`
-    /// sequences of `tokens` positions each.
-    pub fn new(config: &Gemma3Config, trained_parameters: f64, rows: usize, tokens: usize) -> Self {
+    /// Weights in `dtype`, plus training state for `trained_parameters`, plus the cache of
+    /// `rows` sequences of `tokens` positions each (in `dtype`, the attention's precision).
+    /// Parameters trained in full keep f32 masters: with bf16 weights, their two extra bytes
+    /// are counted in the training state beside the f32 gradient and AdamW's two moments.
+    pub fn new(
+        config: &Gemma3Config,
+        dtype: ModelDtype,
+        trained_parameters: f64,
+        rows: usize,
+        tokens: usize,
+    ) -> Self {
         let t = &config.text_config;
         let per_position =
             2.0 * t.num_hidden_layers as f64 * t.num_key_value_heads as f64 * t.head_dim as f64;
+        let width = dtype.bytes();
         Self {
-            weights: parameters(config) * F32,
-            training_state: 3.0 * trained_parameters * F32,
-            kv_cache: per_position * rows as f64 * tokens as f64 * F32,
+            weights: parameters(config) * width,
+            training_state: trained_parameters * (3.0 * F32 + (F32 - width)),
+            kv_cache: per_position * rows as f64 * tokens as f64 * width,
         }
     }
 
@@ -105,7 +115,7 @@ mod tests {
         let mut huge = medgemma.clone();
         huge.text_config.hidden_size = 1 << 20;
         huge.text_config.intermediate_size = 1 << 22;
-        let estimate = MemoryEstimate::new(&huge, 0.0, 1, 1);
+        let estimate = MemoryEstimate::new(&huge, ModelDtype::F32, 0.0, 1, 1);
         assert!(estimate.weights > 1e15);
         if host_memory().is_some() {
             let err = estimate
@@ -116,7 +126,7 @@ mod tests {
         }
         // The small preset's weights fit any machine that builds this project.
         let small = Gemma3Config::preset("small").unwrap();
-        MemoryEstimate::new(&small, 0.0, 8, 512)
+        MemoryEstimate::new(&small, ModelDtype::F32, 0.0, 8, 512)
             .ensure_fits(DeviceChoice::Cpu, "small")
             .unwrap();
     }
@@ -124,9 +134,30 @@ mod tests {
     #[test]
     fn cache_grows_with_rows_and_positions() {
         let c = Gemma3Config::preset("medgemma-4b").unwrap();
-        let one = MemoryEstimate::new(&c, 0.0, 1, 100).kv_cache;
-        assert_eq!(MemoryEstimate::new(&c, 0.0, 4, 200).kv_cache, 8.0 * one);
+        let one = MemoryEstimate::new(&c, ModelDtype::F32, 0.0, 1, 100).kv_cache;
+        assert_eq!(
+            MemoryEstimate::new(&c, ModelDtype::F32, 0.0, 4, 200).kv_cache,
+            8.0 * one
+        );
         // 34 layers × 2 × 4 kv heads × 256 × 4 bytes per position.
         assert_eq!(one, 34.0 * 2.0 * 4.0 * 256.0 * 4.0 * 100.0);
+    }
+
+    #[test]
+    fn bf16_halves_weights_and_cache_and_keeps_f32_masters_for_trained_weights() {
+        let c = Gemma3Config::preset("medgemma-4b").unwrap();
+        let n = parameters(&c);
+        let f32 = MemoryEstimate::new(&c, ModelDtype::F32, n, 4, 100);
+        let bf16 = MemoryEstimate::new(&c, ModelDtype::Bf16, n, 4, 100);
+        assert_eq!(bf16.weights * 2.0, f32.weights);
+        assert_eq!(bf16.kv_cache * 2.0, f32.kv_cache);
+        // Weights plus masters come to the f32 weights: bf16 saves nothing on trained ones.
+        assert_eq!(
+            bf16.weights + bf16.training_state,
+            f32.weights + f32.training_state
+        );
+        // Under LoRA (nothing trained in full) the 4B weights fit a 24 GiB card in bf16.
+        let lora = MemoryEstimate::new(&c, ModelDtype::Bf16, 0.0, 16, 512);
+        assert!(lora.total() < 10.0 * GIB, "{}", lora.total() / GIB);
     }
 }

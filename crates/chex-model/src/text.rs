@@ -9,7 +9,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::{Gemma3Config, LayerKind};
@@ -186,9 +186,16 @@ impl Gemma3TextModel {
         }
     }
 
-    /// Scaled embeddings of `tokens` `[batch, len]`.
+    /// Scaled embeddings of `tokens` `[batch, len]`, in f32 whatever the table's dtype. With a
+    /// bf16 table the scale is rounded to bf16 first, as Gemma's own code and transformers do
+    /// (`sqrt(2560)` becomes 50.5, not 50.596).
     pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.embed_tokens.forward(tokens) * self.spec.embed_scale
+        let looked_up = self.embed_tokens.forward(tokens);
+        let scale = match looked_up.dtype() {
+            DType::BF16 => half::bf16::from_f64(self.spec.embed_scale).to_f64(),
+            _ => self.spec.embed_scale,
+        };
+        looked_up.cast(FloatDType::F32) * scale
     }
 
     /// Rotary angles and masks for slots `start..start+len` of `layout`.
@@ -321,8 +328,12 @@ impl Gemma3Attention {
             .forward(x)
             .reshape([b, len, kv_heads, d])
             .swap_dims(1, 2);
-        let q = apply_rotary(q, cos, sin);
-        let k = apply_rotary(k, cos, sin);
+        // Products of queries, keys and values run in the projections' dtype (bf16 keys also
+        // halve the cache); the softmax itself stays in f32 (see `decode_attention`).
+        let compute = self.q_proj.weight.val().dtype();
+        let q = apply_rotary(q, cos, sin).cast(compute);
+        let k = apply_rotary(k, cos, sin).cast(compute);
+        let v = v.cast(compute);
         let (k, v) = match cache {
             Some(cache) => {
                 let read_from = match kind {
@@ -360,13 +371,16 @@ impl Gemma3Attention {
         let out = out
             .reshape([b, heads, len, d])
             .swap_dims(1, 2)
-            .reshape([b, len, heads * d]);
+            .reshape([b, len, heads * d])
+            .cast(FloatDType::F32);
         self.o_proj.forward(out)
     }
 }
 
 /// Attention for one new token per row, written with matmuls: they read the cache through a
-/// strided view, where the fused kernel would first copy every cached key and value.
+/// strided view, where the fused kernel would first copy every cached key and value. The
+/// products run in the inputs' dtype; scaling, soft-cap, mask and softmax in f32, as
+/// transformers' eager attention does.
 fn decode_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -375,12 +389,13 @@ fn decode_attention(
     options: AttentionModuleOptions,
 ) -> Tensor<4> {
     let scale = options.scale.unwrap_or(1.0 / (q.dims()[3] as f64).sqrt());
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let compute = v.dtype();
+    let mut scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
     if let Some(cap) = options.softcap {
         scores = (scores / cap).tanh() * cap;
     }
     let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-    softmax(scores, 3).matmul(v)
+    softmax(scores, 3).cast(compute).matmul(v)
 }
 
 impl Gemma3Mlp {

@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::config::VisionConfig;
 use crate::layers::{LoraLinear, gelu_tanh};
@@ -150,12 +150,14 @@ impl SiglipAttention {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let split = |t: Tensor<3>| t.reshape([b, n, h, d / h]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
+        // The attention's products in the projections' dtype, its output back in f32.
+        let compute = self.q_proj.weight.val().dtype();
+        let q = split(self.q_proj.forward(x.clone())).cast(compute);
+        let k = split(self.k_proj.forward(x.clone())).cast(compute);
+        let v = split(self.v_proj.forward(x)).cast(compute);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, n, d]))
+            .forward(out.swap_dims(1, 2).reshape([b, n, d]).cast(FloatDType::F32))
     }
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::cache::KvCache;
 use crate::config::Gemma3Config;
 use crate::error::ModelError;
-use crate::layers::{GemmaRmsNorm, LoraLinear};
+use crate::layers::{GemmaRmsNorm, LoraLinear, product};
 use crate::mask::BatchLayout;
 use crate::text::Gemma3TextModel;
 use crate::vision::SiglipVisionModel;
@@ -58,7 +58,7 @@ impl Gemma3MultiModalProjector {
         let grid = vision.reshape([n, t, k, t, k, d]);
         let pooled = grid.mean_dim(4).mean_dim(2).reshape([n, t * t, d]);
         let normed = self.mm_soft_emb_norm.forward(pooled);
-        normed.matmul(self.mm_input_projection_weight.val().unsqueeze::<3>())
+        product(normed, self.mm_input_projection_weight.val(), None)
     }
 }
 
@@ -273,7 +273,7 @@ impl Gemma3ForConditionalGeneration {
             .as_ref()
             .and_then(|h| h.bias.as_ref())
             .map(|b| b.val());
-        let logits = burn::tensor::module::linear(hidden, head.clone(), bias);
+        let logits = product(hidden, head.clone(), bias);
         match self.config.text_config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -299,6 +299,7 @@ impl Gemma3ForConditionalGeneration {
             t.num_key_value_heads,
             capacity,
             t.head_dim,
+            self.dtype().float_dtype(),
             device,
         )
     }

@@ -9,16 +9,16 @@ use common::fixture;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor};
 use chex_model::checkpoint::{from_pretrained, save_pretrained};
 use chex_model::device::on_every_test_device;
 use chex_model::generation::{GenerationConfig, generate};
-use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora};
+use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora, for_each_linear};
 use chex_model::prompt::EncodedPrompt;
 use chex_model::sampling::SamplingConfig;
 use chex_model::scoring::{ScoringRow, score_completions};
 use chex_model::vlm::ImageInputs;
-use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelError};
+use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype, ModelError};
 
 /// burn's random generators are per process, so tests that seed and draw from them run one at
 /// a time to keep each one's draws its own.
@@ -149,6 +149,142 @@ fn scoring_reproduces_the_sampling_log_probs() {
                     .all(|v| *v == 0.0)
             );
         }
+    });
+}
+
+/// The sampler's log-probs (cached decode, bf16 keys and values) against teacher-forced
+/// scoring (one fused pass) in bf16: the two round in different orders, so they agree to bf16's
+/// precision rather than f32's. Measured: max |Δ| below 0.01 on flex and tch-cpu.
+#[test]
+fn bf16_sampling_and_scoring_agree_to_bf16_precision() {
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        if !device.supports_dtype(FloatDType::BF16) {
+            return;
+        }
+        let (model, prompts, pixels) = small_model(device);
+        let model = model.with_dtype(ModelDtype::Bf16);
+        let config = sampling(true, 9);
+        let completions =
+            generate(&model, &prompts, Some(pixels.clone()), &config, device).unwrap();
+        assert_eq!(
+            completions,
+            generate(&model, &prompts, Some(pixels.clone()), &config, device).unwrap()
+        );
+        let features = model.encode_images(pixels).unwrap();
+        let rows: Vec<ScoringRow> = completions
+            .iter()
+            .map(|c| ScoringRow {
+                prompt: &prompts[c.prompt].ids,
+                image_block: prompts[c.prompt].image_block.as_ref(),
+                completion: &c.tokens,
+            })
+            .collect();
+        let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
+        let scores = score_completions(
+            &model,
+            &rows,
+            Some(ImageInputs {
+                features: &features,
+                image_of_row: &image_of_row,
+            }),
+            config.sampling.temperature,
+            device,
+        );
+        let width = scores.logprobs.dims()[1];
+        let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
+        let mut worst = 0.0f32;
+        for (r, c) in completions.iter().enumerate() {
+            for (i, lp) in c.logprobs.iter().enumerate() {
+                worst = worst.max((scored[r * width + i] - lp).abs());
+            }
+        }
+        println!("{choice}: bf16 sampled vs scored log-probs, max |Δ| {worst:.5}");
+        assert!(worst < 0.02, "{choice}: {worst}");
+    });
+}
+
+/// Gradients of the adapters on a model in `dtype`, flattened in layer order.
+fn adapter_gradients(device: &Device, dtype: ModelDtype) -> Vec<f32> {
+    let device = device.clone().autodiff();
+    let (model, prompts, pixels) = small_model(&device);
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..LoraConfig::chexreason()
+    };
+    let mut model = apply_lora(model, &lora, 0, &device).with_dtype(dtype);
+    let features = model.encode_images(pixels).unwrap();
+    let completion = [40u32, 41, 42];
+    let rows: Vec<ScoringRow> = prompts
+        .iter()
+        .map(|p| ScoringRow {
+            prompt: &p.ids,
+            image_block: p.image_block.as_ref(),
+            completion: &completion,
+        })
+        .collect();
+    let scores = score_completions(
+        &model,
+        &rows,
+        Some(ImageInputs {
+            features: &features,
+            image_of_row: &[0, 1],
+        }),
+        1.0,
+        &device,
+    );
+    let grads = GradientsParams::from_grads(scores.logprobs.sum().neg().backward(), &model);
+    let mut out = Vec::new();
+    for_each_linear(&mut model, &mut |_, linear| {
+        if let Some(lora) = &linear.lora {
+            for param in [&lora.a, &lora.b] {
+                let grad = grads
+                    .get::<2>(param.id)
+                    .expect("every adapter has a gradient");
+                assert_eq!(grad.dtype(), DType::F32, "adapters train in f32");
+                out.extend(
+                    grad.into_data()
+                        .convert::<f32>()
+                        .try_to_vec::<f32>()
+                        .unwrap(),
+                );
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// LoRA over a bf16 base: the adapters' gradients (f32) point where the f32 model's do.
+#[test]
+fn bf16_base_gives_the_adapters_f32_gradients_close_to_f32s() {
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        if !device.supports_dtype(FloatDType::BF16) {
+            return;
+        }
+        let full = adapter_gradients(device, ModelDtype::F32);
+        let half = adapter_gradients(device, ModelDtype::Bf16);
+        let dot: f64 = full.iter().zip(&half).map(|(a, b)| f64::from(a * b)).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&full) * norm(&half));
+        let relative = norm(
+            &full
+                .iter()
+                .zip(&half)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        ) / norm(&full);
+        println!(
+            "{choice}: bf16 vs f32 adapter gradients, cosine {cosine:.5}, relative error {relative:.4}"
+        );
+        assert!(half.iter().all(|g| g.is_finite()));
+        assert!(
+            cosine > 0.99 && relative < 0.1,
+            "{choice}: cosine {cosine}, error {relative}"
+        );
+        assert!(relative > 0.0, "{choice}: the bf16 model computed in f32");
     });
 }
 

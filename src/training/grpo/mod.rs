@@ -325,6 +325,7 @@ pub fn train_grpo_with(
             name: e.name,
             known: e.known,
         })?;
+    let dtype = policy.model.dtype();
     let start_model = policy.model.valid();
     let model = training_model(policy.model.clone(), config, device);
     let ad = device_of(&model);
@@ -422,7 +423,7 @@ pub fn train_grpo_with(
         }
     }
     let skipped_steps = stage.state.skipped_steps;
-    let (best, _) = stage.finish(model)?;
+    let (best, _) = stage.finish(model, dtype)?;
     policy.model = best;
     Ok(GrpoOutcome {
         policy,
