@@ -231,8 +231,8 @@ fn miniature_study_writes_every_artefact_and_the_report_matches_the_metrics() {
 
 /// The whole study with bf16 weights on every backend that has bf16: the pretrain and SFT
 /// stages train every weight (f32 masters, rounded back to bf16 after each stage), GRPO trains
-/// f32 adapters over the bf16 base and still starts at zero KL, and the report names the
-/// precision.
+/// f32 adapters over the bf16 base and starts at zero KL up to bf16 rounding, and the report
+/// names the precision.
 #[test]
 fn miniature_study_runs_in_bf16_where_the_backend_has_it() {
     use chex_grpo::model::ModelDtype;
@@ -250,8 +250,13 @@ fn miniature_study_runs_in_bf16_where_the_backend_has_it() {
         run_study(&config, false).unwrap();
         let log: Vec<GrpoStepRecord> =
             chex_grpo::training::log::read_jsonl(&config.out.join("grpo_log.jsonl")).unwrap();
+        // Policy and reference are one function, but the policy's pass (autodiff, other
+        // shapes) may take other bf16 kernels than the reference's: their log-probs agree to
+        // bf16's precision, under 0.006 (model_behaviour.rs), so the k3 estimate of KL,
+        // about ½Δ², stays below 2e-5. Measured: 7.8e-7 on flex, 1.0e-6 on tch-cpu.
         let kl = log[0].kl.unwrap();
-        assert!(kl.abs() < 1e-6, "{choice}: GRPO step-1 kl {kl}");
+        println!("{choice}: bf16 GRPO step-1 kl {kl:e}");
+        assert!(kl.abs() < 2e-5, "{choice}: GRPO step-1 kl {kl}");
         assert!(
             log.iter().all(|r| r.loss.is_some_and(f64::is_finite)),
             "{choice}"
