@@ -6,7 +6,7 @@
 #   scripts/gpu-bench.sh gpu-bundle /tmp/out [path/to/hf_gpu_baseline.py]
 #
 # The peer needs torch, transformers and peft (the node has them); without its path only our
-# figures are taken. BENCH_FIGURES (default rollout,score,grpo-step), BENCH_REPEATS
+# figures are taken. BENCH_FIGURES (default rollout,score,grpo-step,sft-step), BENCH_REPEATS
 # (default 1) and BENCH_DTYPES (default "bf16 f32") trim the run to the time at hand.
 set -uo pipefail
 
@@ -25,7 +25,7 @@ status=0
 for dtype in ${BENCH_DTYPES:-bf16 f32}; do
   for checkpointing in true false; do
     "$bundle/run.sh" bench --preset medgemma-4b --device tch-cuda:0 --dtype "$dtype" \
-      --figures "${BENCH_FIGURES:-rollout,score,grpo-step}" --repeats "${BENCH_REPEATS:-1}" \
+      --figures "${BENCH_FIGURES:-rollout,score,grpo-step,sft-step}" --repeats "${BENCH_REPEATS:-1}" \
       --gradient-checkpointing "$checkpointing" >> "$out" 2>> "$out.stderr" || status=1
   done
 done

@@ -28,8 +28,10 @@ use crate::corpus::preset_tokenizer;
 use crate::error::{Error, Result};
 use crate::prompts::PromptVariant;
 use crate::training::log::read_jsonl;
-use crate::training::records::GrpoStepRecord;
-use crate::training::{Example, GrpoConfig, Policy, device_of, train_grpo_with, trainable_model};
+use crate::training::records::{GrpoStepRecord, SftLogRecord};
+use crate::training::{
+    Example, GrpoConfig, Policy, SftConfig, device_of, train_grpo_with, train_sft, trainable_model,
+};
 
 /// One figure the harness can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,11 +45,20 @@ pub enum Figure {
     GrpoStep,
     /// A GRPO step at the shape of TRL's CPU baseline: 2 prompts × 4, full fine-tuning.
     TrlCpuStep,
+    /// A whole SFT step at ChexReason's settings: effective batch 8 (2 micro-batches of 4),
+    /// LoRA r16, completions of `new_tokens` tokens.
+    SftStep,
 }
 
 impl Figure {
     /// Every figure, in the order they are measured.
-    pub const ALL: [Figure; 4] = [Self::Rollout, Self::Score, Self::GrpoStep, Self::TrlCpuStep];
+    pub const ALL: [Figure; 5] = [
+        Self::Rollout,
+        Self::Score,
+        Self::GrpoStep,
+        Self::TrlCpuStep,
+        Self::SftStep,
+    ];
 }
 
 impl std::str::FromStr for Figure {
@@ -58,9 +69,12 @@ impl std::str::FromStr for Figure {
             "score" => Ok(Self::Score),
             "grpo-step" => Ok(Self::GrpoStep),
             "trl-cpu-step" => Ok(Self::TrlCpuStep),
+            "sft-step" => Ok(Self::SftStep),
             other => Err(Error::setting(
                 "figure",
-                format!("unknown figure `{other}` (rollout, score, grpo-step, trl-cpu-step)"),
+                format!(
+                    "unknown figure `{other}` (rollout, score, grpo-step, trl-cpu-step, sft-step)"
+                ),
             )),
         }
     }
@@ -170,6 +184,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             Figure::GrpoStep | Figure::TrlCpuStep => {
                 grpo_step_figure(&model_config, config, figure, dtype, &device)?
             }
+            Figure::SftStep => sft_step_figure(&model_config, config, dtype, &device)?,
         };
         let (peak_memory_gib, memory) = probe.finish();
         emit(&Measurement {
@@ -354,20 +369,7 @@ fn grpo_step_figure(
         Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
     let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
     let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
-    let side = model_config.vision_config.image_size as u32;
-    let pool: Vec<Example> = (0..16)
-        .map(|i| Example {
-            path: format!("bench-{i}.png").into(),
-            image: Arc::new(PreparedImage {
-                size: side,
-                pixels: (0..side * side)
-                    .map(|p| ((p as usize * 7 + i * 13) % 255) as f32 / 127.5 - 1.0)
-                    .collect(),
-            }),
-            labels: vec![chex_data::CHEXPERT_LABELS[1 + i % 13].to_string()],
-            reasoning: None,
-        })
-        .collect();
+    let pool = example_pool(model_config, 16);
     // The trainer itself, so the figure is what a training step costs: one warm-up step, then
     // the timed ones (its own per-step wall time, rollout and update, before any saving);
     // nothing validated or sampled on the way.
@@ -401,6 +403,97 @@ fn grpo_step_figure(
         .sum::<f64>()
         / timed.len() as f64;
     Ok((rows, shape.new_tokens, median, tokens))
+}
+
+/// `count` labelled examples with fixed synthetic images of the model's size.
+fn example_pool(model_config: &Gemma3Config, count: usize) -> Vec<Example> {
+    let side = model_config.vision_config.image_size as u32;
+    (0..count)
+        .map(|i| Example {
+            path: format!("bench-{i}.png").into(),
+            image: Arc::new(PreparedImage {
+                size: side,
+                pixels: (0..side * side)
+                    .map(|p| ((p as usize * 7 + i * 13) % 255) as f32 / 127.5 - 1.0)
+                    .collect(),
+            }),
+            labels: vec![chex_data::CHEXPERT_LABELS[1 + i % 13].to_string()],
+            reasoning: None,
+        })
+        .collect()
+}
+
+/// A teacher trace of at least `tokens` answer tokens under `policy`'s tokenizer.
+fn trace_of_length(policy: &Policy, tokens: usize) -> Result<String> {
+    const WORDS: [&str; 10] = [
+        "The",
+        "cardiac",
+        "silhouette",
+        "is",
+        "enlarged;",
+        "there",
+        "is",
+        "blunting",
+        "of",
+        "the",
+    ];
+    let mut text = String::from("<think>");
+    let mut words = WORDS.iter().cycle();
+    while policy.answer_ids(&format!("{text}</think>"))?.len() < tokens {
+        text.push(' ');
+        text.push_str(words.next().copied().unwrap_or("the"));
+    }
+    Ok(format!("{text}</think>"))
+}
+
+/// The SFT trainer itself for one warm-up and `repeats` timed steps at ChexReason's settings
+/// (LoRA r16, effective batch 8 in micro-batches of 4), each completion `new_tokens` long.
+fn sft_step_figure(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    dtype: ModelDtype,
+    device: &Device,
+) -> Result<(usize, usize, f64, f64)> {
+    let shape = &config.shape;
+    let mut sft = SftConfig::chexreason();
+    sft.epochs = 1;
+    sft.seed = config.seed;
+    sft.gradient_checkpointing = config.gradient_checkpointing;
+    // One held-out example: the epoch is the timed steps and one small validation pass.
+    sft.validation_fraction = 0.01;
+    let model =
+        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
+    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+    let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
+    let trace = trace_of_length(&policy, shape.new_tokens)?;
+    let completion = policy.answer_ids(&trace)?.len();
+    let steps = shape.repeats + 1;
+    let pool: Vec<Example> = example_pool(model_config, steps * sft.effective_batch + 1)
+        .into_iter()
+        .map(|e| Example {
+            reasoning: Some(trace.clone()),
+            ..e
+        })
+        .collect();
+    let out = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    train_sft(policy, &pool, &sft, out.path(), false, device)?;
+    let log = out.path().join("sft_log.jsonl");
+    let records: Vec<SftLogRecord> = read_jsonl(&log)?;
+    let mut seconds: Vec<f64> = records
+        .iter()
+        .filter_map(|r| match r {
+            SftLogRecord::Step(step) => Some(step.step_time),
+            SftLogRecord::Epoch(_) => None,
+        })
+        .skip(1)
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds
+        .get(seconds.len() / 2)
+        .copied()
+        .ok_or_else(|| Error::setting("bench", format!("{} holds no timed step", log.display())))?;
+    let rows = sft.effective_batch;
+    Ok((rows, completion, median, (rows * completion) as f64))
 }
 
 /// Peak memory while a figure runs: the host's peak resident set on CPU backends (reset when
@@ -510,7 +603,11 @@ mod tests {
         assert_eq!((rollout.rows, rollout.new_tokens), (4, 4));
         // No stop tokens: every row generates all its tokens.
         assert!((rollout.tokens_per_s * rollout.seconds - 16.0).abs() < 1e-6);
-        assert_eq!((seen[2].rows, seen[3].rows), (16, 8));
+        assert_eq!((seen[2].rows, seen[3].rows, seen[4].rows), (16, 8, 8));
+        // The SFT step: 8 completions of at least the asked length, every token counted.
+        let sft = &seen[4];
+        assert!(sft.new_tokens >= 4, "{sft:?}");
+        assert!((sft.tokens_per_s * sft.seconds - 8.0 * sft.new_tokens as f64).abs() < 1e-6);
         assert!(!seen[0].gradient_checkpointing && seen[1].gradient_checkpointing);
         for m in &seen {
             assert!(m.seconds > 0.0 && m.tokens_per_s > 0.0, "{m:?}");

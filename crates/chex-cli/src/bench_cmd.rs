@@ -12,11 +12,11 @@ pub struct BenchArgs {
     /// Device: cpu, ndarray, tch-cpu, tch-cuda:N or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Figures to measure, comma-separated: rollout, score, grpo-step, trl-cpu-step.
+    /// Figures to measure, comma-separated: rollout, score, grpo-step, trl-cpu-step, sft-step.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "rollout,score,grpo-step,trl-cpu-step"
+        default_value = "rollout,score,grpo-step,trl-cpu-step,sft-step"
     )]
     figures: Vec<Figure>,
     /// Timed repetitions of each figure after one warm-up (the median is printed).
