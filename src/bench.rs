@@ -6,6 +6,7 @@
 //! Weights are the preset's random initialisation: speed and memory do not depend on their
 //! values, and no download is needed.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -261,8 +262,7 @@ fn rollout_figure(
     device: &Device,
 ) -> Result<(usize, usize, f64, f64)> {
     let shape = &config.shape;
-    let model =
-        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
+    let model = bench_model(model_config, config, dtype, device);
     let prompts = image_prompts(model_config, shape.rollout_prompts, shape.text_tokens);
     let pixels = random_pixels(model_config, shape.rollout_prompts, device);
     let generation = GenerationConfig {
@@ -292,8 +292,7 @@ fn score_figure(
     device: &Device,
 ) -> Result<(usize, usize, f64, f64)> {
     let shape = &config.shape;
-    let model =
-        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
+    let model = bench_model(model_config, config, dtype, device);
     let model = trainable_model(
         model,
         true,
@@ -365,10 +364,7 @@ fn grpo_step_figure(
     grpo.gradient_checkpointing = config.gradient_checkpointing;
     let registry = RewardRegistry::builtin();
     grpo.validate(&registry)?;
-    let model =
-        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
-    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
-    let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
+    let policy = bench_policy(model_config, config, dtype, device)?;
     let pool = example_pool(model_config, 16);
     // The trainer itself, so the figure is what a training step costs: one warm-up step, then
     // the timed ones (its own per-step wall time, rollout and update, before any saving);
@@ -391,18 +387,44 @@ fn grpo_step_figure(
     let records: Vec<GrpoStepRecord> = read_jsonl(&log)?;
     let rows = grpo.prompts_per_step * grpo.group_size;
     let timed = records.get(1..).unwrap_or_default();
-    let mut seconds: Vec<f64> = timed.iter().map(|r| r.step_time).collect();
-    seconds.sort_by(f64::total_cmp);
-    let median = seconds
-        .get(seconds.len() / 2)
-        .copied()
-        .ok_or_else(|| Error::setting("bench", format!("{} holds no timed step", log.display())))?;
+    let median = median_step_time(timed.iter().map(|r| r.step_time).collect(), &log)?;
     let tokens = timed
         .iter()
         .map(|r| r.completions_mean_length * rows as f64)
         .sum::<f64>()
         / timed.len() as f64;
     Ok((rows, shape.new_tokens, median, tokens))
+}
+
+/// The preset's seeded random weights in `dtype`.
+fn bench_model(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    dtype: ModelDtype,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
+    Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype)
+}
+
+/// [`bench_model`] with the preset's tokenizer, asked in the structured-steps style.
+fn bench_policy(
+    model_config: &Gemma3Config,
+    config: &BenchConfig,
+    dtype: ModelDtype,
+    device: &Device,
+) -> Result<Policy> {
+    let model = bench_model(model_config, config, dtype, device);
+    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+    Policy::new(model, tokenizer, PromptVariant::StructuredSteps)
+}
+
+/// The median of the timed steps' wall times read from `log`.
+fn median_step_time(mut seconds: Vec<f64>, log: &Path) -> Result<f64> {
+    seconds.sort_by(f64::total_cmp);
+    seconds
+        .get(seconds.len() / 2)
+        .copied()
+        .ok_or_else(|| Error::setting("bench", format!("{} holds no timed step", log.display())))
 }
 
 /// `count` labelled examples with fixed synthetic images of the model's size.
@@ -461,10 +483,7 @@ fn sft_step_figure(
     sft.gradient_checkpointing = config.gradient_checkpointing;
     // One held-out example: the epoch is the timed steps and one small validation pass.
     sft.validation_fraction = 0.01;
-    let model =
-        Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype);
-    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
-    let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
+    let policy = bench_policy(model_config, config, dtype, device)?;
     let trace = trace_of_length(&policy, shape.new_tokens)?;
     let completion = policy.answer_ids(&trace)?.len();
     let steps = shape.repeats + 1;
@@ -479,7 +498,7 @@ fn sft_step_figure(
     train_sft(policy, &pool, &sft, out.path(), false, device)?;
     let log = out.path().join("sft_log.jsonl");
     let records: Vec<SftLogRecord> = read_jsonl(&log)?;
-    let mut seconds: Vec<f64> = records
+    let seconds = records
         .iter()
         .filter_map(|r| match r {
             SftLogRecord::Step(step) => Some(step.step_time),
@@ -487,11 +506,7 @@ fn sft_step_figure(
         })
         .skip(1)
         .collect();
-    seconds.sort_by(f64::total_cmp);
-    let median = seconds
-        .get(seconds.len() / 2)
-        .copied()
-        .ok_or_else(|| Error::setting("bench", format!("{} holds no timed step", log.display())))?;
+    let median = median_step_time(seconds, &log)?;
     let rows = sft.effective_batch;
     Ok((rows, completion, median, (rows * completion) as f64))
 }

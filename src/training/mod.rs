@@ -12,6 +12,7 @@ use chex_model::burn::module::Module;
 use chex_model::burn::tensor::Device;
 use chex_model::lora::{LoraConfig, apply_lora};
 use chex_model::precision::cast_parameters;
+use chex_model::vlm::Gemma3Model;
 use chex_model::{Gemma3ForConditionalGeneration, ModelDtype};
 
 pub mod checkpoint;
@@ -98,10 +99,19 @@ pub fn trainable_model(
 ) -> Gemma3ForConditionalGeneration {
     let mut model = model.to_device(device);
     if lora.is_none() {
-        let dtype = model.dtype();
-        model = model.with_dtype(ModelDtype::F32);
         if freeze_vision {
-            model.model.vision_tower = cast_parameters(model.model.vision_tower, dtype);
+            let parts = model.model;
+            model.model = Gemma3Model {
+                language_model: cast_parameters(parts.language_model, ModelDtype::F32),
+                multi_modal_projector: cast_parameters(
+                    parts.multi_modal_projector,
+                    ModelDtype::F32,
+                ),
+                ..parts
+            };
+            model.lm_head = cast_parameters(model.lm_head, ModelDtype::F32);
+        } else {
+            model = model.with_dtype(ModelDtype::F32);
         }
     }
     if freeze_vision {

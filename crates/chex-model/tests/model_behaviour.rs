@@ -12,11 +12,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor};
 use chex_model::checkpoint::{from_pretrained, save_pretrained};
 use chex_model::device::on_every_test_device;
-use chex_model::generation::{GenerationConfig, generate};
+use chex_model::generation::{Completion, GenerationConfig, generate};
 use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora, for_each_linear};
 use chex_model::prompt::EncodedPrompt;
 use chex_model::sampling::SamplingConfig;
-use chex_model::scoring::{ScoringRow, score_completions};
+use chex_model::scoring::{ScoringRow, TokenScores, score_completions};
 use chex_model::vlm::ImageInputs;
 use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype, ModelError};
 
@@ -103,6 +103,38 @@ fn sampled_generation_is_seeded_and_the_cache_equals_recomputation() {
     });
 }
 
+/// Teacher-forced scores of sampled completions, each under its own prompt and image, at the
+/// sampling temperature.
+fn score_sampled(
+    model: &Gemma3ForConditionalGeneration,
+    prompts: &[EncodedPrompt],
+    pixels: Tensor<4>,
+    completions: &[Completion],
+    config: &GenerationConfig,
+    device: &Device,
+) -> TokenScores {
+    let features = model.encode_images(pixels).unwrap();
+    let rows: Vec<ScoringRow> = completions
+        .iter()
+        .map(|c| ScoringRow {
+            prompt: &prompts[c.prompt].ids,
+            image_block: prompts[c.prompt].image_block.as_ref(),
+            completion: &c.tokens,
+        })
+        .collect();
+    let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
+    score_completions(
+        model,
+        &rows,
+        Some(ImageInputs {
+            features: &features,
+            image_of_row: &image_of_row,
+        }),
+        config.sampling.temperature,
+        device,
+    )
+}
+
 #[test]
 fn scoring_reproduces_the_sampling_log_probs() {
     let _serial = serial();
@@ -111,26 +143,7 @@ fn scoring_reproduces_the_sampling_log_probs() {
         let config = sampling(true, 9);
         let completions =
             generate(&model, &prompts, Some(pixels.clone()), &config, device).unwrap();
-        let features = model.encode_images(pixels).unwrap();
-        let rows: Vec<ScoringRow> = completions
-            .iter()
-            .map(|c| ScoringRow {
-                prompt: &prompts[c.prompt].ids,
-                image_block: prompts[c.prompt].image_block.as_ref(),
-                completion: &c.tokens,
-            })
-            .collect();
-        let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
-        let scores = score_completions(
-            &model,
-            &rows,
-            Some(ImageInputs {
-                features: &features,
-                image_of_row: &image_of_row,
-            }),
-            config.sampling.temperature,
-            device,
-        );
+        let scores = score_sampled(&model, &prompts, pixels, &completions, &config, device);
         let width = scores.logprobs.dims()[1];
         let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
         let entropies = scores.entropies.into_data().try_to_vec::<f32>().unwrap();
@@ -171,26 +184,7 @@ fn bf16_sampling_and_scoring_agree_to_bf16_precision() {
             completions,
             generate(&model, &prompts, Some(pixels.clone()), &config, device).unwrap()
         );
-        let features = model.encode_images(pixels).unwrap();
-        let rows: Vec<ScoringRow> = completions
-            .iter()
-            .map(|c| ScoringRow {
-                prompt: &prompts[c.prompt].ids,
-                image_block: prompts[c.prompt].image_block.as_ref(),
-                completion: &c.tokens,
-            })
-            .collect();
-        let image_of_row: Vec<usize> = completions.iter().map(|c| c.prompt).collect();
-        let scores = score_completions(
-            &model,
-            &rows,
-            Some(ImageInputs {
-                features: &features,
-                image_of_row: &image_of_row,
-            }),
-            config.sampling.temperature,
-            device,
-        );
+        let scores = score_sampled(&model, &prompts, pixels, &completions, &config, device);
         let width = scores.logprobs.dims()[1];
         let scored = scores.logprobs.into_data().try_to_vec::<f32>().unwrap();
         let mut worst = 0.0f32;
