@@ -3,6 +3,11 @@
 //! tokens at temperature 0.8 and top-p 0.95 (the shape `../shared/peer/hf_generate_baseline.py`
 //! measures for Hugging Face transformers). Run: `cargo bench --bench generation`; set
 //! `CHEX_BENCH_DEVICE` (`cpu`, `ndarray`, `tch-cpu`, `tch-cuda:0`, …) to measure another backend.
+//!
+//! `generate_call_gemma3_vocab` measures what one `generate` call costs before its first decode
+//! step at MedGemma-4B's vocabulary and width (262,208 × 2,560, the tied head included) with a
+//! single decoder layer: the per-call work that scales with the embedding, which GRPO pays at
+//! every step (`CHEX_BENCH_VOCAB=0` skips it; it holds 2.7 GB).
 
 use std::time::Duration;
 
@@ -96,7 +101,51 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
     group.finish();
 }
 
+/// One `generate` call with a single new token at Gemma 3's vocabulary and width.
+fn bench_call_at_gemma3_vocab(c: &mut Criterion) {
+    let spec = std::env::var("CHEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = select_device(&spec).unwrap_or_else(|e| panic!("CHEX_BENCH_DEVICE: {e}"));
+    device.seed(0);
+    let gemma = Gemma3Config::preset("medgemma-4b").unwrap();
+    let mut config = Gemma3Config::preset("tiny").unwrap();
+    config.text_config.vocab_size = gemma.text_config.vocab_size;
+    config.text_config.hidden_size = gemma.text_config.hidden_size;
+    config.text_config.num_hidden_layers = 1;
+    config.text_config.layer_types = None;
+    config.validate().unwrap();
+    let model = Gemma3ForConditionalGeneration::new(&config, &device);
+    let prompts = image_prompts(&config, PROMPTS, 24);
+    let side = config.vision_config.image_size;
+    let pixels = Tensor::<4>::random(
+        [PROMPTS, 3, side, side],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let generation = GenerationConfig {
+        max_new_tokens: 1,
+        samples_per_prompt: SAMPLES,
+        sampling: SamplingConfig::chexreason(),
+        stop_tokens: Vec::new(),
+        seed: 0,
+        use_cache: true,
+    };
+    let mut group = c.benchmark_group("generate_call_gemma3_vocab");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("batch32_new1", |b| {
+        b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, &device).unwrap())
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    if std::env::var("CHEX_BENCH_VOCAB")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+    {
+        bench_call_at_gemma3_vocab(c);
+    }
     bench_preset(c, "tiny");
     if std::env::var("CHEX_BENCH_SMALL")
         .map(|v| v != "0")

@@ -311,6 +311,13 @@ impl Gemma3Attention {
             LayerKind::FullAttention => (&step.rope_global, &step.mask_global),
             LayerKind::SlidingAttention => (&step.rope_local, &step.mask_local),
         };
+        // Products of queries, keys and values run in the projections' dtype (bf16 keys also
+        // halve the cache); the norms, rotary angles and the softmax stay in f32 (see
+        // `decode_attention`). The input is cast once for all three projections, and values and
+        // the attention output stay in the compute dtype into their next product: in bf16 that
+        // is eight casts per layer where casting around every product took fourteen.
+        let compute = self.q_proj.weight.val().dtype();
+        let x = x.cast(compute);
         let q = self
             .q_norm
             .forward(self.q_proj.forward(x.clone()).reshape([b, len, heads, d]))
@@ -328,9 +335,6 @@ impl Gemma3Attention {
             .forward(x)
             .reshape([b, len, kv_heads, d])
             .swap_dims(1, 2);
-        // Products of queries, keys and values run in the projections' dtype (bf16 keys also
-        // halve the cache); the softmax itself stays in f32 (see `decode_attention`).
-        let compute = self.q_proj.weight.val().dtype();
         let q = apply_rotary(q, cos, sin).cast(compute);
         let k = apply_rotary(k, cos, sin).cast(compute);
         let v = v.cast(compute);
@@ -371,9 +375,8 @@ impl Gemma3Attention {
         let out = out
             .reshape([b, heads, len, d])
             .swap_dims(1, 2)
-            .reshape([b, len, heads * d])
-            .cast(FloatDType::F32);
-        self.o_proj.forward(out)
+            .reshape([b, len, heads * d]);
+        self.o_proj.forward(out).cast(FloatDType::F32)
     }
 }
 
@@ -400,7 +403,14 @@ fn decode_attention(
 
 impl Gemma3Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = gelu_tanh(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        // As in attention: one cast of the input for both products; the activation and the
+        // gating product in f32.
+        let compute = self.gate_proj.weight.val().dtype();
+        let x = x.cast(compute);
+        let gate = gelu_tanh(self.gate_proj.forward(x.clone()).cast(FloatDType::F32));
+        let up = self.up_proj.forward(x).cast(FloatDType::F32);
+        self.down_proj
+            .forward((gate * up).cast(compute))
+            .cast(FloatDType::F32)
     }
 }
