@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU node, from the repository root: the issue-13 figures in one prepared run.
-# `chex bench` (from a bundle of scripts/build-for-gpu-node.sh) at MedGemma-4B shapes, then the
-# Python peer on the same card, each a JSON line, all into OUT_DIR/gpu-bench.jsonl.
+# For each precision, the Python peer and then `chex bench` (from a bundle of
+# scripts/build-for-gpu-node.sh) at MedGemma-4B shapes on the same card, each a JSON line, all
+# appended to OUT_DIR/gpu-bench.jsonl as they finish.
 #
 #   scripts/gpu-bench.sh gpu-bundle /tmp/out [path/to/hf_gpu_baseline.py]
 #
@@ -35,7 +36,15 @@ rollout=0
 for figure in "${figures[@]}"; do
   if [ "$figure" = rollout ]; then rollout=1; else training+=("$figure"); fi
 done
+# Each precision's peer figures first, so a run cut short by the device's time still has the
+# transformers line beside each of ours.
 for dtype in ${BENCH_DTYPES:-bf16 f32}; do
+  if [ -n "$peer" ]; then
+    case "$dtype" in
+      bf16) python3 "$peer" bfloat16 >> "$out" 2>> "$out.stderr" || status=1 ;;
+      f32) python3 "$peer" float32 >> "$out" 2>> "$out.stderr" || status=1 ;;
+    esac
+  fi
   if [ "$rollout" = 1 ]; then
     bench --dtype "$dtype" --figures rollout
     bench --dtype "$dtype" --figures rollout --new-tokens 8
@@ -47,8 +56,5 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
     done
   fi
 done
-if [ -n "$peer" ]; then
-  python3 "$peer" bfloat16 float32 >> "$out" 2>> "$out.stderr" || status=1
-fi
 cat "$out"
 exit $status
