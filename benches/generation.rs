@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use chex_grpo::bench::image_prompts;
 use chex_grpo::model::generation::{GenerationConfig, generate};
 use chex_grpo::model::sampling::SamplingConfig;
@@ -24,48 +24,73 @@ const PROMPTS: usize = 8;
 const SAMPLES: usize = 4;
 const NEW_TOKENS: usize = 128;
 
-fn bench_preset(c: &mut Criterion, preset: &str) {
+/// The device `CHEX_BENCH_DEVICE` names (flex by default), seeded.
+fn bench_device() -> Device {
     // burn's own default prefers libtorch over flex when both are compiled; name the device.
     let spec = std::env::var("CHEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
     let device = select_device(&spec).unwrap_or_else(|e| panic!("CHEX_BENCH_DEVICE: {e}"));
     device.seed(0);
-    let config = Gemma3Config::preset(preset).unwrap();
-    let model = Gemma3ForConditionalGeneration::new(&config, &device);
-    let prompts = image_prompts(&config, PROMPTS, 24);
+    device
+}
+
+/// One image per prompt, in the SigLIP input range.
+fn random_pixels(config: &Gemma3Config, device: &Device) -> Tensor<4> {
     let side = config.vision_config.image_size;
-    let pixels = Tensor::<4>::random(
+    Tensor::<4>::random(
         [PROMPTS, 3, side, side],
         Distribution::Uniform(-1.0, 1.0),
-        &device,
-    );
+        device,
+    )
+}
+
+/// `generate` of `PROMPTS × SAMPLES` rows, `new_tokens` each, as the benchmark group `group`.
+fn bench_generate(
+    c: &mut Criterion,
+    group: &str,
+    config: &Gemma3Config,
+    new_tokens: usize,
+    device: &Device,
+) {
+    let model = Gemma3ForConditionalGeneration::new(config, device);
+    let prompts = image_prompts(config, PROMPTS, 24);
+    let pixels = random_pixels(config, device);
     let generation = GenerationConfig {
-        max_new_tokens: NEW_TOKENS,
+        max_new_tokens: new_tokens,
         samples_per_prompt: SAMPLES,
         sampling: SamplingConfig::chexreason(),
         stop_tokens: Vec::new(),
         seed: 0,
         use_cache: true,
     };
-    let mut group = c.benchmark_group(format!("generate_{preset}"));
+    let mut group = c.benchmark_group(group);
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(
-        (PROMPTS * SAMPLES * NEW_TOKENS) as u64,
+        (PROMPTS * SAMPLES * new_tokens) as u64,
     ));
-    group.bench_function("batch32_new128", |b| {
-        b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, &device).unwrap())
+    group.bench_function(format!("batch32_new{new_tokens}"), |b| {
+        b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, device).unwrap())
     });
     group.finish();
+}
+
+fn bench_preset(c: &mut Criterion, preset: &str) {
+    let device = bench_device();
+    let config = Gemma3Config::preset(preset).unwrap();
+    bench_generate(
+        c,
+        &format!("generate_{preset}"),
+        &config,
+        NEW_TOKENS,
+        &device,
+    );
 
     // One forward + backward of the scoring pass the GRPO loss needs, on the same batch.
     let ad = device.autodiff();
     let model = Gemma3ForConditionalGeneration::new(&config, &ad);
-    let pixels = Tensor::<4>::random(
-        [PROMPTS, 3, side, side],
-        Distribution::Uniform(-1.0, 1.0),
-        &ad,
-    );
+    let prompts = image_prompts(&config, PROMPTS, 24);
+    let pixels = random_pixels(&config, &ad);
     let completion: Vec<u32> = (0..NEW_TOKENS as u32).map(|i| 30 + i).collect();
     let rows: Vec<ScoringRow> = (0..PROMPTS * SAMPLES)
         .map(|r| ScoringRow {
@@ -103,9 +128,7 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
 
 /// One `generate` call with a single new token at Gemma 3's vocabulary and width.
 fn bench_call_at_gemma3_vocab(c: &mut Criterion) {
-    let spec = std::env::var("CHEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let device = select_device(&spec).unwrap_or_else(|e| panic!("CHEX_BENCH_DEVICE: {e}"));
-    device.seed(0);
+    let device = bench_device();
     let gemma = Gemma3Config::preset("medgemma-4b").unwrap();
     let mut config = Gemma3Config::preset("tiny").unwrap();
     config.text_config.vocab_size = gemma.text_config.vocab_size;
@@ -113,30 +136,7 @@ fn bench_call_at_gemma3_vocab(c: &mut Criterion) {
     config.text_config.num_hidden_layers = 1;
     config.text_config.layer_types = None;
     config.validate().unwrap();
-    let model = Gemma3ForConditionalGeneration::new(&config, &device);
-    let prompts = image_prompts(&config, PROMPTS, 24);
-    let side = config.vision_config.image_size;
-    let pixels = Tensor::<4>::random(
-        [PROMPTS, 3, side, side],
-        Distribution::Uniform(-1.0, 1.0),
-        &device,
-    );
-    let generation = GenerationConfig {
-        max_new_tokens: 1,
-        samples_per_prompt: SAMPLES,
-        sampling: SamplingConfig::chexreason(),
-        stop_tokens: Vec::new(),
-        seed: 0,
-        use_cache: true,
-    };
-    let mut group = c.benchmark_group("generate_call_gemma3_vocab");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
-    group.bench_function("batch32_new1", |b| {
-        b.iter(|| generate(&model, &prompts, Some(pixels.clone()), &generation, &device).unwrap())
-    });
-    group.finish();
+    bench_generate(c, "generate_call_gemma3_vocab", &config, 1, &device);
 }
 
 fn benches(c: &mut Criterion) {
