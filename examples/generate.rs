@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => {
             let config = Gemma3Config::preset(&args.preset)?;
-            let tokenizer = preset_tokenizer(config.text_config.vocab_size)?;
+            let tokenizer = preset_tokenizer(&config)?;
             (
                 Gemma3ForConditionalGeneration::new(&config, &device),
                 tokenizer,

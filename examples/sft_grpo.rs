@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sft_examples = examples_from(&train, &sft_idx, &cache)?;
     let rl_examples = examples_from(&train, &rl_idx, &cache)?;
     let eval_examples = examples_from(&test, &eval_idx, &cache)?;
-    let tokenizer = preset_tokenizer(config.text_config.vocab_size)?;
+    let tokenizer = preset_tokenizer(&config)?;
     let model = Gemma3ForConditionalGeneration::new(&config, &device);
     let policy = Policy::new(model, tokenizer, PromptVariant::StructuredSteps)?;
     let context = RewardContext::default();

@@ -2,13 +2,20 @@
 # On a GPU node, from the repository root: the issue-13 figures in one prepared run.
 # For each precision, the Python peer and then `chex bench` (from a bundle of
 # scripts/build-for-gpu-node.sh) at MedGemma-4B shapes on the same card, each a JSON line, all
-# appended to OUT_DIR/gpu-bench.jsonl as they finish.
+# appended to OUT_DIR/gpu-bench.jsonl as they finish; between the two precisions, the bundle's
+# test programs on the GPU (when it has them).
 #
 #   scripts/gpu-bench.sh gpu-bundle /tmp/out [path/to/hf_gpu_baseline.py]
 #
 # The peer needs torch, transformers and peft (the node has them); without its path only our
 # figures are taken. BENCH_FIGURES (default rollout,score,grpo-step,sft-step), BENCH_REPEATS
-# (default 1) and BENCH_DTYPES (default "bf16 f32") trim the run to the time at hand.
+# (default 1; rollouts take ROLLOUT_REPEATS, default 2) and BENCH_DTYPES (default "bf16 f32")
+# trim the run to the time at hand.
+#
+# Also written to OUT_DIR: gpu-bench.jsonl.stderr (every program's errors), tests.txt (the test
+# programs' reports), timeline.jsonl (when each program started and how long it ran) and
+# dmon.log (`nvidia-smi dmon`: the card's utilisation and memory every second, so a host-bound
+# phase shows as a busy share well under 100%).
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -17,44 +24,91 @@ if [ $# -lt 2 ]; then
 fi
 bundle=$(cd "$1" && pwd)
 mkdir -p "$2"
-out=$(cd "$2" && pwd)/gpu-bench.jsonl
+out_dir=$(cd "$2" && pwd)
+out=$out_dir/gpu-bench.jsonl
+timeline=$out_dir/timeline.jsonl
 peer=${3:-}
 : > "$out"
+: > "$timeline"
+: > "$out_dir/tests.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader |
   sed 's/^/{"card": "/; s/$/"}/' >> "$out"
+nvidia-smi dmon -s um -o T > "$out_dir/dmon.log" 2>&1 &
+dmon=$!
+trap 'kill $dmon 2>/dev/null' EXIT
 status=0
-bench() {
-  "$bundle/run.sh" bench --preset medgemma-4b --device tch-cuda:0 --repeats "${BENCH_REPEATS:-1}" \
-    "$@" >> "$out" 2>> "$out.stderr" || status=1
+
+# `timed_run LABEL FILE COMMAND…`: the command's stdout appended to FILE, its errors to
+# gpu-bench.jsonl.stderr, its span to the timeline.
+timed_run() {
+  local label=$1 file=$2
+  shift 2
+  local started
+  started=$(date +%s.%N)
+  "$@" >> "$file" 2>> "$out.stderr" || status=1
+  awk -v what="$label" -v started="$started" -v ended="$(date +%s.%N)" \
+    'BEGIN { printf "{\"what\": \"%s\", \"started\": %.2f, \"seconds\": %.2f}\n", what, started, ended - started }' \
+    >> "$timeline"
 }
-# The rollout does not train, so it runs once per precision, with 128 new tokens (the peer's
-# shape) and with 8 (what a call costs before decoding dominates: issue 13's 7.2 s in f32);
-# the training figures run with gradient checkpointing on and off.
+bench() {
+  timed_run "chex bench $*" "$out" "$bundle/run.sh" bench --preset medgemma-4b \
+    --device tch-cuda:0 "$@"
+}
+
 IFS=, read -r -a figures <<< "${BENCH_FIGURES:-rollout,score,grpo-step,sft-step}"
 training=()
 rollout=0
 for figure in "${figures[@]}"; do
   if [ "$figure" = rollout ]; then rollout=1; else training+=("$figure"); fi
 done
-# Each precision's peer figures first, so a run cut short by the device's time still has the
-# transformers line beside each of ours.
+repeats=${BENCH_REPEATS:-1}
+
+# Every training figure in its own process: nvidia-smi sees what the caching allocator holds,
+# and in one process a figure would report the blocks an earlier one left cached.
+training_figures() {
+  local dtype=$1 checkpointing=$2
+  for figure in "${training[@]}"; do
+    bench --dtype "$dtype" --figures "$figure" --repeats "$repeats" \
+      --gradient-checkpointing "$checkpointing"
+  done
+}
+
+gpu_tests() {
+  [ -d "$bundle/tests" ] || return 0
+  for program in hf_parity model_behaviour backend_contract training trl_step; do
+    [ -x "$bundle/tests/$program" ] || continue
+    CHEX_TEST_DEVICES=tch-cuda:0 timed_run "test $program" "$out_dir/tests.txt" \
+      timeout "${TEST_TIMEOUT_S:-120}" "$bundle/run.sh" "tests/$program" --test-threads 1 -q
+  done
+}
+
+# Each precision's transformers figures first, so a run cut short by the device's time still
+# has the peer line beside each of ours; the precision the study uses on GPUs (bf16) first, and
+# with checkpointing (its default there) before without.
+first=1
 for dtype in ${BENCH_DTYPES:-bf16 f32}; do
   if [ -n "$peer" ]; then
     case "$dtype" in
-      bf16) python3 "$peer" bfloat16 >> "$out" 2>> "$out.stderr" || status=1 ;;
-      f32) python3 "$peer" float32 >> "$out" 2>> "$out.stderr" || status=1 ;;
+      bf16) timed_run "peer bfloat16" "$out" python3 "$peer" bfloat16 ;;
+      f32) timed_run "peer float32" "$out" python3 "$peer" float32 ;;
     esac
   fi
   if [ "$rollout" = 1 ]; then
-    bench --dtype "$dtype" --figures rollout
-    bench --dtype "$dtype" --figures rollout --new-tokens 8
+    # 128 new tokens is the peer's shape; 8 is what a call costs before decoding dominates.
+    bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}"
+    bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}" --new-tokens 8
   fi
   if [ "${#training[@]}" -gt 0 ]; then
-    for checkpointing in true false; do
-      bench --dtype "$dtype" --figures "$(IFS=,; echo "${training[*]}")" \
-        --gradient-checkpointing "$checkpointing"
-    done
+    training_figures "$dtype" true
   fi
+  if [ "$first" = 1 ]; then
+    gpu_tests
+  fi
+  if [ "${#training[@]}" -gt 0 ]; then
+    training_figures "$dtype" false
+  fi
+  first=0
 done
-cat "$out"
+cat "$out" "$timeline"
+grep -E "^test result|FAILED|panicked|^failures" "$out_dir/tests.txt" 2>/dev/null
 exit $status

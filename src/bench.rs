@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use chex_data::PreparedImage;
 use chex_model::burn::tensor::{Device, Distribution, Tensor};
+use chex_model::checkpointing::score_for_training;
 use chex_model::generation::{GenerationConfig, generate};
 use chex_model::lora::LoraConfig;
 use chex_model::prompt::EncodedPrompt;
 use chex_model::sampling::SamplingConfig;
-use chex_model::scoring::{ScoringRow, score_completions};
+use chex_model::scoring::ScoringRow;
 use chex_model::vlm::ImageInputs;
 use chex_model::{
     DeviceChoice, Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype, select_device,
@@ -31,7 +32,8 @@ use crate::prompts::PromptVariant;
 use crate::training::log::read_jsonl;
 use crate::training::records::{GrpoStepRecord, SftLogRecord};
 use crate::training::{
-    Example, GrpoConfig, Policy, SftConfig, device_of, train_grpo_with, train_sft, trainable_model,
+    Example, GrpoConfig, Policy, SftConfig, checkpointing_on, device_of, train_grpo_with,
+    train_sft, trainable_model,
 };
 
 /// One figure the harness can measure.
@@ -298,10 +300,10 @@ fn score_figure(
         true,
         Some(&LoraConfig::chexreason()),
         config.seed,
-        config.gradient_checkpointing,
         device,
     );
     let ad = device_of(&model);
+    let checkpointing = checkpointing_on(config.gradient_checkpointing, device);
     let prompts = image_prompts(model_config, shape.score_prompts, shape.text_tokens);
     let pixels = random_pixels(model_config, shape.score_prompts, &ad);
     let vocab = model_config.text_config.vocab_size as u32;
@@ -318,7 +320,7 @@ fn score_figure(
     let image_of_row: Vec<usize> = (0..rows.len()).map(|r| r / shape.samples).collect();
     let (seconds, tokens) = timed(shape.repeats, || {
         let features = model.encode_images(pixels.clone())?;
-        let scores = score_completions(
+        let (scores, graph) = score_for_training(
             &model,
             &rows,
             Some(ImageInputs {
@@ -326,10 +328,13 @@ fn score_figure(
                 image_of_row: &image_of_row,
             }),
             SamplingConfig::chexreason().temperature,
+            checkpointing,
             &ad,
         );
-        // Reading one value waits for the backward pass on asynchronous devices.
-        let gradients = scores.logprobs.sum().backward();
+        let gradients = graph.gradients(scores.logprobs.sum(), &model);
+        // An asynchronous device may still be running the backward pass.
+        ad.sync()
+            .map_err(|e| Error::setting("bench", format!("device: {e:?}")))?;
         drop(gradients);
         Ok(rows.len() * completion.len())
     })?;
@@ -396,14 +401,15 @@ fn grpo_step_figure(
     Ok((rows, shape.new_tokens, median, tokens))
 }
 
-/// The preset's seeded random weights in `dtype`.
+/// The preset's random weights in `dtype`, drawn on the device: speed and memory do not depend
+/// on the values, and the host's single generator would take about a minute per figure at 4B.
 fn bench_model(
     model_config: &Gemma3Config,
     config: &BenchConfig,
     dtype: ModelDtype,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
-    Gemma3ForConditionalGeneration::seeded(model_config, config.seed, device).with_dtype(dtype)
+    Gemma3ForConditionalGeneration::drawn_on(model_config, config.seed, dtype, device)
 }
 
 /// [`bench_model`] with the preset's tokenizer, asked in the structured-steps style.
@@ -414,7 +420,7 @@ fn bench_policy(
     device: &Device,
 ) -> Result<Policy> {
     let model = bench_model(model_config, config, dtype, device);
-    let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+    let tokenizer = preset_tokenizer(model_config)?;
     Policy::new(model, tokenizer, PromptVariant::StructuredSteps)
 }
 

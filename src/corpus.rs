@@ -3,8 +3,8 @@
 //! write.
 
 use chex_data::labels::CHEXPERT_LABELS;
-use chex_model::ChexTokenizer;
-use chex_model::tokenizer::train::train_bpe;
+use chex_model::tokenizer::train::train_bpe_for;
+use chex_model::{ChexTokenizer, Gemma3Config};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,8 +27,9 @@ pub fn training_corpus(answers: usize, seed: u64) -> Vec<String> {
     corpus
 }
 
-/// The tokenizer of the tiny and small presets: byte-level BPE trained on [`training_corpus`].
-pub fn preset_tokenizer(vocab_size: usize) -> Result<ChexTokenizer, chex_model::ModelError> {
+/// The tokenizer of a preset: byte-level BPE trained on [`training_corpus`], with the image
+/// tokens at the preset's ids.
+pub fn preset_tokenizer(config: &Gemma3Config) -> Result<ChexTokenizer, chex_model::ModelError> {
     let corpus = training_corpus(2000, 0);
-    train_bpe(corpus.iter(), vocab_size)
+    train_bpe_for(corpus.iter(), config)
 }

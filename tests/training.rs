@@ -42,7 +42,7 @@ fn miniature_config() -> Gemma3Config {
 }
 
 fn with_tokenizer(model: Gemma3ForConditionalGeneration) -> Policy {
-    let tokenizer = preset_tokenizer(model.config.text_config.vocab_size).unwrap();
+    let tokenizer = preset_tokenizer(&model.config).unwrap();
     Policy::new(model, tokenizer, PromptVariant::LabelOnly).unwrap()
 }
 
@@ -678,11 +678,11 @@ fn resume_refuses_damage_and_recovers_an_interrupted_save() {
 /// checkpointing on and off.
 #[test]
 fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
-    use chex_grpo::model::burn::optim::GradientsParams;
     use chex_grpo::model::burn::store::ModuleSnapshot;
     use chex_grpo::model::burn::tensor::{Tensor, TensorData};
+    use chex_grpo::model::checkpointing::score_for_training;
     use chex_grpo::model::lora::LoraConfig;
-    use chex_grpo::model::scoring::{ScoringRow, score_completions};
+    use chex_grpo::model::scoring::ScoringRow;
     use chex_grpo::model::vlm::ImageInputs;
     use chex_grpo::training::grpo::training_model;
     let _serial = serial();
@@ -726,7 +726,6 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
                     );
                 }
                 let ad = model.devices().remove(0);
-                assert!(ad.gradient_checkpointing_strategy().is_some());
                 let side = model.config.vision_config.image_size;
                 let pixels = Tensor::<4>::from_data(
                     TensorData::new(vec![0.1f32; 3 * side * side], [1, 3, side, side]),
@@ -738,7 +737,7 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
                     image_block: policy.prompt.image_block.as_ref(),
                     completion: &[5, 9, 14],
                 }];
-                let scores = score_completions(
+                let (scores, graph) = score_for_training(
                     &model,
                     &rows,
                     Some(ImageInputs {
@@ -746,9 +745,10 @@ fn only_the_trained_weights_get_gradients_with_and_without_checkpointing() {
                         image_of_row: &[0],
                     }),
                     1.0,
+                    checkpointing,
                     &ad,
                 );
-                let grads = GradientsParams::from_grads(scores.logprobs.sum().backward(), &model);
+                let grads = graph.gradients(scores.logprobs.sum(), &model);
                 let names: Vec<String> = model
                     .collect(None, None, false)
                     .into_iter()

@@ -318,6 +318,7 @@ fn grpo_updates_match_trl_for_every_loss_type_at_mu_1_and_2() {
                 max_grad_norm: fx.max_grad_norm,
                 learning_rates: &learning_rates,
                 micro_batch: case.micro_batch,
+                gradient_checkpointing: Some(checkpointing),
             };
             let mut optimizer = OptimizerConfig::default().init();
             let mut gradients = Vec::new();
@@ -404,28 +405,29 @@ fn one_sft_step_matches_trl_completion_only_loss() {
                 completion: c,
             })
             .collect();
-        let loss = completion_loss(
-            &model,
-            &rows,
-            Tensor::<4>::from_data(pixels(), &ad),
-            &fx.prompts_of_rows,
-            &ad,
-        )
-        .map_err(|e| e.to_string())?;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        scalar_close(&format!("{choice} SFT loss"), value, fx.sft.loss, 1e-3)?;
-        let grads =
-            chex_grpo::model::burn::optim::GradientsParams::from_grads(loss.backward(), &model);
-        let worst = gradients_close(
-            &format!("{choice} SFT"),
-            &adapter_gradients(&model, &grads),
-            &theirs,
-            "sft/0/",
-        )?;
-        println!(
-            "{choice} SFT loss {value:.6} (TRL {:.6}), worst gradient {worst:.1e}",
-            fx.sft.loss
-        );
+        // Checkpointing each decoder layer reruns it in the backward pass: the gradients must
+        // not change.
+        for checkpointing in [false, true] {
+            let (loss, graph) = completion_loss(
+                &model,
+                &rows,
+                Tensor::<4>::from_data(pixels(), &ad),
+                &fx.prompts_of_rows,
+                checkpointing,
+                &ad,
+            )
+            .map_err(|e| e.to_string())?;
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            let what = format!("{choice} SFT (checkpointing {checkpointing})");
+            scalar_close(&format!("{what} loss"), value, fx.sft.loss, 1e-3)?;
+            let grads = graph.gradients(loss, &model);
+            let worst =
+                gradients_close(&what, &adapter_gradients(&model, &grads), &theirs, "sft/0/")?;
+            println!(
+                "{what}: loss {value:.6} (TRL {:.6}), worst gradient {worst:.1e}",
+                fx.sft.loss
+            );
+        }
         Ok(())
     });
 }
@@ -440,6 +442,7 @@ fn plain_settings<'a>(loss: &'a GrpoLossConfig, rates: &'a [f64]) -> UpdateSetti
         max_grad_norm: 1.0,
         learning_rates: rates,
         micro_batch: 0,
+        gradient_checkpointing: None,
     }
 }
 

@@ -104,9 +104,13 @@ pub fn initial_policy(config: &StudyConfig, device: &Device) -> Result<Policy> {
         ),
         None => {
             let model_config = model_config(config)?;
-            let model = Gemma3ForConditionalGeneration::seeded(&model_config, config.seed, device)
-                .with_dtype(dtype);
-            let tokenizer = preset_tokenizer(model_config.text_config.vocab_size)?;
+            let model = Gemma3ForConditionalGeneration::seeded_in(
+                &model_config,
+                config.seed,
+                dtype,
+                device,
+            );
+            let tokenizer = preset_tokenizer(&model_config)?;
             (model, tokenizer)
         }
     };

@@ -82,9 +82,7 @@ pub(crate) fn validate_lora(
 
 /// `model` made trainable on [`training_device`]: the vision tower frozen when asked, fresh
 /// adapters attached when `lora` is given, then moved, in training mode. Freezing and adapters
-/// come before the move: freezing a tensor already on the checkpointing device would put it
-/// back on burn's default (non-checkpointing) one, and burn refuses to mix the two in one
-/// operation.
+/// come before the move, on the plain device.
 ///
 /// With bf16 weights (see [`chex_model::precision`]), parts trained in full — everything but a
 /// frozen vision tower when there is no LoRA — go back to f32, so the optimizer updates f32
@@ -94,7 +92,6 @@ pub fn trainable_model(
     freeze_vision: bool,
     lora: Option<&LoraConfig>,
     seed: u64,
-    gradient_checkpointing: Option<bool>,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
     let mut model = model.to_device(device);
@@ -120,9 +117,7 @@ pub fn trainable_model(
     if let Some(lora) = lora {
         model = apply_lora(model, lora, seed, device);
     }
-    model
-        .to_device(&training_device(device, gradient_checkpointing))
-        .train()
+    model.to_device(&training_device(device)).train()
 }
 
 /// The device `model`'s parameters live on: for a trainable model, its autodiff twin with the
@@ -135,14 +130,13 @@ pub(crate) fn device_of(model: &Gemma3ForConditionalGeneration) -> Device {
         .expect("a model has parameters")
 }
 
-/// The autodiff twin of `device` that training runs on. With gradient checkpointing (`None`:
-/// on for GPUs only), burn's balanced strategy recomputes memory-bound activations during the
-/// backward pass instead of keeping them from the forward pass.
-pub fn training_device(device: &Device, gradient_checkpointing: Option<bool>) -> Device {
-    let ad = device.clone().autodiff();
-    if gradient_checkpointing.unwrap_or_else(|| chex_model::device::is_accelerator(device)) {
-        ad.gradient_checkpointing()
-    } else {
-        ad
-    }
+/// The autodiff twin of `device` that training runs on.
+pub fn training_device(device: &Device) -> Device {
+    device.clone().autodiff()
+}
+
+/// Whether a trainer checkpoints each decoder layer (see [`chex_model::checkpointing`]): the
+/// setting when given, else on for GPUs, where activations bound the batch, and off for CPUs.
+pub fn checkpointing_on(setting: Option<bool>, device: &Device) -> bool {
+    setting.unwrap_or_else(|| chex_model::device::is_accelerator(device))
 }

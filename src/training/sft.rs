@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
-use chex_model::burn::optim::{GradientsAccumulator, GradientsParams};
+use chex_model::burn::optim::GradientsAccumulator;
 use chex_model::burn::tensor::{Device, Tensor};
+use chex_model::checkpointing::{ScoreGraph, score_for_training};
 use chex_model::lora::LoraConfig;
-use chex_model::scoring::{ScoringRow, score_completions};
+use chex_model::scoring::ScoringRow;
 use chex_model::vlm::ImageInputs;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -22,8 +23,8 @@ use super::records::{SftEpochRecord, SftLogRecord, SftStepRecord, finite};
 use super::schedule::{LrSchedule, ScheduleKind};
 use super::stage::{Better, Stage};
 use super::{
-    Example, Policy, device_of, ensure, ensure_learning_rate, step_seed, trainable_model,
-    validate_lora,
+    Example, Policy, checkpointing_on, device_of, ensure, ensure_learning_rate, step_seed,
+    trainable_model, validate_lora,
 };
 use crate::error::Result;
 use crate::inputs::pixel_batch;
@@ -63,9 +64,9 @@ pub struct SftConfig {
     /// (for jobs on preemptible or time-limited machines); the schedule still spans `epochs`.
     #[serde(default)]
     pub stop_after_epochs: Option<usize>,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
-    /// balanced gradient checkpointing: less memory, some recomputation). Unset: on for GPUs,
-    /// off for CPUs.
+    /// Keep only each decoder layer's input and rerun the layer in the backward pass
+    /// (`chex_model::checkpointing`: same gradients, far less memory, one more forward pass of
+    /// the layers). Unset: on for GPUs, off for CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient_checkpointing: Option<bool>,
 }
@@ -150,16 +151,19 @@ pub struct SftOutcome {
 
 /// Mean cross-entropy of the completion tokens of `rows` (prompts and images are context
 /// only), differentiable on an autodiff device: transformers' causal-LM loss with the prompt's
-/// labels set to -100, what TRL's SFT trainer computes with `completion_only_loss`.
+/// labels set to -100, what TRL's SFT trainer computes with `completion_only_loss`. The graph
+/// to take its gradients through comes with it, each decoder layer checkpointed when
+/// `checkpointing` (see [`chex_model::checkpointing`]).
 pub fn completion_loss(
     model: &Gemma3ForConditionalGeneration,
     rows: &[ScoringRow<'_>],
     pixels: Tensor<4>,
     image_of_row: &[usize],
+    checkpointing: bool,
     device: &Device,
-) -> Result<Tensor<1>> {
+) -> Result<(Tensor<1>, ScoreGraph)> {
     let features = model.encode_images(pixels)?;
-    let scores = score_completions(
+    let (scores, graph) = score_for_training(
         model,
         rows,
         Some(ImageInputs {
@@ -167,10 +171,11 @@ pub fn completion_loss(
             image_of_row,
         }),
         1.0,
+        checkpointing,
         device,
     );
     let tokens = scores.mask.sum();
-    Ok(scores.logprobs.sum().neg() / tokens)
+    Ok((scores.logprobs.sum().neg() / tokens, graph))
 }
 
 /// The loss of some examples, each image answered by its target.
@@ -179,8 +184,9 @@ fn examples_loss(
     policy: &Policy,
     examples: &[&Example],
     targets: &[&[u32]],
+    checkpointing: bool,
     device: &Device,
-) -> Result<Tensor<1>> {
+) -> Result<(Tensor<1>, ScoreGraph)> {
     let images: Vec<_> = examples.iter().map(|e| e.image.as_ref()).collect();
     let block = policy.prompt.image_block.clone();
     let rows: Vec<ScoringRow> = targets
@@ -197,6 +203,7 @@ fn examples_loss(
         &rows,
         pixel_batch(&images, device),
         &image_of_row,
+        checkpointing,
         device,
     )
 }
@@ -265,10 +272,10 @@ pub fn train_supervised(
         config.freeze_vision,
         config.lora.as_ref(),
         config.seed,
-        config.gradient_checkpointing,
         device,
     );
     let ad = device_of(&model);
+    let checkpointing = checkpointing_on(config.gradient_checkpointing, device);
     let accumulation = config.effective_batch / config.micro_batch;
     let steps_per_epoch = training.len().div_ceil(config.effective_batch);
     let schedule = LrSchedule::new(
@@ -289,10 +296,13 @@ pub fn train_supervised(
         config.lora.clone(),
     )?;
     let (mut stage, mut model, mut optimizer) = (opened.stage, opened.model, opened.optimizer);
-    let loss_of = |model: &Gemma3ForConditionalGeneration, idx: &[usize], device: &Device| {
+    let loss_of = |model: &Gemma3ForConditionalGeneration,
+                   idx: &[usize],
+                   checkpointing: bool,
+                   device: &Device| {
         let refs: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let t: Vec<&[u32]> = idx.iter().map(|&i| targets[i].as_slice()).collect();
-        examples_loss(model, &policy, &refs, &t, device)
+        examples_loss(model, &policy, &refs, &t, checkpointing, device)
     };
     let mut validation_losses = Vec::new();
     while stage.state.epoch < config.epochs {
@@ -311,12 +321,12 @@ pub fn train_supervised(
             let mut loss_sum = 0.0;
             let mut finite_loss = true;
             for micro in step_examples.chunks(config.micro_batch) {
-                let loss = loss_of(&model, micro, &ad)? / accumulation as f64;
+                let (loss, graph) = loss_of(&model, micro, checkpointing, &ad)?;
+                let loss = loss / accumulation as f64;
                 let value = loss.clone().into_scalar::<f32>() as f64;
                 finite_loss &= value.is_finite();
                 loss_sum += value;
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                accumulator.accumulate(&model, grads);
+                accumulator.accumulate(&model, graph.gradients(loss, &model));
             }
             let mut grads = accumulator.grads();
             let grad_norm = clip_global_norm(&model, &mut grads, config.max_grad_norm);
@@ -346,7 +356,9 @@ pub fn train_supervised(
         let mut total = 0.0;
         let mut batches = 0;
         for chunk in validation.chunks(config.micro_batch) {
-            total += loss_of(&inference, chunk, device)?.into_scalar::<f32>() as f64;
+            total += loss_of(&inference, chunk, false, device)?
+                .0
+                .into_scalar::<f32>() as f64;
             batches += 1;
         }
         let validation_loss = total / batches.max(1) as f64;

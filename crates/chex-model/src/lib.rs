@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod config;
 pub mod device;
 pub mod error;

@@ -54,66 +54,100 @@ pub fn score_in_chunks(
     chunk: usize,
     device: &Device,
 ) -> TokenScores {
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
-    let blocks: Vec<_> = rows.iter().map(|r| r.image_block.cloned()).collect();
-    let (prompt_ids, width, layout) = left_pad(&prompts, &blocks, 0);
-    let longest = rows
-        .iter()
-        .map(|r| r.completion.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let batch = rows.len();
-    let total = width + longest;
-    let mut ids = Vec::with_capacity(batch * total);
-    let mut targets = Vec::with_capacity(batch * longest);
-    let mut mask = Vec::with_capacity(batch * longest);
-    for (r, row) in rows.iter().enumerate() {
-        ids.extend_from_slice(&prompt_ids[r * width..(r + 1) * width]);
-        for i in 0..longest {
-            let token = row.completion.get(i).copied();
-            ids.push(token.unwrap_or(0));
-            targets.push(token.unwrap_or(0) as i64);
-            mask.push(if token.is_some() { 1.0f32 } else { 0.0 });
+    let batch = ScoringBatch::new(rows, device);
+    let hidden = model.forward_hidden(batch.ids.clone(), &batch.layout, images, None);
+    batch.scores(model, hidden, temperature, chunk)
+}
+
+/// Rows laid out for one teacher-forced pass: prompts left-padded to a common width, then each
+/// completion padded to the longest.
+pub(crate) struct ScoringBatch {
+    /// `[batch, width + longest]` token ids.
+    pub ids: Tensor<2, Int>,
+    pub layout: BatchLayout,
+    /// Padded prompt width.
+    width: usize,
+    /// Longest completion (at least 1).
+    longest: usize,
+    /// `[batch, longest, 1]` completion ids.
+    targets: Tensor<3, Int>,
+    /// `[batch, longest]`: 1 for completion tokens, 0 for padding.
+    mask: Tensor<2>,
+}
+
+impl ScoringBatch {
+    pub fn new(rows: &[ScoringRow<'_>], device: &Device) -> Self {
+        let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
+        let blocks: Vec<_> = rows.iter().map(|r| r.image_block.cloned()).collect();
+        let (prompt_ids, width, layout) = left_pad(&prompts, &blocks, 0);
+        let longest = rows
+            .iter()
+            .map(|r| r.completion.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let batch = rows.len();
+        let total = width + longest;
+        let mut ids = Vec::with_capacity(batch * total);
+        let mut targets = Vec::with_capacity(batch * longest);
+        let mut mask = Vec::with_capacity(batch * longest);
+        for (r, row) in rows.iter().enumerate() {
+            ids.extend_from_slice(&prompt_ids[r * width..(r + 1) * width]);
+            for i in 0..longest {
+                let token = row.completion.get(i).copied();
+                ids.push(token.unwrap_or(0));
+                targets.push(token.unwrap_or(0) as i64);
+                mask.push(if token.is_some() { 1.0f32 } else { 0.0 });
+            }
+        }
+        Self {
+            ids: token_tensor(&ids, batch, total, device),
+            layout: BatchLayout { rows: layout.rows },
+            width,
+            longest,
+            targets: Tensor::from_data(TensorData::new(targets, [batch, longest, 1]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [batch, longest]), device),
         }
     }
-    let layout = BatchLayout { rows: layout.rows };
-    let hidden = model.forward_hidden(
-        token_tensor(&ids, batch, total, device),
-        &layout,
-        images,
-        None,
-    );
-    let [_, _, d] = hidden.dims();
-    let targets: Tensor<3, Int> =
-        Tensor::from_data(TensorData::new(targets, [batch, longest, 1]), device);
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, longest]), device);
-    // The head runs only at the completion's positions (transformers' `logits_to_keep`), and
-    // over the vocabulary a chunk of positions at a time, so no full-vocabulary tensor spans
-    // the whole completion.
-    let head = model.output_head();
-    let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
-    let chunk = chunk.max(1);
-    let mut chosen = Vec::new();
-    let mut entropies = Vec::new();
-    for start in (0..longest).step_by(chunk) {
-        let end = (start + chunk).min(longest);
-        // The hidden state at slot t predicts the token at slot t + 1.
-        let predicting = hidden
-            .clone()
-            .slice([0..batch, width - 1 + start..width - 1 + end, 0..d]);
-        let logits = model.logits_with_head(predicting, &head) * inverse_temperature;
-        let (logprob, entropy) =
-            selected_log_softmax(logits, targets.clone().slice([0..batch, start..end, 0..1]));
-        chosen.push(logprob);
-        entropies.push(entropy);
-    }
-    let chosen = Tensor::cat(chosen, 1);
-    let entropies = Tensor::cat(entropies, 1);
-    TokenScores {
-        logprobs: chosen * mask.clone(),
-        entropies: entropies * mask.clone(),
-        mask,
+
+    /// The completions' scores from the final hidden states `[batch, width + longest, hidden]`.
+    pub fn scores(
+        self,
+        model: &Gemma3ForConditionalGeneration,
+        hidden: Tensor<3>,
+        temperature: f32,
+        chunk: usize,
+    ) -> TokenScores {
+        let [batch, _, d] = hidden.dims();
+        let (width, longest) = (self.width, self.longest);
+        // The head runs only at the completion's positions (transformers' `logits_to_keep`),
+        // and over the vocabulary a chunk of positions at a time, so no full-vocabulary tensor
+        // spans the whole completion.
+        let head = model.output_head();
+        let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
+        let chunk = chunk.max(1);
+        let mut chosen = Vec::new();
+        let mut entropies = Vec::new();
+        for start in (0..longest).step_by(chunk) {
+            let end = (start + chunk).min(longest);
+            // The hidden state at slot t predicts the token at slot t + 1.
+            let predicting =
+                hidden
+                    .clone()
+                    .slice([0..batch, width - 1 + start..width - 1 + end, 0..d]);
+            let logits = model.logits_with_head(predicting, &head) * inverse_temperature;
+            let targets = self.targets.clone().slice([0..batch, start..end, 0..1]);
+            let (logprob, entropy) = selected_log_softmax(logits, targets);
+            chosen.push(logprob);
+            entropies.push(entropy);
+        }
+        let chosen = Tensor::cat(chosen, 1);
+        let entropies = Tensor::cat(entropies, 1);
+        TokenScores {
+            logprobs: chosen * self.mask.clone(),
+            entropies: entropies * self.mask.clone(),
+            mask: self.mask,
+        }
     }
 }
 

@@ -240,6 +240,25 @@ impl Gemma3TextModel {
         }
     }
 
+    /// Decoder layer `index` alone on `[batch, len, hidden]`, uncached (what per-layer
+    /// gradient checkpointing runs and reruns; see [`crate::checkpointing`]).
+    pub fn forward_layer(&self, index: usize, x: Tensor<3>, step: &StepInputs) -> Tensor<3> {
+        self.layers[index].forward(x, self.spec.layer_kinds[index], step, &self.spec, None)
+    }
+
+    /// [`Self::forward_layer`] on a copy of the layer whose parameters are not tracked, so that
+    /// with an untracked input nothing is recorded for a backward pass (a detached output alone
+    /// would not free what autodiff recorded); LoRA dropout still draws, on an autodiff device.
+    pub fn forward_layer_untracked(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        step: &StepInputs,
+    ) -> Tensor<3> {
+        let layer = self.layers[index].clone().no_grad();
+        layer.forward(x, self.spec.layer_kinds[index], step, &self.spec, None)
+    }
+
     /// Run the decoder layers on embeddings `[batch, len, hidden]` and apply the final norm.
     pub fn forward_embeddings(
         &self,

@@ -15,6 +15,7 @@ use crate::config::Gemma3Config;
 use crate::error::ModelError;
 use crate::layers::{GemmaRmsNorm, LoraLinear, product};
 use crate::mask::BatchLayout;
+use crate::precision::ModelDtype;
 use crate::text::Gemma3TextModel;
 use crate::vision::SiglipVisionModel;
 
@@ -102,21 +103,35 @@ impl Gemma3ForConditionalGeneration {
     /// study another result. Builds without flex draw on `device`. The generator is per
     /// process: two threads seeding and drawing at once take each other's numbers.
     pub fn seeded(config: &Gemma3Config, seed: u64, device: &Device) -> Self {
+        Self::seeded_in(config, seed, ModelDtype::F32, device)
+    }
+
+    /// [`seeded`](Self::seeded) in `dtype` (as [`with_dtype`](Self::with_dtype) casts), cast
+    /// where the weights are drawn, one parameter at a time: an accelerator then receives only
+    /// the bf16 weights, and never holds (nor caches) an f32 copy of the model. The values are
+    /// those of `seeded(..).with_dtype(dtype)`.
+    pub fn seeded_in(config: &Gemma3Config, seed: u64, dtype: ModelDtype, device: &Device) -> Self {
         #[cfg(feature = "flex")]
         {
             let host = Device::flex();
-            host.seed(seed);
-            let model = Self::new(config, &host).materialized();
-            if &host == device {
-                return model;
+            if &host != device {
+                host.seed(seed);
+                return Self::new(config, &host)
+                    .with_dtype(dtype)
+                    .materialized()
+                    .to_device(device);
             }
-            return model.to_device(device);
         }
-        #[allow(unreachable_code)]
-        {
-            device.seed(seed);
-            Self::new(config, device).materialized()
-        }
+        Self::drawn_on(config, seed, dtype, device)
+    }
+
+    /// A randomly initialised model drawn by `device`'s own generator, in `dtype`, one
+    /// parameter at a time. Seconds where [`seeded_in`](Self::seeded_in)'s single CPU generator
+    /// takes about a minute at 4B, for work whose cost does not depend on the values (the
+    /// throughput harness); the weights differ between backends.
+    pub fn drawn_on(config: &Gemma3Config, seed: u64, dtype: ModelDtype, device: &Device) -> Self {
+        device.seed(seed);
+        Self::new(config, device).with_dtype(dtype).materialized()
     }
 
     /// burn initialises parameters lazily, at first use and on the device they are then on:

@@ -7,10 +7,11 @@ mod common;
 
 use common::fixture;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor};
 use chex_model::checkpoint::{from_pretrained, save_pretrained};
+use chex_model::checkpointing::score_for_training;
 use chex_model::device::on_every_test_device;
 use chex_model::generation::{Completion, GenerationConfig, generate};
 use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora, for_each_linear};
@@ -465,4 +466,107 @@ fn a_seed_gives_the_same_model_and_adapters_on_every_backend() {
             .unwrap()
     };
     assert_ne!(other_seed, reference.0, "another seed, other weights");
+}
+
+#[test]
+fn a_seeded_model_cast_as_it_is_drawn_equals_the_f32_model_cast_afterwards() {
+    let _serial = serial();
+    let config = Gemma3Config::from_file(&fixture().join("config.json")).unwrap();
+    // Every parameter's dtype and values, as the host sees them, in module order.
+    struct Parameters(Vec<(DType, Vec<f32>)>);
+    impl ModuleVisitor for Parameters {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let dtype = value.dtype();
+            let data = value.cast(FloatDType::F32).into_data();
+            self.0.push((dtype, data.try_to_vec::<f32>().unwrap()));
+        }
+    }
+    let parameters = |model: Gemma3ForConditionalGeneration| {
+        let mut all = Parameters(Vec::new());
+        model.visit(&mut all);
+        all.0
+    };
+    on_every_test_device(|choice, device| {
+        let dtype = match ModelDtype::Bf16.ensure_supported(device) {
+            Ok(()) => ModelDtype::Bf16,
+            Err(_) => ModelDtype::F32,
+        };
+        let cast_after =
+            Gemma3ForConditionalGeneration::seeded(&config, 7, device).with_dtype(dtype);
+        let cast_while_drawn = Gemma3ForConditionalGeneration::seeded_in(&config, 7, dtype, device);
+        assert_eq!(cast_while_drawn.dtype(), dtype, "{choice}");
+        assert!(
+            parameters(cast_while_drawn) == parameters(cast_after),
+            "{choice}: casting as the weights are drawn gave other weights"
+        );
+    });
+}
+
+/// Every gradient `grads` holds for `model`'s parameters, in module order.
+fn gradient_values(model: &Gemma3ForConditionalGeneration, grads: &GradientsParams) -> Vec<f32> {
+    struct Collect<'a>(&'a GradientsParams, Vec<f32>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.0.get::<D>(param.id) {
+                self.1.extend(grad.into_data().iter::<f32>());
+            }
+        }
+    }
+    let mut collect = Collect(grads, Vec::new());
+    model.visit(&mut collect);
+    collect.1
+}
+
+#[test]
+fn checkpointing_changes_no_gradient_even_under_lora_dropout() {
+    // The generators are per process: a test drawing at the same time would take the numbers
+    // a rerun layer must draw again.
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        let config = Gemma3Config::preset("tiny").unwrap();
+        let lora = LoraConfig {
+            dropout: 0.3,
+            ..LoraConfig::chexreason()
+        };
+        let ad = device.clone().autodiff();
+        let model = Gemma3ForConditionalGeneration::seeded(&config, 3, device);
+        let model = apply_lora(model, &lora, 3, device).to_device(&ad).train();
+        let rows = [
+            ScoringRow {
+                prompt: &[2, 30, 31, 32],
+                image_block: None,
+                completion: &[40, 41, 42, 1],
+            },
+            ScoringRow {
+                prompt: &[2, 33],
+                image_block: None,
+                completion: &[43, 1],
+            },
+        ];
+        let run = |checkpointing: bool, seed: u64| {
+            ad.seed(seed);
+            let (scores, graph) = score_for_training(&model, &rows, None, 0.7, checkpointing, &ad);
+            // Gradients of B are zero at initialisation; A's vanish too. A loss that
+            // reaches every layer's adapters needs B moved, so weigh the entropies in too.
+            let loss = scores.logprobs.sum().neg() + scores.entropies.sum();
+            gradient_values(&model, &graph.gradients(loss, &model))
+        };
+        let whole = run(false, 11);
+        let checkpointed = run(true, 11);
+        assert_eq!(whole.len(), checkpointed.len(), "{choice}");
+        assert!(
+            whole.iter().any(|g| *g != 0.0),
+            "{choice}: every gradient is zero"
+        );
+        let scale = whole.iter().fold(0f32, |m, g| m.max(g.abs()));
+        for (i, (a, b)) in whole.iter().zip(&checkpointed).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale.max(1.0),
+                "{choice}: gradient {i} is {a} without checkpointing, {b} with"
+            );
+        }
+        // Dropout did draw: another seed, other masks, other gradients.
+        assert_ne!(run(false, 12), whole, "{choice}: dropout drew nothing");
+    });
 }

@@ -103,9 +103,9 @@ pub struct GrpoConfig {
     /// preemptible or time-limited machines); the schedule still spans `steps`.
     #[serde(default)]
     pub stop_after_steps: Option<usize>,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
-    /// balanced gradient checkpointing: less memory, some recomputation). Unset: on for GPUs,
-    /// off for CPUs.
+    /// Keep only each decoder layer's input and rerun the layer in the backward pass
+    /// (`chex_model::checkpointing`: same gradients, far less memory, one more forward pass of
+    /// the layers). Unset: on for GPUs, off for CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient_checkpointing: Option<bool>,
 }
@@ -167,6 +167,7 @@ impl GrpoConfig {
             max_grad_norm: self.max_grad_norm,
             learning_rates,
             micro_batch: self.micro_batch,
+            gradient_checkpointing: self.gradient_checkpointing,
         }
     }
 
@@ -441,14 +442,7 @@ pub fn training_model(
     config: &GrpoConfig,
     device: &Device,
 ) -> Gemma3ForConditionalGeneration {
-    let model = trainable_model(
-        model,
-        true,
-        config.lora.as_ref(),
-        config.seed,
-        config.gradient_checkpointing,
-        device,
-    );
+    let model = trainable_model(model, true, config.lora.as_ref(), config.seed, device);
     if config.disable_dropout {
         set_lora_dropout(model, 0.0)
     } else {

@@ -10,8 +10,9 @@ use chex_model::Gemma3ForConditionalGeneration;
 use chex_model::burn::module::Module;
 use chex_model::burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use chex_model::burn::tensor::{Device, Tensor, TensorData};
+use chex_model::checkpointing::{ScoreGraph, score_for_training};
 use chex_model::lora::for_each_linear;
-use chex_model::scoring::{ScoringRow, TokenScores, score_completions};
+use chex_model::scoring::{ScoringRow, TokenScores};
 use chex_model::vlm::ImageInputs;
 use chex_objective::{
     AdvantageScaling, GrpoBatch, GrpoLossConfig, GrpoLossOutput, group_advantages, grpo_loss,
@@ -50,6 +51,9 @@ pub struct UpdateSettings<'a> {
     /// `gradient_accumulation_steps`: the `grpo`, `bnpo` and `dr_grpo` losses of each
     /// micro-batch are divided by their number, `dapo`'s by the whole batch's token count.
     pub micro_batch: usize,
+    /// Checkpoint each decoder layer in the scoring pass (`None`: on for GPUs; see
+    /// [`crate::training::checkpointing_on`]).
+    pub gradient_checkpointing: Option<bool>,
 }
 
 /// One policy update's figures, with TRL's meanings.
@@ -150,19 +154,21 @@ fn scoring_rows(batch: &RolloutBatch) -> (Vec<ScoringRow<'_>>, Vec<usize>) {
     (rows, batch.rows.iter().map(|r| r.image).collect())
 }
 
-/// Score every row with `model` on `device`.
+/// Score every row with `model` on `device`, with the graph to take gradients through (each
+/// decoder layer checkpointed when `checkpointing`).
 fn score(
     model: &Gemma3ForConditionalGeneration,
     batch: &RolloutBatch,
     temperature: f32,
+    checkpointing: bool,
     device: &Device,
-) -> Result<TokenScores> {
+) -> Result<(TokenScores, ScoreGraph)> {
     let (rows, image_of_row) = scoring_rows(batch);
     let features = match &batch.pixels {
         Some(pixels) => Some(model.encode_images(Tensor::<4>::from_data(pixels.clone(), device))?),
         None => None,
     };
-    Ok(score_completions(
+    Ok(score_for_training(
         model,
         &rows,
         features.as_ref().map(|features| ImageInputs {
@@ -170,6 +176,7 @@ fn score(
             image_of_row: &image_of_row,
         }),
         temperature.max(1e-6),
+        checkpointing,
         device,
     ))
 }
@@ -182,7 +189,7 @@ fn frozen_logps(
     device: &Device,
     training: &Device,
 ) -> Result<Tensor<2>> {
-    let scores = score(model, batch, temperature, device)?;
+    let (scores, _) = score(model, batch, temperature, false, device)?;
     Ok(Tensor::from_data(scores.logprobs.into_data(), training))
 }
 
@@ -202,8 +209,9 @@ pub fn update(
     if rows == 0 {
         return Ok((model, Vec::new()));
     }
-    // The model's own device: the autodiff twin (with its checkpointing strategy) it was put on.
+    // The model's own device: the autodiff twin it was put on.
     let ad = crate::training::device_of(&model);
+    let checkpointing = crate::training::checkpointing_on(settings.gradient_checkpointing, device);
     let rewards: Vec<f32> = batch.rows.iter().map(|r| r.reward as f32).collect();
     let advantages = group_advantages(
         Tensor::<1>::from_data(TensorData::new(rewards, [rows]), &ad),
@@ -263,7 +271,7 @@ pub fn update(
                 &ad,
             )
             .expand([n, longest]);
-            let scores = score(&model, chunk, settings.temperature, &ad)?;
+            let (scores, graph) = score(&model, chunk, settings.temperature, checkpointing, &ad)?;
             let output = grpo_loss(
                 GrpoBatch {
                     logps: scores.logprobs,
@@ -280,7 +288,7 @@ pub fn update(
             start += n;
             let loss = output.loss.clone();
             let value = loss.clone().into_scalar::<f32>() as f64;
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            accumulator.accumulate(&model, graph.gradients(loss, &model));
             parts.push((value, output));
         }
         let mut grads = accumulator.grads();

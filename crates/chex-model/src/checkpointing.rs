@@ -1,0 +1,169 @@
+//! Scores for training, with optional gradient checkpointing per decoder layer: the forward pass
+//! keeps only each layer's input, and the backward pass reruns one layer at a time, carrying
+//! the gradient of its output down to its input (PyTorch's `checkpoint` around each decoder
+//! layer, as transformers' `gradient_checkpointing_enable` does). The activations kept shrink
+//! from every layer's intermediates to one `[batch, len, hidden]` tensor per layer, for one
+//! more forward pass of the layers.
+//!
+//! Each layer runs under its own generator seed, drawn once per pass, in both modes: a
+//! rerun layer draws the same LoRA-dropout masks as its first run, and a run with
+//! checkpointing takes the same gradients as one without. The generators are per process, so
+//! another thread drawing during a pass would take numbers a rerun layer must draw again.
+//!
+//! ```
+//! use burn::module::Module;
+//! use burn::tensor::Device;
+//! use chex_model::checkpointing::score_for_training;
+//! use chex_model::lora::{LoraConfig, apply_lora};
+//! use chex_model::scoring::ScoringRow;
+//! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration};
+//!
+//! let config = Gemma3Config::preset("tiny").unwrap();
+//! let device = Device::flex().autodiff();
+//! let model = Gemma3ForConditionalGeneration::seeded(&config, 0, &Device::flex());
+//! let model = apply_lora(model, &LoraConfig::chexreason(), 0, &Device::flex());
+//! let model = model.to_device(&device).train();
+//! let row = ScoringRow { prompt: &[2, 30, 31], image_block: None, completion: &[40, 41, 1] };
+//! let (scores, graph) = score_for_training(&model, &[row], None, 1.0, true, &device);
+//! let loss = scores.logprobs.sum().neg();
+//! let gradients = graph.gradients(loss, &model);
+//! assert!(!gradients.is_empty());
+//! ```
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+
+use crate::scoring::{ScoringBatch, ScoringRow, TokenScores, positions_per_chunk};
+use crate::text::StepInputs;
+use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs};
+
+/// The graph behind a [`score_for_training`] pass, which may stop at the decoder layers: take
+/// gradients through [`gradients`](Self::gradients), never with `loss.backward()`, which would
+/// miss every layer.
+pub struct ScoreGraph {
+    /// What the backward pass needs to rerun the layers (`None`: the graph is whole).
+    checkpoints: Option<LayerCheckpoints>,
+}
+
+/// One pass's layer inputs, kept out of the graph, and what rerunning a layer needs.
+struct LayerCheckpoints {
+    /// Input of each decoder layer, detached.
+    inputs: Vec<Tensor<3>>,
+    /// Generator seed each layer ran under.
+    seeds: Vec<u64>,
+    /// Rotary angles and masks of the pass.
+    step: StepInputs,
+    /// The last layer's output, a leaf the scores' graph starts from.
+    top: Tensor<3>,
+    /// The embeddings with their graph, when anything before the layers trains.
+    embedded: Option<Tensor<3>>,
+}
+
+/// Score `rows` on the autodiff `device` for a loss to differentiate, keeping each decoder
+/// layer's whole graph (`checkpointing` false) or only its input (true): the scores, as
+/// [`crate::scoring::score_completions`] gives them, and the graph to take gradients through.
+pub fn score_for_training(
+    model: &Gemma3ForConditionalGeneration,
+    rows: &[ScoringRow<'_>],
+    images: Option<ImageInputs<'_>>,
+    temperature: f32,
+    checkpointing: bool,
+    device: &Device,
+) -> (TokenScores, ScoreGraph) {
+    let batch = ScoringBatch::new(rows, device);
+    let [_, len] = batch.ids.dims();
+    let embedded = model.embed(batch.ids.clone(), &batch.layout, 0, images);
+    let text = &model.model.language_model;
+    let step = text.step_inputs(&batch.layout, 0, len, false, device);
+    let seeds = layer_seeds(text.layers.len(), device);
+    let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
+    if !checkpointing {
+        let mut x = embedded;
+        for (index, &seed) in seeds.iter().enumerate() {
+            device.seed(seed);
+            x = text.forward_layer(index, x, &step);
+        }
+        let hidden = text.norm.forward(x);
+        let scores = batch.scores(model, hidden, temperature, chunk);
+        return (scores, ScoreGraph { checkpoints: None });
+    }
+    let mut inputs = Vec::with_capacity(seeds.len());
+    let mut x = embedded.clone().detach();
+    for (index, &seed) in seeds.iter().enumerate() {
+        inputs.push(x.clone());
+        device.seed(seed);
+        x = text.forward_layer_untracked(index, x, &step);
+    }
+    let top = x.require_grad();
+    let hidden = text.norm.forward(top.clone());
+    let scores = batch.scores(model, hidden, temperature, chunk);
+    (
+        scores,
+        ScoreGraph {
+            checkpoints: Some(LayerCheckpoints {
+                inputs,
+                seeds,
+                step,
+                top,
+                embedded: embedded.is_tracked().then_some(embedded),
+            }),
+        },
+    )
+}
+
+impl ScoreGraph {
+    /// Gradients of `loss` (computed from the pass's scores) for `model`'s trainable parameters.
+    pub fn gradients(
+        self,
+        loss: Tensor<1>,
+        model: &Gemma3ForConditionalGeneration,
+    ) -> GradientsParams {
+        let Some(checkpoints) = self.checkpoints else {
+            return GradientsParams::from_grads(loss.backward(), model);
+        };
+        let LayerCheckpoints {
+            inputs,
+            seeds,
+            step,
+            top,
+            embedded,
+        } = checkpoints;
+        let device = top.device();
+        let text = &model.model.language_model;
+        let mut accumulator = GradientsAccumulator::new();
+        let mut grads = loss.backward();
+        let mut carried = top.grad_remove(&mut grads);
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        for (index, input) in inputs.into_iter().enumerate().rev() {
+            // Nothing downstream depends on this layer's output: neither on the layers below.
+            let Some(upstream) = carried.take() else {
+                break;
+            };
+            let input = input.require_grad();
+            device.seed(seeds[index]);
+            let output = text.forward_layer(index, input.clone(), &step);
+            // The vector-Jacobian product of the layer with the gradient of its output.
+            let mut grads = (output * upstream.autodiff()).sum().backward();
+            carried = input.grad_remove(&mut grads);
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        if let (Some(embedded), Some(upstream)) = (embedded, carried) {
+            let grads = (embedded * upstream.autodiff()).sum().backward();
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        accumulator.grads()
+    }
+}
+
+/// One seed per layer from `device`'s generator, so a pass is as reproducible as the generator.
+fn layer_seeds(layers: usize, device: &Device) -> Vec<u64> {
+    if layers == 0 {
+        return Vec::new();
+    }
+    let draws = Tensor::<1, Int>::random([layers], Distribution::Uniform(0.0, 1e9), device);
+    draws
+        .into_data()
+        .iter::<i64>()
+        .map(|seed| seed as u64)
+        .collect()
+}
