@@ -3,7 +3,10 @@
 //! the gradient of its output down to its input (PyTorch's `checkpoint` around each decoder
 //! layer, as transformers' `gradient_checkpointing_enable` does). The activations kept shrink
 //! from every layer's intermediates to one `[batch, len, hidden]` tensor per layer, for one
-//! more forward pass of the layers.
+//! more forward pass of the layers. The output head and log-softmax are checkpointed the same
+//! way, a chunk of completion positions at a time (as Liger's fused linear cross-entropy
+//! does): their kept activations would otherwise be several `[batch, completion, vocab]` f32
+//! tensors, 2 GiB each for 16 rows of 128 tokens at Gemma's 262,208-token vocabulary.
 //!
 //! Each layer runs under its own generator seed, drawn once per pass, in both modes: a
 //! rerun layer draws the same LoRA-dropout masks as its first run, and a run with
@@ -30,6 +33,9 @@
 //! assert!(!gradients.is_empty());
 //! ```
 
+use std::ops::Range;
+
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
@@ -47,13 +53,21 @@ pub struct ScoreGraph {
 
 /// One pass's layer inputs, kept out of the graph, and what rerunning a layer needs.
 struct LayerCheckpoints {
+    /// The rows, for rerunning the head.
+    batch: ScoringBatch,
+    /// Completion positions per pass of the head.
+    chunks: Vec<Range<usize>>,
+    temperature: f32,
+    /// The scores, leaves the loss's graph starts from: `[batch, longest]` each.
+    logprobs: Tensor<2>,
+    entropies: Tensor<2>,
     /// Input of each decoder layer, detached.
     inputs: Vec<Tensor<3>>,
     /// Generator seed each layer ran under.
     seeds: Vec<u64>,
     /// Rotary angles and masks of the pass.
     step: StepInputs,
-    /// The last layer's output, a leaf the scores' graph starts from.
+    /// The last layer's output, before the final norm, detached.
     top: Tensor<3>,
     /// The embeddings with their graph, when anything before the layers trains.
     embedded: Option<Tensor<3>>,
@@ -94,17 +108,42 @@ pub fn score_for_training(
         device.seed(seed);
         x = text.forward_layer_untracked(index, x, &step);
     }
-    let top = x.require_grad();
-    let hidden = text.norm.forward(top.clone());
-    let scores = batch.scores(model, hidden, temperature, chunk);
+    // The head on untracked copies of the final norm and the head: only the scores are kept.
+    let norm = text.norm.clone().no_grad();
+    let head = model.output_head().detach();
+    let bias = model.output_bias().map(Tensor::detach);
+    let chunks = batch.chunks(chunk);
+    let mut chosen = Vec::with_capacity(chunks.len());
+    let mut entropies = Vec::with_capacity(chunks.len());
+    for positions in &chunks {
+        let predicting = norm.forward(batch.predicting(&x, positions.clone()));
+        let (logprob, entropy) = batch.chunk_scores(
+            model,
+            predicting,
+            &head,
+            bias.clone(),
+            positions.clone(),
+            temperature,
+        );
+        chosen.push(logprob);
+        entropies.push(entropy);
+    }
+    let logprobs = Tensor::cat(chosen, 1).require_grad();
+    let entropies = Tensor::cat(entropies, 1).require_grad();
+    let scores = batch.masked(logprobs.clone(), entropies.clone());
     (
         scores,
         ScoreGraph {
             checkpoints: Some(LayerCheckpoints {
+                batch,
+                chunks,
+                temperature,
+                logprobs,
+                entropies,
                 inputs,
                 seeds,
                 step,
-                top,
+                top: x,
                 embedded: embedded.is_tracked().then_some(embedded),
             }),
         },
@@ -122,6 +161,11 @@ impl ScoreGraph {
             return GradientsParams::from_grads(loss.backward(), model);
         };
         let LayerCheckpoints {
+            batch,
+            chunks,
+            temperature,
+            logprobs,
+            entropies,
             inputs,
             seeds,
             step,
@@ -132,8 +176,49 @@ impl ScoreGraph {
         let text = &model.model.language_model;
         let mut accumulator = GradientsAccumulator::new();
         let mut grads = loss.backward();
-        let mut carried = top.grad_remove(&mut grads);
+        let upstream_logprobs = logprobs.grad_remove(&mut grads);
+        let upstream_entropies = entropies.grad_remove(&mut grads);
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        // The head, rerun a chunk at a time with its graph: each chunk's vector-Jacobian product
+        // adds its positions' share to the gradient of the last layer's output.
+        let top = top.require_grad();
+        let head = model.output_head();
+        let bias = model.output_bias();
+        let mut carried: Option<Tensor<3>> = None;
+        for positions in chunks {
+            let predicting = text.norm.forward(batch.predicting(&top, positions.clone()));
+            let (logprob, entropy) = batch.chunk_scores(
+                model,
+                predicting,
+                &head,
+                bias.clone(),
+                positions.clone(),
+                temperature,
+            );
+            let rows = logprob.dims()[0];
+            let weighted = |scores: Tensor<2>, upstream: &Option<Tensor<2>>| {
+                upstream.as_ref().map(|g| {
+                    let g = g.clone().slice([0..rows, positions.clone()]).autodiff();
+                    (scores * g).sum()
+                })
+            };
+            let product = match (
+                weighted(logprob, &upstream_logprobs),
+                weighted(entropy, &upstream_entropies),
+            ) {
+                (Some(a), Some(b)) => a + b,
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => continue,
+            };
+            let mut grads = product.backward();
+            if let Some(share) = top.grad_remove(&mut grads) {
+                carried = Some(match carried {
+                    Some(sum) => sum + share,
+                    None => share,
+                });
+            }
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
         for (index, input) in inputs.into_iter().enumerate().rev() {
             // Nothing downstream depends on this layer's output: neither on the layers below.
             let Some(upstream) = carried.take() else {

@@ -3,6 +3,8 @@
 //! (what the GRPO loss and the SFT loss need). The output head and the log-softmax run only at
 //! completion positions and a chunk of positions at a time (see [`positions_per_chunk`]).
 
+use std::ops::Range;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::mask::BatchLayout;
@@ -112,41 +114,74 @@ impl ScoringBatch {
 
     /// The completions' scores from the final hidden states `[batch, width + longest, hidden]`.
     pub fn scores(
-        self,
+        &self,
         model: &Gemma3ForConditionalGeneration,
         hidden: Tensor<3>,
         temperature: f32,
         chunk: usize,
     ) -> TokenScores {
-        let [batch, _, d] = hidden.dims();
-        let (width, longest) = (self.width, self.longest);
-        // The head runs only at the completion's positions (transformers' `logits_to_keep`),
-        // and over the vocabulary a chunk of positions at a time, so no full-vocabulary tensor
-        // spans the whole completion.
         let head = model.output_head();
-        let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
-        let chunk = chunk.max(1);
+        let bias = model.output_bias();
         let mut chosen = Vec::new();
         let mut entropies = Vec::new();
-        for start in (0..longest).step_by(chunk) {
-            let end = (start + chunk).min(longest);
-            // The hidden state at slot t predicts the token at slot t + 1.
-            let predicting =
-                hidden
-                    .clone()
-                    .slice([0..batch, width - 1 + start..width - 1 + end, 0..d]);
-            let logits = model.logits_with_head(predicting, &head) * inverse_temperature;
-            let targets = self.targets.clone().slice([0..batch, start..end, 0..1]);
-            let (logprob, entropy) = selected_log_softmax(logits, targets);
+        for positions in self.chunks(chunk) {
+            let (logprob, entropy) = self.chunk_scores(
+                model,
+                self.predicting(&hidden, positions.clone()),
+                &head,
+                bias.clone(),
+                positions,
+                temperature,
+            );
             chosen.push(logprob);
             entropies.push(entropy);
         }
-        let chosen = Tensor::cat(chosen, 1);
-        let entropies = Tensor::cat(entropies, 1);
+        self.masked(Tensor::cat(chosen, 1), Tensor::cat(entropies, 1))
+    }
+
+    /// Completion positions a chunk at a time: the head runs only at the completion's positions
+    /// (transformers' `logits_to_keep`), and over the vocabulary `chunk` positions at a time,
+    /// so no full-vocabulary tensor spans the whole completion.
+    pub fn chunks(&self, chunk: usize) -> Vec<Range<usize>> {
+        let chunk = chunk.max(1);
+        (0..self.longest)
+            .step_by(chunk)
+            .map(|start| start..(start + chunk).min(self.longest))
+            .collect()
+    }
+
+    /// The hidden states that predict completion `positions`: the state at slot t predicts the
+    /// token at slot t + 1.
+    pub fn predicting(&self, hidden: &Tensor<3>, positions: Range<usize>) -> Tensor<3> {
+        let [batch, _, d] = hidden.dims();
+        let slots = self.width - 1 + positions.start..self.width - 1 + positions.end;
+        hidden.clone().slice([0..batch, slots, 0..d])
+    }
+
+    /// Log-probabilities and entropies at completion `positions` from the hidden states that
+    /// predict them (already normed), `[batch, positions]` each.
+    pub fn chunk_scores(
+        &self,
+        model: &Gemma3ForConditionalGeneration,
+        predicting: Tensor<3>,
+        head: &Tensor<2>,
+        bias: Option<Tensor<1>>,
+        positions: Range<usize>,
+        temperature: f32,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let batch = predicting.dims()[0];
+        let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
+        let logits = model.logits_with_parts(predicting, head, bias) * inverse_temperature;
+        let targets = self.targets.clone().slice([0..batch, positions, 0..1]);
+        selected_log_softmax(logits, targets)
+    }
+
+    /// Scores with padding positions zeroed.
+    pub fn masked(&self, chosen: Tensor<2>, entropies: Tensor<2>) -> TokenScores {
         TokenScores {
             logprobs: chosen * self.mask.clone(),
             entropies: entropies * self.mask.clone(),
-            mask: self.mask,
+            mask: self.mask.clone(),
         }
     }
 }

@@ -283,11 +283,25 @@ impl Gemma3ForConditionalGeneration {
     /// [`Self::logits`] with an output head prepared once (see [`Self::output_head`]), which
     /// saves transposing the tied embedding at every generation step.
     pub fn logits_with_head(&self, hidden: Tensor<3>, head: &Tensor<2>) -> Tensor<3> {
-        let bias = self
-            .lm_head
+        self.logits_with_parts(hidden, head, self.output_bias())
+    }
+
+    /// The untied head's bias, when it has one.
+    pub fn output_bias(&self) -> Option<Tensor<1>> {
+        self.lm_head
             .as_ref()
             .and_then(|h| h.bias.as_ref())
-            .map(|b| b.val());
+            .map(|b| b.val())
+    }
+
+    /// [`Self::logits`] with the head and its bias given (detached ones record nothing for a
+    /// backward pass).
+    pub fn logits_with_parts(
+        &self,
+        hidden: Tensor<3>,
+        head: &Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Tensor<3> {
         let logits = product(hidden, head.clone(), bias);
         match self.config.text_config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
