@@ -28,6 +28,9 @@ impl GemmaRmsNorm {
     /// Normalise over the last dimension, in f32 whatever the input's dtype (a bf16 product
     /// is widened first, as Gemma's own norm does).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(normed) = crate::fused::rms_norm(&x, &self.weight.val(), self.eps) {
+            return normed;
+        }
         let x = x.cast(FloatDType::F32);
         // `powf(-0.5)` is one kernel (libtorch runs it as `rsqrt`) where `sqrt().recip()` is two;
         // a decode step runs six norms per layer.
@@ -49,6 +52,9 @@ impl GemmaRmsNorm {
 /// every earlier layer). At the cap the output is x · e⁻⁸⁰, zero to f32 precision as the exact
 /// value is.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(activated) = crate::fused::gelu_tanh(&x) {
+        return activated;
+    }
     const LINEAR: f64 = -2.0 * 0.797_884_560_802_865_4;
     const CUBIC: f64 = LINEAR * 0.044715;
     let exponent = (x.clone() * (x.clone().square() * CUBIC + LINEAR)).clamp_max(80.0);

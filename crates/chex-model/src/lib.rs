@@ -1,7 +1,9 @@
 //! The chex-grpo vision-language model: a SigLIP vision tower, Gemma 3's multimodal projector
 //! and a Gemma 3 decoder ([`vlm`]), configurable from a CPU-sized preset to MedGemma-4B's
 //! shapes ([`config`]); fast batched generation with a key/value cache ([`generation`],
-//! [`cache`], [`sampling`]); teacher-forced scoring for the GRPO loss ([`scoring`]); LoRA with
+//! [`cache`], [`sampling`], with libtorch's fused kernels where they apply: [`fused`]);
+//! teacher-forced scoring for the GRPO loss ([`scoring`]) and for training, with gradient
+//! checkpointing ([`checkpointing`]); LoRA with
 //! PEFT's file layout ([`lora`]); Hugging Face checkpoint import ([`checkpoint`]); tokenizers
 //! ([`tokenizer`]) and prompt assembly ([`prompt`]); the run-time choice of burn backend
 //! ([`device`]); bf16 or f32 weights ([`precision`]); and a memory estimate made before any
@@ -23,6 +25,7 @@ pub mod checkpointing;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod generation;
 pub mod layers;
 pub mod lora;

@@ -1,0 +1,132 @@
+//! libtorch's own kernels for two operations a decode step runs in every layer, where burn's
+//! operations take several launches each: Gemma's RMSNorm (one `rms_norm` after the input's cast
+//! and the gain's offset, for seven operations) and the tanh GELU (one `gelu` for eight). On a
+//! GPU every launch costs host time, and at MedGemma-4B a decode step is bound by that time
+//! (`docs/performance.md`). Only tensors of the libtorch backend outside autodiff take these
+//! paths: training keeps burn's operations, whose backward passes burn knows.
+
+// burn marks its libtorch backend deprecated; this project builds on it on purpose.
+#![allow(deprecated)]
+
+use burn::tensor::Tensor;
+
+/// `x / rms(x) * (1 + offset)` over the last dimension, in f32, when `x` is a libtorch tensor
+/// outside autodiff (`None` otherwise).
+#[cfg(feature = "tch")]
+pub fn rms_norm<const D: usize>(x: &Tensor<D>, offset: &Tensor<1>, eps: f64) -> Option<Tensor<D>> {
+    use burn_tch::{LibTorch, TchTensor};
+    if x.is_autodiff() || offset.is_autodiff() {
+        return None;
+    }
+    let input = x.clone().try_into_primitive::<LibTorch>().ok()?;
+    let offset = offset.clone().try_into_primitive::<LibTorch>().ok()?;
+    let width = *x.dims().last()? as i64;
+    let gain = widened(offset.tensor) + 1.0;
+    let normed = widened(input.tensor).rms_norm([width], Some(&gain), eps);
+    Some(Tensor::from_primitive::<LibTorch>(TchTensor::new(normed)))
+}
+
+/// `tensor` in f32, without a call when it is already (each call costs host time, even one that
+/// launches nothing).
+#[cfg(feature = "tch")]
+fn widened(tensor: tch::Tensor) -> tch::Tensor {
+    if tensor.kind() == tch::Kind::Float {
+        tensor
+    } else {
+        tensor.to_kind(tch::Kind::Float)
+    }
+}
+
+/// Without the libtorch backend there is nothing to fuse.
+#[cfg(not(feature = "tch"))]
+pub fn rms_norm<const D: usize>(
+    _x: &Tensor<D>,
+    _offset: &Tensor<1>,
+    _eps: f64,
+) -> Option<Tensor<D>> {
+    None
+}
+
+/// PyTorch's `gelu(x, approximate="tanh")` when `x` is a libtorch tensor outside autodiff
+/// (`None` otherwise).
+#[cfg(feature = "tch")]
+pub fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    use burn_tch::{LibTorch, TchTensor};
+    if x.is_autodiff() {
+        return None;
+    }
+    let input = x.clone().try_into_primitive::<LibTorch>().ok()?;
+    let activated = input.tensor.gelu("tanh");
+    Some(Tensor::from_primitive::<LibTorch>(TchTensor::new(
+        activated,
+    )))
+}
+
+/// Without the libtorch backend there is nothing to fuse.
+#[cfg(not(feature = "tch"))]
+pub fn gelu_tanh<const D: usize>(_x: &Tensor<D>) -> Option<Tensor<D>> {
+    None
+}
+
+#[cfg(all(test, feature = "tch"))]
+mod tests {
+    use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+
+    use crate::device::DeviceChoice;
+    use crate::layers::GemmaRmsNorm;
+
+    fn close<const D: usize>(a: Tensor<D>, b: Tensor<D>, what: &str) {
+        let diff: f32 = (a - b).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "{what}: max |Δ| {diff}");
+    }
+
+    #[test]
+    fn libtorch_kernels_agree_with_burns_operations_and_autodiff_keeps_burns() {
+        let device = DeviceChoice::TchCpu.device().unwrap();
+        device.seed(5);
+        let x = Tensor::<3>::random([2, 3, 16], Distribution::Normal(0.0, 3.0), &device);
+        let offset = Tensor::<1>::random([16], Distribution::Normal(0.0, 0.5), &device);
+        // burn's own operations: the same tensors on an autodiff device, where the kernels
+        // above stand aside.
+        let ad: Device = device.clone().autodiff();
+        let on_ad = |t: Tensor<3>| Tensor::<3>::from_data(t.into_data(), &ad);
+        let norm = GemmaRmsNorm {
+            weight: burn::module::Param::from_tensor(offset.clone()),
+            eps: 1e-6,
+        };
+        let ad_norm = GemmaRmsNorm {
+            weight: burn::module::Param::from_tensor(Tensor::from_data(
+                offset.clone().into_data(),
+                &ad,
+            )),
+            eps: 1e-6,
+        };
+        assert!(super::rms_norm(&x, &offset, 1e-6).is_some());
+        assert!(super::rms_norm(&on_ad(x.clone()), &offset, 1e-6).is_none());
+        let fused = norm.forward(x.clone());
+        let reference = ad_norm.forward(on_ad(x.clone())).inner();
+        close(
+            fused,
+            Tensor::from_data(reference.into_data(), &device),
+            "rms_norm",
+        );
+        // A bf16 input is widened first, as burn's path does.
+        let half = x.clone().cast(FloatDType::BF16);
+        let fused = norm.forward(half.clone());
+        let reference = ad_norm.forward(on_ad(half.cast(FloatDType::F32)));
+        close(
+            fused,
+            Tensor::from_data(reference.inner().into_data(), &device),
+            "bf16 rms_norm",
+        );
+
+        assert!(super::gelu_tanh(&x).is_some());
+        let fused = crate::layers::gelu_tanh(x.clone());
+        let reference = crate::layers::gelu_tanh(on_ad(x)).inner();
+        close(
+            fused,
+            Tensor::from_data(reference.into_data(), &device),
+            "gelu",
+        );
+    }
+}
