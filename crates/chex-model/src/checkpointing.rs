@@ -8,10 +8,11 @@
 //! does): their kept activations would otherwise be several `[batch, completion, vocab]` f32
 //! tensors, 2 GiB each for 16 rows of 128 tokens at Gemma's 262,208-token vocabulary.
 //!
-//! Each layer runs under its own generator seed, drawn once per pass, in both modes: a
-//! rerun layer draws the same LoRA-dropout masks as its first run, and a run with
-//! checkpointing takes the same gradients as one without. The generators are per process, so
-//! another thread drawing during a pass would take numbers a rerun layer must draw again.
+//! On an autodiff device each layer runs under its own generator seed, drawn once per pass, in
+//! both modes: a rerun layer draws the same LoRA-dropout masks as its first run, and a run with
+//! checkpointing takes the same gradients as one without (outside autodiff nothing draws, and
+//! the generator is left alone). The generators are per process, so another thread drawing
+//! during a pass would take numbers a rerun layer must draw again.
 //!
 //! ```
 //! use burn::module::Module;
@@ -63,7 +64,7 @@ struct LayerCheckpoints {
     entropies: Tensor<2>,
     /// Input of each decoder layer, detached.
     inputs: Vec<Tensor<3>>,
-    /// Generator seed each layer ran under.
+    /// Generator seed each layer ran under (none outside autodiff).
     seeds: Vec<u64>,
     /// Rotary angles and masks of the pass.
     step: StepInputs,
@@ -89,23 +90,24 @@ pub fn score_for_training(
     let embedded = model.embed(batch.ids.clone(), &batch.layout, 0, images);
     let text = &model.model.language_model;
     let step = text.step_inputs(&batch.layout, 0, len, false, device);
-    let seeds = layer_seeds(text.layers.len(), device);
+    let layers = text.layers.len();
+    let seeds = layer_seeds(layers, embedded.is_autodiff(), device);
     let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
     if !checkpointing {
         let mut x = embedded;
-        for (index, &seed) in seeds.iter().enumerate() {
-            device.seed(seed);
+        for index in 0..layers {
+            seed_layer(device, &seeds, index);
             x = text.forward_layer(index, x, &step);
         }
         let hidden = text.norm.forward(x);
         let scores = batch.scores(model, hidden, temperature, chunk);
         return (scores, ScoreGraph { checkpoints: None });
     }
-    let mut inputs = Vec::with_capacity(seeds.len());
+    let mut inputs = Vec::with_capacity(layers);
     let mut x = embedded.clone().detach();
-    for (index, &seed) in seeds.iter().enumerate() {
+    for index in 0..layers {
         inputs.push(x.clone());
-        device.seed(seed);
+        seed_layer(device, &seeds, index);
         x = text.forward_layer_untracked(index, x, &step);
     }
     // The head on untracked copies of the final norm and the head: only the scores are kept.
@@ -113,23 +115,16 @@ pub fn score_for_training(
     let head = model.output_head().detach();
     let bias = model.output_bias().map(Tensor::detach);
     let chunks = batch.chunks(chunk);
-    let mut chosen = Vec::with_capacity(chunks.len());
-    let mut entropies = Vec::with_capacity(chunks.len());
-    for positions in &chunks {
-        let predicting = norm.forward(batch.predicting(&x, positions.clone()));
-        let (logprob, entropy) = batch.chunk_scores(
-            model,
-            predicting,
-            &head,
-            bias.clone(),
-            positions.clone(),
-            temperature,
-        );
-        chosen.push(logprob);
-        entropies.push(entropy);
-    }
-    let logprobs = Tensor::cat(chosen, 1).require_grad();
-    let entropies = Tensor::cat(entropies, 1).require_grad();
+    let (logprobs, entropies) = batch.scores_over(
+        model,
+        &chunks,
+        |positions| norm.forward(batch.predicting(&x, positions)),
+        &head,
+        bias,
+        temperature,
+    );
+    let logprobs = logprobs.require_grad();
+    let entropies = entropies.require_grad();
     let scores = batch.masked(logprobs.clone(), entropies.clone());
     (
         scores,
@@ -157,43 +152,33 @@ impl ScoreGraph {
         loss: Tensor<1>,
         model: &Gemma3ForConditionalGeneration,
     ) -> GradientsParams {
-        let Some(checkpoints) = self.checkpoints else {
+        let Some(c) = self.checkpoints else {
             return GradientsParams::from_grads(loss.backward(), model);
         };
-        let LayerCheckpoints {
-            batch,
-            chunks,
-            temperature,
-            logprobs,
-            entropies,
-            inputs,
-            seeds,
-            step,
-            top,
-            embedded,
-        } = checkpoints;
-        let device = top.device();
+        let device = c.top.device();
         let text = &model.model.language_model;
         let mut accumulator = GradientsAccumulator::new();
         let mut grads = loss.backward();
-        let upstream_logprobs = logprobs.grad_remove(&mut grads);
-        let upstream_entropies = entropies.grad_remove(&mut grads);
+        let upstream_logprobs = c.logprobs.grad_remove(&mut grads);
+        let upstream_entropies = c.entropies.grad_remove(&mut grads);
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         // The head, rerun a chunk at a time with its graph: each chunk's vector-Jacobian product
         // adds its positions' share to the gradient of the last layer's output.
-        let top = top.require_grad();
+        let top = c.top.require_grad();
         let head = model.output_head();
         let bias = model.output_bias();
         let mut carried: Option<Tensor<3>> = None;
-        for positions in chunks {
-            let predicting = text.norm.forward(batch.predicting(&top, positions.clone()));
-            let (logprob, entropy) = batch.chunk_scores(
+        for positions in c.chunks {
+            let predicting = text
+                .norm
+                .forward(c.batch.predicting(&top, positions.clone()));
+            let (logprob, entropy) = c.batch.chunk_scores(
                 model,
                 predicting,
                 &head,
                 bias.clone(),
                 positions.clone(),
-                temperature,
+                c.temperature,
             );
             let rows = logprob.dims()[0];
             let weighted = |scores: Tensor<2>, upstream: &Option<Tensor<2>>| {
@@ -219,20 +204,20 @@ impl ScoreGraph {
             }
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         }
-        for (index, input) in inputs.into_iter().enumerate().rev() {
+        for (index, input) in c.inputs.into_iter().enumerate().rev() {
             // Nothing downstream depends on this layer's output: neither on the layers below.
             let Some(upstream) = carried.take() else {
                 break;
             };
             let input = input.require_grad();
-            device.seed(seeds[index]);
-            let output = text.forward_layer(index, input.clone(), &step);
+            seed_layer(&device, &c.seeds, index);
+            let output = text.forward_layer(index, input.clone(), &c.step);
             // The vector-Jacobian product of the layer with the gradient of its output.
             let mut grads = (output * upstream.autodiff()).sum().backward();
             carried = input.grad_remove(&mut grads);
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         }
-        if let (Some(embedded), Some(upstream)) = (embedded, carried) {
+        if let (Some(embedded), Some(upstream)) = (c.embedded, carried) {
             let grads = (embedded * upstream.autodiff()).sum().backward();
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         }
@@ -240,9 +225,11 @@ impl ScoreGraph {
     }
 }
 
-/// One seed per layer from `device`'s generator, so a pass is as reproducible as the generator.
-fn layer_seeds(layers: usize, device: &Device) -> Vec<u64> {
-    if layers == 0 {
+/// One seed per layer from `device`'s generator, so a pass is as reproducible as the generator;
+/// none outside autodiff, where LoRA dropout never draws and a pass should leave the generator
+/// alone.
+fn layer_seeds(layers: usize, autodiff: bool, device: &Device) -> Vec<u64> {
+    if layers == 0 || !autodiff {
         return Vec::new();
     }
     let draws = Tensor::<1, Int>::random([layers], Distribution::Uniform(0.0, 1e9), device);
@@ -251,4 +238,11 @@ fn layer_seeds(layers: usize, device: &Device) -> Vec<u64> {
         .iter::<i64>()
         .map(|seed| seed as u64)
         .collect()
+}
+
+/// Seed `device` for layer `index`, when the pass drew seeds.
+fn seed_layer(device: &Device, seeds: &[u64], index: usize) {
+    if let Some(&seed) = seeds.get(index) {
+        device.seed(seed);
+    }
 }

@@ -120,23 +120,43 @@ impl ScoringBatch {
         temperature: f32,
         chunk: usize,
     ) -> TokenScores {
-        let head = model.output_head();
-        let bias = model.output_bias();
-        let mut chosen = Vec::new();
-        let mut entropies = Vec::new();
-        for positions in self.chunks(chunk) {
+        let (chosen, entropies) = self.scores_over(
+            model,
+            &self.chunks(chunk),
+            |positions| self.predicting(&hidden, positions),
+            &model.output_head(),
+            model.output_bias(),
+            temperature,
+        );
+        self.masked(chosen, entropies)
+    }
+
+    /// Log-probabilities and entropies `[batch, longest]`, unmasked, a chunk of positions at a
+    /// time; `predicting` gives each chunk's normed hidden states.
+    pub fn scores_over(
+        &self,
+        model: &Gemma3ForConditionalGeneration,
+        chunks: &[Range<usize>],
+        predicting: impl Fn(Range<usize>) -> Tensor<3>,
+        head: &Tensor<2>,
+        bias: Option<Tensor<1>>,
+        temperature: f32,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let mut chosen = Vec::with_capacity(chunks.len());
+        let mut entropies = Vec::with_capacity(chunks.len());
+        for positions in chunks {
             let (logprob, entropy) = self.chunk_scores(
                 model,
-                self.predicting(&hidden, positions.clone()),
-                &head,
+                predicting(positions.clone()),
+                head,
                 bias.clone(),
-                positions,
+                positions.clone(),
                 temperature,
             );
             chosen.push(logprob);
             entropies.push(entropy);
         }
-        self.masked(Tensor::cat(chosen, 1), Tensor::cat(entropies, 1))
+        (Tensor::cat(chosen, 1), Tensor::cat(entropies, 1))
     }
 
     /// Completion positions a chunk at a time: the head runs only at the completion's positions
