@@ -8,16 +8,25 @@
 //! step at MedGemma-4B's vocabulary and width (262,208 × 2,560, the tied head included) with a
 //! single decoder layer: the per-call work that scales with the embedding, which GRPO pays at
 //! every step (`CHEX_BENCH_VOCAB=0` skips it; it holds 2.7 GB).
+//!
+//! `decode_step_34_layers` times one decode step of 32 rows (no sampling) through MedGemma-4B's
+//! 34 decoder layers at the tiny preset's widths, with and without the fused libtorch step
+//! (`chex_grpo::model::fused::decoder`): at these widths the arithmetic is negligible, so the
+//! figure is the host's cost of issuing a 4B decode step, which is what bounds it on a GPU.
+//! It runs where the device is a libtorch one (`CHEX_BENCH_DEVICE=tch-cpu`).
 
 use std::time::Duration;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use chex_grpo::bench::image_prompts;
 use chex_grpo::model::generation::{GenerationConfig, generate};
+use chex_grpo::model::prompt::left_pad;
 use chex_grpo::model::sampling::SamplingConfig;
 use chex_grpo::model::scoring::{ScoringRow, score_completions};
-use chex_grpo::model::vlm::ImageInputs;
-use chex_grpo::model::{Gemma3Config, Gemma3ForConditionalGeneration, burn, select_device};
+use chex_grpo::model::vlm::{ImageInputs, token_tensor};
+use chex_grpo::model::{
+    Gemma3Config, Gemma3ForConditionalGeneration, ModelDtype, burn, select_device,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const PROMPTS: usize = 8;
@@ -139,7 +148,62 @@ fn bench_call_at_gemma3_vocab(c: &mut Criterion) {
     bench_generate(c, "generate_call_gemma3_vocab", &config, 1, &device);
 }
 
+/// One decode step of 32 rows through 34 layers of the tiny preset's width, fused and not.
+fn bench_decode_step_host_cost(c: &mut Criterion) {
+    let device = bench_device();
+    let mut config = Gemma3Config::preset("tiny").unwrap();
+    config.text_config.num_hidden_layers = 34;
+    config.text_config.layer_types = None;
+    config.validate().unwrap();
+    let rows = PROMPTS * SAMPLES;
+    let prompt: Vec<u32> = (0..8).map(|i| 20 + i).collect();
+    let (ids, width, layout) = left_pad(&vec![prompt.as_slice(); rows], &vec![None; rows], 0);
+    let mut group = c.benchmark_group("decode_step_34_layers");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
+    for dtype in [ModelDtype::F32, ModelDtype::Bf16] {
+        if dtype.ensure_supported(&device).is_err() {
+            continue;
+        }
+        let model = Gemma3ForConditionalGeneration::new(&config, &device).with_dtype(dtype);
+        for fused in [true, false] {
+            let name = format!("{dtype:?}_{}", if fused { "fused" } else { "burn" });
+            group.bench_function(name.to_lowercase(), |b| {
+                // A cache holds a bounded number of steps: each batch of them starts a new one,
+                // prefilled outside the timed span.
+                b.iter_custom(|iterations| {
+                    let mut timed = Duration::ZERO;
+                    let mut left = iterations as usize;
+                    while left > 0 {
+                        let steps = left.min(64);
+                        let mut cache = model.new_cache(rows, width + steps, &device);
+                        cache.set_fused_decoding(fused);
+                        let tokens = token_tensor(&ids, rows, width, &device);
+                        model.forward_hidden(tokens, &layout, None, Some(&mut cache));
+                        let next = token_tensor(&vec![30; rows], rows, 1, &device);
+                        let started = std::time::Instant::now();
+                        for _ in 0..steps {
+                            let hidden =
+                                model.forward_hidden(next.clone(), &layout, None, Some(&mut cache));
+                            // Wait for the step (a GPU runs it asynchronously).
+                            let _ = hidden.into_data();
+                        }
+                        timed += started.elapsed();
+                        left -= steps;
+                    }
+                    timed
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    if std::env::var("CHEX_BENCH_DEVICE").is_ok_and(|d| d.starts_with("tch")) {
+        bench_decode_step_host_cost(c);
+    }
     if std::env::var("CHEX_BENCH_VOCAB")
         .map(|v| v != "0")
         .unwrap_or(true)

@@ -97,6 +97,9 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
     # 128 new tokens is the peer's shape; 8 is what a call costs before decoding dominates.
     bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}"
     bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}" --new-tokens 8
+    # The same rollout through burn's operations instead of the fused decode step (the line's
+    # `fused_decode` says which), so one run measures what the fused step saves.
+    CHEX_FUSED_DECODE=0 bench --dtype "$dtype" --figures rollout --repeats 1
   fi
   if [ "${#training[@]}" -gt 0 ]; then
     training_figures "$dtype" true

@@ -156,6 +156,10 @@ pub struct Measurement {
     /// What the peak is: `host peak RSS` or `nvidia-smi used`.
     pub memory: &'static str,
     pub repeats: usize,
+    /// For rollouts on libtorch: whether decode steps took the fused path
+    /// (`chex_model::fused::decoder`; `CHEX_FUSED_DECODE=0` turns it off to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_decode: Option<bool>,
 }
 
 /// Measure every figure of `config`, handing each to `emit` as soon as it is done.
@@ -206,6 +210,9 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             peak_memory_gib,
             memory,
             repeats: config.shape.repeats,
+            fused_decode: (figure == Figure::Rollout
+                && matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_)))
+            .then(chex_model::text::fused_decoding),
         });
     }
     Ok(())

@@ -51,6 +51,22 @@ impl LayerCache {
         let v = write(&mut self.values, values);
         (k, v)
     }
+
+    /// The whole key and value buffers, taken out for a caller that writes them in place (the
+    /// fused decode step); [`Self::restore`] puts them back.
+    #[cfg(feature = "tch")]
+    pub(crate) fn take(&mut self) -> (Tensor<4>, Tensor<4>) {
+        let taken =
+            |slot: &mut Option<Tensor<4>>| slot.take().expect("cache slot is always refilled");
+        (taken(&mut self.keys), taken(&mut self.values))
+    }
+
+    /// Put back what [`Self::take`] took.
+    #[cfg(feature = "tch")]
+    pub(crate) fn restore(&mut self, keys: Tensor<4>, values: Tensor<4>) {
+        self.keys = Some(keys);
+        self.values = Some(values);
+    }
 }
 
 /// The cache of every decoder layer, plus how many slots are filled.
@@ -60,6 +76,10 @@ pub struct KvCache {
     pub layers: Vec<LayerCache>,
     capacity: usize,
     filled: usize,
+    /// The fused decode step's handles on the model, made at the first step that can use them
+    /// (`Some(None)`: this model and device cannot).
+    #[cfg(feature = "tch")]
+    pub(crate) fused: Option<Option<crate::fused::decoder::FusedDecoder>>,
 }
 
 impl KvCache {
@@ -80,6 +100,8 @@ impl KvCache {
                 .collect(),
             capacity,
             filled: 0,
+            #[cfg(feature = "tch")]
+            fused: None,
         }
     }
 
@@ -109,6 +131,28 @@ impl KvCache {
             layer.keys = layer.keys.take().map(repeat);
             layer.values = layer.values.take().map(repeat);
         }
+    }
+
+    /// Whether decode steps through this cache may take the fused libtorch path
+    /// ([`crate::fused::decoder`]); on by default. Without the `tch` feature there is no such
+    /// path and this does nothing.
+    pub fn set_fused_decoding(&mut self, on: bool) {
+        #[cfg(feature = "tch")]
+        {
+            self.fused = if on { None } else { Some(None) };
+        }
+        #[cfg(not(feature = "tch"))]
+        let _ = on;
+    }
+
+    /// Whether a decode step through this cache has taken the fused libtorch path.
+    pub fn decodes_fused(&self) -> bool {
+        #[cfg(feature = "tch")]
+        {
+            matches!(self.fused, Some(Some(_)))
+        }
+        #[cfg(not(feature = "tch"))]
+        false
     }
 
     /// Record that `len` more slots were written by a forward pass.

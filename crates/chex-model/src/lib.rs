@@ -1,13 +1,12 @@
 //! The chex-grpo vision-language model: a SigLIP vision tower, Gemma 3's multimodal projector
 //! and a Gemma 3 decoder ([`vlm`]), configurable from a CPU-sized preset to MedGemma-4B's
 //! shapes ([`config`]); fast batched generation with a key/value cache ([`generation`],
-//! [`cache`], [`sampling`], with libtorch's fused kernels where they apply: [`fused`]);
-//! teacher-forced scoring for the GRPO loss ([`scoring`]) and for training, with gradient
-//! checkpointing ([`checkpointing`]); LoRA with
-//! PEFT's file layout ([`lora`]); Hugging Face checkpoint import ([`checkpoint`]); tokenizers
-//! ([`tokenizer`]) and prompt assembly ([`prompt`]); the run-time choice of burn backend
-//! ([`device`]); bf16 or f32 weights ([`precision`]); and a memory estimate made before any
-//! allocation ([`memory`]).
+//! [`cache`], [`sampling`], with libtorch's fused kernels and a fused decode step where they
+//! apply: [`fused`]); teacher-forced scoring for the GRPO loss ([`scoring`]) and for training,
+//! with gradient checkpointing ([`checkpointing`]); LoRA with PEFT's file layout ([`lora`]);
+//! Hugging Face checkpoint import ([`checkpoint`]); tokenizers ([`tokenizer`]) and prompt
+//! assembly ([`prompt`]); the run-time choice of burn backend ([`device`]); bf16 or f32
+//! weights ([`precision`]); and a memory estimate made before any allocation ([`memory`]).
 //!
 //! ```
 //! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};

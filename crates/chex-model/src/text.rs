@@ -130,14 +130,14 @@ pub struct Gemma3Mlp {
 
 /// Everything one forward call shares across layers: rotary angles and the two masks.
 pub struct StepInputs {
-    rope_global: (Tensor<4>, Tensor<4>),
-    rope_local: (Tensor<4>, Tensor<4>),
-    mask_global: Tensor<4, Bool>,
-    mask_local: Tensor<4, Bool>,
+    pub(crate) rope_global: (Tensor<4>, Tensor<4>),
+    pub(crate) rope_local: (Tensor<4>, Tensor<4>),
+    pub(crate) mask_global: Tensor<4, Bool>,
+    pub(crate) mask_local: Tensor<4, Bool>,
     /// First slot of this call's tokens.
-    start: usize,
+    pub(crate) start: usize,
     /// First cached slot the sliding layers read.
-    local_read_from: usize,
+    pub(crate) local_read_from: usize,
 }
 
 const INIT_STD: f64 = 0.02;
@@ -266,6 +266,12 @@ impl Gemma3TextModel {
         step: &StepInputs,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        #[cfg(feature = "tch")]
+        if let Some(cache) = cache.as_deref_mut()
+            && let Some(hidden) = self.fused_decode_step(&x, step, cache)
+        {
+            return hidden;
+        }
         for (index, layer) in self.layers.iter().enumerate() {
             let kind = self.spec.layer_kinds[index];
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
@@ -276,6 +282,40 @@ impl Gemma3TextModel {
         }
         self.norm.forward(x)
     }
+}
+
+#[cfg(feature = "tch")]
+impl Gemma3TextModel {
+    /// One new token per row through [`crate::fused::decoder`], when the fused path applies
+    /// (libtorch weights outside autodiff, a single new position, [`fused_decoding`] on).
+    fn fused_decode_step(
+        &self,
+        x: &Tensor<3>,
+        step: &StepInputs,
+        cache: &mut KvCache,
+    ) -> Option<Tensor<3>> {
+        use crate::fused::decoder::FusedDecoder;
+        if x.dims()[1] != 1 || !fused_decoding() {
+            return None;
+        }
+        let decoder = cache
+            .fused
+            .get_or_insert_with(|| FusedDecoder::new(self))
+            .take()?;
+        let hidden = decoder.step(x, step, cache);
+        cache.fused = Some(Some(decoder));
+        hidden
+    }
+}
+
+/// Whether generation on libtorch takes the fused decode step: on unless the environment sets
+/// `CHEX_FUSED_DECODE=0`, which keeps burn's operations (for benchmarks that compare the two; a
+/// test compares them per cache with [`KvCache::set_fused_decoding`]). Always false in a build
+/// without libtorch.
+pub fn fused_decoding() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(feature = "tch")
+        && *ON.get_or_init(|| std::env::var("CHEX_FUSED_DECODE").map_or(true, |v| v != "0"))
 }
 
 /// Repeat a `[batch, 1, q, k]` mask for queries folded as `[batch, kv_heads, groups*q, k]`.

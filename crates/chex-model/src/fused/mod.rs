@@ -5,10 +5,17 @@
 //! (`docs/performance.md`). Only tensors of the libtorch backend outside autodiff take these
 //! paths: training keeps burn's operations, whose backward passes burn knows.
 
+//!
+//! [`decoder`] goes further for generation: a whole decode step of every layer in libtorch
+//! calls.
+
 // burn marks its libtorch backend deprecated; this project builds on it on purpose.
 #![allow(deprecated)]
 
 use burn::tensor::Tensor;
+
+#[cfg(feature = "tch")]
+pub mod decoder;
 
 /// `x / rms(x) * (1 + offset)` over the last dimension, in f32, when `x` is a libtorch tensor
 /// outside autodiff (`None` otherwise).
