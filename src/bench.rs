@@ -156,6 +156,12 @@ pub struct Measurement {
     /// What the peak is: `host peak RSS` or `nvidia-smi used`.
     pub memory: &'static str,
     pub repeats: usize,
+    /// For scoring: the median time the host took to issue the forward and backward passes,
+    /// before waiting for the device. Close to `seconds`, the device waited on the host (the
+    /// pass is bound by how many operations it issues); well under it, the host waited on the
+    /// device. On a CPU backend the two are the same work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_seconds: Option<f64>,
     /// For rollouts on libtorch: whether decode steps took the fused path
     /// (`chex_model::fused::decoder`; `CHEX_FUSED_DECODE=0` turns it off to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,13 +191,21 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
     let model_config = Gemma3Config::preset(&config.preset)?;
     for &figure in &config.figures {
         let probe = MemoryProbe::start(choice);
-        let (rows, new_tokens, seconds, tokens) = match figure {
-            Figure::Rollout => rollout_figure(&model_config, config, dtype, &device)?,
+        let without_host =
+            |(rows, new_tokens, seconds, tokens)| (rows, new_tokens, seconds, tokens, None);
+        let (rows, new_tokens, seconds, tokens, host_seconds) = match figure {
+            Figure::Rollout => without_host(rollout_figure(&model_config, config, dtype, &device)?),
             Figure::Score => score_figure(&model_config, config, dtype, &device)?,
-            Figure::GrpoStep | Figure::TrlCpuStep => {
-                grpo_step_figure(&model_config, config, figure, dtype, &device)?
+            Figure::GrpoStep | Figure::TrlCpuStep => without_host(grpo_step_figure(
+                &model_config,
+                config,
+                figure,
+                dtype,
+                &device,
+            )?),
+            Figure::SftStep => {
+                without_host(sft_step_figure(&model_config, config, dtype, &device)?)
             }
-            Figure::SftStep => sft_step_figure(&model_config, config, dtype, &device)?,
         };
         let (peak_memory_gib, memory) = probe.finish();
         emit(&Measurement {
@@ -210,6 +224,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             peak_memory_gib,
             memory,
             repeats: config.shape.repeats,
+            host_seconds,
             fused_decode: (figure == Figure::Rollout
                 && matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_)))
             .then(chex_model::text::fused_decoding),
@@ -299,7 +314,7 @@ fn score_figure(
     config: &BenchConfig,
     dtype: ModelDtype,
     device: &Device,
-) -> Result<(usize, usize, f64, f64)> {
+) -> Result<(usize, usize, f64, f64, Option<f64>)> {
     let shape = &config.shape;
     let model = bench_model(model_config, config, dtype, device);
     let model = trainable_model(
@@ -325,7 +340,9 @@ fn score_figure(
         })
         .collect();
     let image_of_row: Vec<usize> = (0..rows.len()).map(|r| r / shape.samples).collect();
+    let mut issued = Vec::with_capacity(shape.repeats + 1);
     let (seconds, tokens) = timed(shape.repeats, || {
+        let started = Instant::now();
         let features = model.encode_images(pixels.clone())?;
         let (scores, graph) = score_for_training(
             &model,
@@ -339,13 +356,18 @@ fn score_figure(
             &ad,
         );
         let gradients = graph.gradients(scores.logprobs.sum(), &model);
+        issued.push(started.elapsed().as_secs_f64());
         // An asynchronous device may still be running the backward pass.
         ad.sync()
             .map_err(|e| Error::setting("bench", format!("device: {e:?}")))?;
         drop(gradients);
         Ok(rows.len() * completion.len())
     })?;
-    Ok((rows.len(), shape.new_tokens, seconds, tokens))
+    // The first entry is the warm-up's.
+    let mut issued = issued.split_off(1);
+    issued.sort_by(f64::total_cmp);
+    let host_seconds = issued.get(issued.len() / 2).copied();
+    Ok((rows.len(), shape.new_tokens, seconds, tokens, host_seconds))
 }
 
 /// The GRPO settings of a step figure: ChexReason's (LoRA r16, β 0.15, dr_grpo, 4 prompts ×

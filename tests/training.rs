@@ -251,6 +251,50 @@ fn lora_sft_on_a_bf16_base_learns_and_resumes_exactly() {
             adapters(full.path()) == adapters(split.path()),
             "{choice}: the resumed run's adapters differ from the uninterrupted run's"
         );
+
+        // The frozen base is written once per stage, to `frozen.bpk`, and linked into every
+        // later checkpoint; `model.bpk` holds only what trains.
+        let checkpoints = full.path().join("checkpoints");
+        let file = |name: &str| std::fs::metadata(checkpoints.join(name)).unwrap();
+        let frozen = file("sft-last/frozen.bpk");
+        assert!(
+            file("sft-last/model.bpk").len() * 4 < frozen.len(),
+            "{choice}: model.bpk {} bytes, frozen.bpk {}",
+            file("sft-last/model.bpk").len(),
+            frozen.len()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                frozen.ino(),
+                file("sft-best/frozen.bpk").ino(),
+                "{choice}: the best and last checkpoints share one frozen file"
+            );
+        }
+        // A damaged frozen file is refused by name, like any other.
+        let damaged = tempfile::tempdir().unwrap();
+        copy_tree(full.path(), damaged.path());
+        let target = damaged.path().join("checkpoints/sft-last/frozen.bpk");
+        let mut bytes = std::fs::read(&target).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        std::fs::write(&target, bytes).unwrap();
+        let err = train_sft(
+            bf16_policy(),
+            &data,
+            &config(3),
+            damaged.path(),
+            true,
+            device,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("frozen.bpk") && err.contains("checksum"),
+            "{err}"
+        );
     });
 }
 

@@ -12,8 +12,8 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::checkpoint::{
-    TrainingState, clear_stage, read_checkpoint_model, recover_checkpoint, resume_from,
-    save_checkpoint,
+    FrozenWeights, TrainingState, clear_stage, read_checkpoint_model, recover_checkpoint,
+    resume_from, save_checkpoint,
 };
 use super::log::JsonlLog;
 use crate::error::{Error, Result};
@@ -36,6 +36,8 @@ pub struct Stage {
     log: JsonlLog,
     bar: ProgressBar,
     lora: Option<LoraConfig>,
+    /// The frozen parameters' file, written at the first save and linked after.
+    frozen: FrozenWeights,
 }
 
 /// A stage opened, with the model and optimizer it continues from.
@@ -104,6 +106,7 @@ impl Stage {
                 log,
                 bar,
                 lora,
+                frozen: FrozenWeights::default(),
             },
             model,
             optimizer,
@@ -145,7 +148,7 @@ impl Stage {
 
     /// Save `{name}-best`.
     pub fn save_best(
-        &self,
+        &mut self,
         model: &Gemma3ForConditionalGeneration,
         optimizer: &ModuleOptimizer,
     ) -> Result<PathBuf> {
@@ -154,7 +157,7 @@ impl Stage {
 
     /// Save `{name}-last` (what a resumed run continues from).
     pub fn save_last(
-        &self,
+        &mut self,
         model: &Gemma3ForConditionalGeneration,
         optimizer: &ModuleOptimizer,
     ) -> Result<PathBuf> {
@@ -162,7 +165,7 @@ impl Stage {
     }
 
     fn save(
-        &self,
+        &mut self,
         which: &str,
         model: &Gemma3ForConditionalGeneration,
         optimizer: &ModuleOptimizer,
@@ -174,6 +177,7 @@ impl Stage {
             optimizer,
             &self.state,
             self.lora.as_ref(),
+            &mut self.frozen,
         )
     }
 

@@ -90,8 +90,13 @@ fn tensors(path: &Path) -> BTreeMap<String, String> {
 fn checkpoint_tensors(out: &Path) -> BTreeMap<String, String> {
     let mut all = BTreeMap::new();
     for checkpoint in ["sft-best", "sft-last", "grpo-best", "grpo-last"] {
-        for file in ["model.bpk", "optimizer.bpk"] {
+        // `frozen.bpk` holds what the stage never trains, when anything is frozen: a file one
+        // run has and the other lacks shows as missing tensors.
+        for file in ["model.bpk", "frozen.bpk", "optimizer.bpk"] {
             let path = out.join("checkpoints").join(checkpoint).join(file);
+            if file == "frozen.bpk" && !path.exists() {
+                continue;
+            }
             for (name, value) in tensors(&path) {
                 all.insert(format!("{checkpoint}/{file}: {name}"), value);
             }
