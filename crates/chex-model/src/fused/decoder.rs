@@ -268,8 +268,10 @@ impl FusedDecoder {
     }
 
     /// Run every layer and the final norm on one new token per row, `x` `[rows, 1, hidden]` in
-    /// f32, writing keys and values into `cache` at `step`'s slot. `None` (and nothing written)
-    /// when `x` or the step's tables are not libtorch tensors outside autodiff.
+    /// f32, writing keys and values into `cache` at `step`'s slot. `None` when `x`, the step's
+    /// tables or the cache are not libtorch tensors outside autodiff (the first two are checked
+    /// before anything is written; a cache found wrong part-way keeps the slots written so far,
+    /// which burn's path, run instead, writes again).
     pub fn step(&self, x: &Tensor<3>, step: &StepInputs, cache: &mut KvCache) -> Option<Tensor<3>> {
         let [rows, len, hidden] = x.dims();
         if len != 1 || cache.layers.len() != self.layers.len() {
