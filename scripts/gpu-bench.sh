@@ -103,6 +103,13 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
   fi
   if [ "${#training[@]}" -gt 0 ]; then
     training_figures "$dtype" true
+    # Scoring with checkpointing through burn's operations instead of libtorch's autograd (the
+    # line's `fused_training` says which), so one run measures what the fused layers save.
+    case ",${BENCH_FIGURES:-score}," in
+      *,score,*)
+        CHEX_FUSED_TRAINING=0 bench --dtype "$dtype" --figures score --repeats "$repeats" \
+          --gradient-checkpointing true ;;
+    esac
   fi
   if [ "$first" = 1 ]; then
     gpu_tests

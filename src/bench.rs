@@ -162,6 +162,11 @@ pub struct Measurement {
     /// device. On a CPU backend the two are the same work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_seconds: Option<f64>,
+    /// For training figures on libtorch with checkpointing: whether LoRA layers ran through
+    /// libtorch's autograd (`chex_model::fused::autograd`; `CHEX_FUSED_TRAINING=0` turns it
+    /// off to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_training: Option<bool>,
     /// For rollouts on libtorch: whether decode steps took the fused path
     /// (`chex_model::fused::decoder`; `CHEX_FUSED_DECODE=0` turns it off to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,15 +213,17 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             }
         };
         let (peak_memory_gib, memory) = probe.finish();
+        let libtorch = matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_));
+        let checkpointing = figure != Figure::Rollout
+            && config
+                .gradient_checkpointing
+                .unwrap_or_else(|| chex_model::device::is_accelerator(&device));
         emit(&Measurement {
             figure,
             preset: config.preset.clone(),
             device: config.device.clone(),
             dtype,
-            gradient_checkpointing: figure != Figure::Rollout
-                && config
-                    .gradient_checkpointing
-                    .unwrap_or_else(|| chex_model::device::is_accelerator(&device)),
+            gradient_checkpointing: checkpointing,
             rows,
             new_tokens,
             seconds,
@@ -225,9 +232,10 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             memory,
             repeats: config.shape.repeats,
             host_seconds,
-            fused_decode: (figure == Figure::Rollout
-                && matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_)))
-            .then(chex_model::text::fused_decoding),
+            fused_training: (libtorch && checkpointing)
+                .then(chex_model::checkpointing::fused_training),
+            fused_decode: (libtorch && figure == Figure::Rollout)
+                .then(chex_model::text::fused_decoding),
         });
     }
     Ok(())

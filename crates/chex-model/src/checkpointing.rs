@@ -8,6 +8,10 @@
 //! does): their kept activations would otherwise be several `[batch, completion, vocab]` f32
 //! tensors, 2 GiB each for 16 rows of 128 tokens at Gemma's 262,208-token vocabulary.
 //!
+//! On libtorch, with only LoRA adapters training, both runs of each layer are direct libtorch
+//! calls and its backward is libtorch's autograd ([`crate::fused::autograd`]); the gradients
+//! are the same.
+//!
 //! On an autodiff device each layer runs under its own generator seed, drawn once per pass, in
 //! both modes: a rerun layer draws the same LoRA-dropout masks as its first run, and a run with
 //! checkpointing takes the same gradients as one without (outside autodiff nothing draws, and
@@ -72,6 +76,35 @@ struct LayerCheckpoints {
     top: Tensor<3>,
     /// The embeddings with their graph, when anything before the layers trains.
     embedded: Option<Tensor<3>>,
+    /// The layers through libtorch's autograd, when they apply (see [`crate::fused::autograd`]).
+    #[cfg(feature = "tch")]
+    fused: Option<FusedLayers>,
+}
+
+#[cfg(feature = "tch")]
+type FusedLayers = (
+    crate::fused::autograd::AutogradLayers,
+    crate::fused::autograd::PassInputs,
+);
+
+/// The libtorch layers for this pass, when the model and the switch allow them.
+#[cfg(feature = "tch")]
+fn fused_layers(text: &crate::text::Gemma3TextModel, step: &StepInputs) -> Option<FusedLayers> {
+    if !fused_training() {
+        return None;
+    }
+    let layers = crate::fused::autograd::AutogradLayers::new(text)?;
+    let inputs = layers.inputs(step)?;
+    Some((layers, inputs))
+}
+
+/// Whether checkpointed training on libtorch runs its layers through libtorch's autograd: on
+/// unless the environment sets `CHEX_FUSED_TRAINING=0`, which keeps burn's operations (for
+/// benchmarks and tests that compare the two). Always false in a build without libtorch.
+pub fn fused_training() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(feature = "tch")
+        && *ON.get_or_init(|| std::env::var("CHEX_FUSED_TRAINING").map_or(true, |v| v != "0"))
 }
 
 /// Score `rows` on the autodiff `device` for a loss to differentiate, keeping each decoder
@@ -103,11 +136,20 @@ pub fn score_for_training(
         let scores = batch.scores(model, hidden, temperature, chunk);
         return (scores, ScoreGraph { checkpoints: None });
     }
+    #[cfg(feature = "tch")]
+    let fused = fused_layers(text, &step);
     let mut inputs = Vec::with_capacity(layers);
     let mut x = embedded.clone().detach();
     for index in 0..layers {
         inputs.push(x.clone());
         seed_layer(device, &seeds, index);
+        #[cfg(feature = "tch")]
+        if let Some((fused, pass)) = &fused
+            && let Some(output) = fused.forward(index, &x, pass)
+        {
+            x = output;
+            continue;
+        }
         x = text.forward_layer_untracked(index, x, &step);
     }
     // The head on untracked copies of the final norm and the head: only the scores are kept.
@@ -140,12 +182,25 @@ pub fn score_for_training(
                 step,
                 top: x,
                 embedded: embedded.is_tracked().then_some(embedded),
+                #[cfg(feature = "tch")]
+                fused,
             }),
         },
     )
 }
 
 impl ScoreGraph {
+    /// Whether the decoder layers run through libtorch's autograd ([`crate::fused::autograd`])
+    /// rather than burn's operations.
+    pub fn layers_on_libtorch_autograd(&self) -> bool {
+        #[cfg(feature = "tch")]
+        {
+            self.checkpoints.as_ref().is_some_and(|c| c.fused.is_some())
+        }
+        #[cfg(not(feature = "tch"))]
+        false
+    }
+
     /// Gradients of `loss` (computed from the pass's scores) for `model`'s trainable parameters.
     pub fn gradients(
         self,
@@ -209,8 +264,16 @@ impl ScoreGraph {
             let Some(upstream) = carried.take() else {
                 break;
             };
-            let input = input.require_grad();
             seed_layer(&device, &c.seeds, index);
+            #[cfg(feature = "tch")]
+            if let Some((fused, pass)) = &c.fused
+                && let Some((gradient, params)) = fused.vjp(index, &input, &upstream, pass)
+            {
+                carried = Some(gradient);
+                accumulator.accumulate(model, params);
+                continue;
+            }
+            let input = input.require_grad();
             let output = text.forward_layer(index, input.clone(), &c.step);
             // The vector-Jacobian product of the layer with the gradient of its output.
             let mut grads = (output * upstream.autodiff()).sum().backward();

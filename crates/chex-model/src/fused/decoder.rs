@@ -20,18 +20,19 @@
 use std::sync::Arc;
 
 use burn::tensor::{Bool, Tensor};
-use burn_tch::{LibTorch, TchTensor};
 use tch::{Kind, Tensor as Th};
 
+use super::weights::{
+    LayerWeights, Norm, Projection, bool_handle, handle, narrowed, rotation_sign, widened, wrap,
+};
 use crate::cache::KvCache;
 use crate::config::LayerKind;
-use crate::layers::{GemmaRmsNorm, LoraLinear};
-use crate::text::{Gemma3DecoderLayer, Gemma3TextModel, StepInputs, TextSpec};
+use crate::text::{Gemma3TextModel, StepInputs, TextSpec};
 
 /// The decoder's weights as libtorch handles sharing storage with the model's parameters, and
 /// the gains of its norms, prepared once per generation call.
 pub struct FusedDecoder {
-    layers: Vec<FusedLayer>,
+    layers: Vec<LayerWeights>,
     final_norm: Norm,
     spec: Arc<TextSpec>,
     compute: Kind,
@@ -45,162 +46,6 @@ impl std::fmt::Debug for FusedDecoder {
             .field("layers", &self.layers.len())
             .field("compute", &self.compute)
             .finish()
-    }
-}
-
-/// An RMSNorm's gain `1 + weight` in f32, its width and its epsilon.
-struct Norm {
-    gain: Th,
-    width: i64,
-    eps: f64,
-}
-
-/// A projection's weight `[d_in, d_out]` in the compute dtype, its bias, and its LoRA adapter as
-/// `(A, B · alpha/r)` in f32.
-struct Projection {
-    weight: Th,
-    bias: Option<Th>,
-    adapter: Option<(Th, Th)>,
-}
-
-struct FusedLayer {
-    input_norm: Norm,
-    post_attention_norm: Norm,
-    pre_feedforward_norm: Norm,
-    post_feedforward_norm: Norm,
-    /// Query heads' gain repeated over the heads, then the key heads': `[heads + kv_heads,
-    /// head_dim]`, so one product scales both after one shared normalisation.
-    qk_gain: Th,
-    qk_eps: f64,
-    kind: LayerKind,
-    q: Projection,
-    k: Projection,
-    v: Projection,
-    o: Projection,
-    gate: Projection,
-    up: Projection,
-    down: Projection,
-}
-
-/// The libtorch tensor behind `tensor`, when it is one outside autodiff.
-fn handle<const D: usize>(tensor: Tensor<D>) -> Option<Th> {
-    tensor
-        .try_into_primitive::<LibTorch>()
-        .ok()
-        .map(|t| t.tensor)
-}
-
-/// [`handle`] for a mask.
-fn bool_handle<const D: usize>(tensor: Tensor<D, Bool>) -> Option<Th> {
-    tensor
-        .try_into_primitive::<LibTorch>()
-        .ok()
-        .map(|t| t.tensor)
-}
-
-fn wrap<const D: usize>(tensor: Th) -> Tensor<D> {
-    Tensor::from_primitive::<LibTorch>(TchTensor::new(tensor))
-}
-
-fn widened(t: &Th) -> Th {
-    if t.kind() == Kind::Float {
-        t.shallow_clone()
-    } else {
-        t.to_kind(Kind::Float)
-    }
-}
-
-fn narrowed(t: &Th, kind: Kind) -> Th {
-    if t.kind() == kind {
-        t.shallow_clone()
-    } else {
-        t.to_kind(kind)
-    }
-}
-
-impl Norm {
-    fn new(norm: &GemmaRmsNorm) -> Option<Self> {
-        Some(Self {
-            gain: widened(&handle(norm.weight.val())?) + 1.0,
-            width: norm.weight.dims()[0] as i64,
-            eps: norm.eps,
-        })
-    }
-
-    fn apply(&self, x: &Th) -> Th {
-        widened(x).rms_norm([self.width], Some(&self.gain), self.eps)
-    }
-}
-
-impl Projection {
-    fn new(linear: &LoraLinear) -> Option<Self> {
-        let weight = handle(linear.weight.val())?;
-        let bias = match &linear.bias {
-            Some(b) => Some(narrowed(&handle(b.val())?, weight.kind())),
-            None => None,
-        };
-        let adapter = match &linear.lora {
-            Some(lora) => Some((
-                widened(&handle(lora.a.val())?),
-                widened(&handle(lora.b.val())?) * lora.scale,
-            )),
-            None => None,
-        };
-        Some(Self {
-            weight,
-            bias,
-            adapter,
-        })
-    }
-
-    /// `x W (+ b)` in the weight's dtype for `x` `[rows, d_in]` already in it; with an adapter,
-    /// plus `x A B alpha/r` in f32 (on `x` widened, as [`LoraLinear::forward`] feeds it), and
-    /// the sum in f32.
-    fn apply(&self, x: &Th) -> Th {
-        let base = x.mm(&self.weight);
-        let base = match &self.bias {
-            Some(bias) => base + bias,
-            None => base,
-        };
-        match &self.adapter {
-            None => base,
-            Some((a, b)) => widened(&base) + widened(x).mm(a).mm(b),
-        }
-    }
-}
-
-impl FusedLayer {
-    fn new(layer: &Gemma3DecoderLayer, kind: LayerKind, spec: &TextSpec) -> Option<Self> {
-        let attention = &layer.self_attn;
-        let (q_norm, k_norm) = (Norm::new(&attention.q_norm)?, Norm::new(&attention.k_norm)?);
-        // One normalisation serves both only with one epsilon; Gemma's config has one.
-        if q_norm.eps != k_norm.eps {
-            return None;
-        }
-        let repeat = |gain: &Th, heads: usize| gain.unsqueeze(0).repeat([heads as i64, 1]);
-        let qk_gain = Th::cat(
-            &[
-                repeat(&q_norm.gain, spec.heads),
-                repeat(&k_norm.gain, spec.kv_heads),
-            ],
-            0,
-        );
-        Some(Self {
-            input_norm: Norm::new(&layer.input_layernorm)?,
-            post_attention_norm: Norm::new(&layer.post_attention_layernorm)?,
-            pre_feedforward_norm: Norm::new(&layer.pre_feedforward_layernorm)?,
-            post_feedforward_norm: Norm::new(&layer.post_feedforward_layernorm)?,
-            qk_gain,
-            qk_eps: q_norm.eps,
-            kind,
-            q: Projection::new(&attention.q_proj)?,
-            k: Projection::new(&attention.k_proj)?,
-            v: Projection::new(&attention.v_proj)?,
-            o: Projection::new(&attention.o_proj)?,
-            gate: Projection::new(&layer.mlp.gate_proj)?,
-            up: Projection::new(&layer.mlp.up_proj)?,
-            down: Projection::new(&layer.mlp.down_proj)?,
-        })
     }
 }
 
@@ -222,25 +67,22 @@ impl FusedDecoder {
     /// Handles on `model`'s weights, or `None` when any of them is not a libtorch tensor outside
     /// autodiff (or the model is one this path does not cover).
     pub fn new(model: &Gemma3TextModel) -> Option<Self> {
+        if model.norm.weight.val().is_autodiff() {
+            return None;
+        }
         let spec = model.spec.clone();
         let layers = model
             .layers
             .iter()
             .zip(&spec.layer_kinds)
-            .map(|(layer, kind)| FusedLayer::new(layer, *kind, &spec))
+            .map(|(layer, kind)| LayerWeights::new(layer, *kind, &spec))
             .collect::<Option<Vec<_>>>()?;
-        let compute = layers.first()?.q.weight.kind();
-        let half = (spec.head_dim / 2) as i64;
-        let device = layers[0].qk_gain.device();
-        let rotation_sign = Th::cat(
-            &[
-                Th::full([half], -1.0, (Kind::Float, device)),
-                Th::ones([half], (Kind::Float, device)),
-            ],
-            0,
-        );
+        let first = layers.first()?;
+        let compute = first.q.weight.kind();
+        let rotation_sign = rotation_sign(spec.head_dim, first.qk_gain.device());
+        let final_norm = super::weights::layer_norm(&model.norm)?;
         Some(Self {
-            final_norm: Norm::new(&model.norm)?,
+            final_norm,
             layers,
             spec,
             compute,
@@ -301,7 +143,7 @@ impl FusedDecoder {
 
     fn layer(
         &self,
-        layer: &FusedLayer,
+        layer: &LayerWeights,
         x: Th,
         inputs: &KindInputs,
         slot: i64,
@@ -323,7 +165,7 @@ impl FusedDecoder {
 
     fn attention(
         &self,
-        layer: &FusedLayer,
+        layer: &LayerWeights,
         normed: &Th,
         inputs: &KindInputs,
         slot: i64,
@@ -338,9 +180,9 @@ impl FusedDecoder {
             spec.head_dim as i64,
         );
         let x = narrowed(normed, self.compute);
-        let q = layer.q.apply(&x).reshape([rows, heads, d]);
-        let k = layer.k.apply(&x).reshape([rows, kv_heads, d]);
-        let v = narrowed(&layer.v.apply(&x), self.compute).reshape([rows, kv_heads, 1, d]);
+        let q = infer(&layer.q, &x).reshape([rows, heads, d]);
+        let k = infer(&layer.k, &x).reshape([rows, kv_heads, d]);
+        let v = narrowed(&infer(&layer.v, &x), self.compute).reshape([rows, kv_heads, 1, d]);
         let qk = if q.kind() == k.kind() {
             widened(&Th::cat(&[q, k], 1))
         } else {
@@ -370,13 +212,24 @@ impl FusedDecoder {
         let _ = scores.masked_fill_(&inputs.mask, f64::NEG_INFINITY);
         let probs = narrowed(&scores.softmax(-1, Kind::Float), self.compute);
         let out = probs.matmul(&values).reshape([rows, heads * d]);
-        widened(&layer.o.apply(&out))
+        widened(&infer(&layer.o, &out))
     }
 
-    fn mlp(&self, layer: &FusedLayer, normed: &Th) -> Th {
+    fn mlp(&self, layer: &LayerWeights, normed: &Th) -> Th {
         let x = narrowed(normed, self.compute);
-        let gate = widened(&layer.gate.apply(&x)).gelu("tanh");
-        let up = widened(&layer.up.apply(&x));
-        widened(&layer.down.apply(&narrowed(&(gate * up), self.compute)))
+        let gate = widened(&infer(&layer.gate, &x)).gelu("tanh");
+        let up = widened(&infer(&layer.up, &x));
+        widened(&infer(&layer.down, &narrowed(&(gate * up), self.compute)))
+    }
+}
+
+/// A projection at inference: `x W (+ b)` in the weight's dtype for `x` `[rows, d_in]` already
+/// in it; with an adapter, plus `x A B alpha/r` in f32 (on `x` widened, as
+/// [`crate::layers::LoraLinear::forward`] feeds it), and the sum in f32.
+fn infer(projection: &Projection, x: &Th) -> Th {
+    let base = projection.base(x);
+    match &projection.adapter {
+        None => base,
+        Some(adapter) => widened(&base) + widened(x).mm(&adapter.a).mm(&adapter.b_scaled),
     }
 }

@@ -7,7 +7,8 @@
 
 //!
 //! [`decoder`] goes further for generation: a whole decode step of every layer in libtorch
-//! calls.
+//! calls; [`autograd`] does the same for the layers of checkpointed LoRA training, with
+//! libtorch's autograd taking their gradients.
 
 // burn marks its libtorch backend deprecated; this project builds on it on purpose.
 #![allow(deprecated)]
@@ -15,7 +16,11 @@
 use burn::tensor::Tensor;
 
 #[cfg(feature = "tch")]
+pub mod autograd;
+#[cfg(feature = "tch")]
 pub mod decoder;
+#[cfg(feature = "tch")]
+mod weights;
 
 /// `x / rms(x) * (1 + offset)` over the last dimension, in f32, when `x` is a libtorch tensor
 /// outside autodiff (`None` otherwise).

@@ -1,0 +1,293 @@
+//! Decoder layers for checkpointed training on libtorch, through libtorch's own autograd.
+//!
+//! Gradient checkpointing runs each decoder layer twice: once without a graph, keeping only its
+//! input, and again in the backward pass for its vector-Jacobian product. Under burn's autodiff
+//! a layer's rerun and backward issue several hundred libtorch calls from Rust, each with burn's
+//! bookkeeping around it, and on a GPU that host time, not arithmetic, bounds a MedGemma-4B
+//! scoring pass (`docs/performance.md`). Here both runs are direct libtorch calls, and the
+//! backward is libtorch's autograd engine, which walks the graph in C++ with its fused backward
+//! kernels (`rms_norm`, `gelu`, scaled-dot-product attention).
+//!
+//! It applies when only LoRA adapters train (the base weights and norms are frozen, as in
+//! ChexReason's runs), on the libtorch backend. The arithmetic and precisions are those of
+//! [`crate::text`]'s layers, and LoRA dropout draws its masks exactly as burn's `Dropout` does
+//! on libtorch (one `bernoulli_` of an f32 tensor of the adapter input's shape, projection by
+//! projection), so the gradients equal burn's path's, dropout included; tests hold them to it.
+
+use std::sync::Arc;
+
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use tch::{Kind, Tensor as Th};
+
+use super::weights::{
+    Adapter, LayerWeights, Projection, bool_handle, handle, narrowed, rotation_sign, widened, wrap,
+};
+use crate::config::LayerKind;
+use crate::text::{Gemma3TextModel, StepInputs, TextSpec};
+
+/// Handles on a model's decoder layers for checkpointed training.
+pub struct AutogradLayers {
+    layers: Vec<LayerWeights>,
+    spec: Arc<TextSpec>,
+    compute: Kind,
+    rotation_sign: Th,
+}
+
+/// A pass's rotary angles and masks, as libtorch handles.
+pub struct PassInputs {
+    global: KindInputs,
+    local: KindInputs,
+}
+
+struct KindInputs {
+    /// `[rows, len, 1, head_dim]`.
+    cos: Th,
+    /// `sin * sign`, `[rows, len, 1, head_dim]`.
+    signed_sin: Th,
+    /// `[rows, kv_heads, groups * len, keys]`, true where a key is hidden.
+    hidden: Th,
+    /// The same, true where a key is seen (what scaled-dot-product attention takes).
+    seen: Th,
+}
+
+/// The adapters' tensors one run of a layer uses: the parameters themselves, or leaves that
+/// collect their gradients.
+struct AdapterTensors {
+    a: Th,
+    b: Th,
+}
+
+impl AutogradLayers {
+    /// Handles on `model`'s layers, when it is on libtorch under autodiff and only LoRA
+    /// adapters train (`None` otherwise: burn's operations then run the layers).
+    pub fn new(model: &Gemma3TextModel) -> Option<Self> {
+        if !model.norm.weight.val().is_autodiff()
+            || !model.layers.iter().all(LayerWeights::only_adapters_train)
+        {
+            return None;
+        }
+        let spec = model.spec.clone();
+        let layers = model
+            .layers
+            .iter()
+            .zip(&spec.layer_kinds)
+            .map(|(layer, kind)| LayerWeights::new(layer, *kind, &spec))
+            .collect::<Option<Vec<_>>>()?;
+        let first = layers.first()?;
+        let compute = first.q.weight.kind();
+        let rotation_sign = rotation_sign(spec.head_dim, first.qk_gain.device());
+        Some(Self {
+            layers,
+            spec,
+            compute,
+            rotation_sign,
+        })
+    }
+
+    /// The rotary angles and masks of a pass, or `None` when they are not libtorch tensors.
+    /// Sliding layers read every key here (the pass has no cache), so both kinds' masks cover
+    /// the whole row.
+    pub fn inputs(&self, step: &StepInputs) -> Option<PassInputs> {
+        if step.local_read_from != 0 {
+            return None;
+        }
+        let kind = |rope: &(Tensor<4>, Tensor<4>), mask: &Tensor<4, burn::tensor::Bool>| {
+            let [rows, _, len, d] = rope.0.dims();
+            let shape = [rows as i64, len as i64, 1, d as i64];
+            let float = |t: &Tensor<4>| handle(t.clone().inner());
+            let hidden = bool_handle(mask.clone().inner())?;
+            Some(KindInputs {
+                cos: float(&rope.0)?.reshape(shape),
+                signed_sin: float(&rope.1)?.reshape(shape) * &self.rotation_sign,
+                seen: hidden.logical_not(),
+                hidden,
+            })
+        };
+        Some(PassInputs {
+            global: kind(&step.rope_global, &step.mask_global)?,
+            local: kind(&step.rope_local, &step.mask_local)?,
+        })
+    }
+
+    /// Layer `index` on `x` `[rows, len, hidden]` (under autodiff, untracked), recording
+    /// nothing for a backward pass.
+    pub fn forward(&self, index: usize, x: &Tensor<3>, inputs: &PassInputs) -> Option<Tensor<3>> {
+        let x = handle(x.clone().inner())?;
+        let layer = &self.layers[index];
+        let out = tch::no_grad(|| self.layer(layer, &x, inputs, &plain_adapters(layer)));
+        Some(Tensor::from_inner(wrap(out)))
+    }
+
+    /// The vector-Jacobian product of layer `index` at `input` (under autodiff) with the
+    /// gradient `upstream` of its output (outside autodiff): the gradient of its input and
+    /// those of its adapters.
+    pub fn vjp(
+        &self,
+        index: usize,
+        input: &Tensor<3>,
+        upstream: &Tensor<3>,
+        inputs: &PassInputs,
+    ) -> Option<(Tensor<3>, GradientsParams)> {
+        let layer = &self.layers[index];
+        let input = handle(input.clone().inner())?
+            .detach()
+            .set_requires_grad(true);
+        let upstream = handle(upstream.clone())?;
+        let adapters: Vec<Option<AdapterTensors>> = layer
+            .projections()
+            .iter()
+            .map(|p| {
+                p.adapter.as_ref().map(|a| AdapterTensors {
+                    a: a.a.detach().set_requires_grad(true),
+                    b: a.b.detach().set_requires_grad(true),
+                })
+            })
+            .collect();
+        let output = self.layer(layer, &input, inputs, &adapters);
+        let product = (output * upstream).sum(Kind::Float);
+        let mut leaves = vec![input.shallow_clone()];
+        for tensors in adapters.iter().flatten() {
+            leaves.push(tensors.a.shallow_clone());
+            leaves.push(tensors.b.shallow_clone());
+        }
+        let mut gradients = Th::run_backward(&[product], &leaves, false, false).into_iter();
+        let input_gradient = wrap(gradients.next()?);
+        let mut params = GradientsParams::new();
+        for adapter in layer
+            .projections()
+            .iter()
+            .filter_map(|p| p.adapter.as_ref())
+        {
+            params.register::<2>(adapter.a_id, wrap(gradients.next()?));
+            params.register::<2>(adapter.b_id, wrap(gradients.next()?));
+        }
+        Some((input_gradient, params))
+    }
+
+    fn layer(
+        &self,
+        layer: &LayerWeights,
+        x: &Th,
+        inputs: &PassInputs,
+        adapters: &[Option<AdapterTensors>],
+    ) -> Th {
+        let inputs = match layer.kind {
+            LayerKind::FullAttention => &inputs.global,
+            LayerKind::SlidingAttention => &inputs.local,
+        };
+        let h = self.attention(layer, &layer.input_norm.apply(x), inputs, adapters);
+        let x = x + layer.post_attention_norm.apply(&h);
+        let h = self.mlp(layer, &layer.pre_feedforward_norm.apply(&x), &adapters[4..]);
+        x + layer.post_feedforward_norm.apply(&h)
+    }
+
+    fn attention(
+        &self,
+        layer: &LayerWeights,
+        normed: &Th,
+        inputs: &KindInputs,
+        adapters: &[Option<AdapterTensors>],
+    ) -> Th {
+        let spec = &self.spec;
+        let size = normed.size();
+        let (rows, len) = (size[0], size[1]);
+        let (heads, kv_heads, d) = (
+            spec.heads as i64,
+            spec.kv_heads as i64,
+            spec.head_dim as i64,
+        );
+        let groups = heads / kv_heads;
+        let x = narrowed(normed, self.compute);
+        let q = train(&layer.q, &x, &adapters[0]).reshape([rows, len, heads, d]);
+        let k = train(&layer.k, &x, &adapters[1]).reshape([rows, len, kv_heads, d]);
+        let v = narrowed(&train(&layer.v, &x, &adapters[2]), self.compute)
+            .reshape([rows, len, kv_heads, d])
+            .transpose(1, 2);
+        let qk = if q.kind() == k.kind() {
+            widened(&Th::cat(&[q, k], 2))
+        } else {
+            Th::cat(&[widened(&q), widened(&k)], 2)
+        };
+        let qk = qk.rms_norm([d], None::<&Th>, layer.qk_eps) * &layer.qk_gain;
+        let qk = (&qk * &inputs.cos).addcmul(&qk.roll([d / 2], [3]), &inputs.signed_sin);
+        let qk = narrowed(&qk, self.compute);
+        // Query heads that share a key head are folded into the query length, as in `text.rs`.
+        let q = qk
+            .narrow(2, 0, heads)
+            .transpose(1, 2)
+            .reshape([rows, kv_heads, groups * len, d]);
+        let k = qk.narrow(2, heads, kv_heads).transpose(1, 2);
+        let out = match spec.attn_softcap {
+            None => Th::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&inputs.seen),
+                0.0,
+                false,
+                spec.attention_scale,
+                false,
+            ),
+            Some(cap) => {
+                let scores = widened(&q.matmul(&k.transpose(2, 3))) * spec.attention_scale;
+                let scores = (scores / cap).tanh() * cap;
+                let scores = scores.masked_fill(&inputs.hidden, f64::NEG_INFINITY);
+                narrowed(&scores.softmax(-1, Kind::Float), self.compute).matmul(&v)
+            }
+        };
+        let out =
+            out.reshape([rows, heads, len, d])
+                .transpose(1, 2)
+                .reshape([rows, len, heads * d]);
+        widened(&train(&layer.o, &out, &adapters[3]))
+    }
+
+    fn mlp(&self, layer: &LayerWeights, normed: &Th, adapters: &[Option<AdapterTensors>]) -> Th {
+        let x = narrowed(normed, self.compute);
+        let gate = widened(&train(&layer.gate, &x, &adapters[0])).gelu("tanh");
+        let up = widened(&train(&layer.up, &x, &adapters[1]));
+        let product = narrowed(&(gate * up), self.compute);
+        widened(&train(&layer.down, &product, &adapters[2]))
+    }
+}
+
+/// A layer's adapters as they are, for a run that records nothing.
+fn plain_adapters(layer: &LayerWeights) -> Vec<Option<AdapterTensors>> {
+    layer
+        .projections()
+        .iter()
+        .map(|p| {
+            p.adapter.as_ref().map(|a| AdapterTensors {
+                a: a.a.shallow_clone(),
+                b: a.b.shallow_clone(),
+            })
+        })
+        .collect()
+}
+
+/// A projection in training, as [`crate::layers::LoraLinear::forward`] computes it: the base
+/// product in the weight's dtype, and with an adapter, `dropout(x) A B alpha/r` in f32 added
+/// to it in f32.
+fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> Th {
+    let base = projection.base(x);
+    match (&projection.adapter, tensors) {
+        (Some(adapter), Some(tensors)) => {
+            let input = dropout(&widened(x), adapter);
+            widened(&base) + input.matmul(&tensors.a).matmul(&tensors.b) * adapter.scale
+        }
+        _ => base,
+    }
+}
+
+/// burn's `Dropout` on libtorch, draw for draw: a Bernoulli mask of the input's shape in f32,
+/// the product, then the rescaling.
+fn dropout(x: &Th, adapter: &Adapter) -> Th {
+    if adapter.dropout == 0.0 {
+        return x.shallow_clone();
+    }
+    let keep = 1.0 - adapter.dropout;
+    let mut mask = Th::empty(x.size(), (Kind::Float, x.device()));
+    let mask = mask.bernoulli_float_(keep);
+    (x * mask) * (1.0 / keep)
+}
