@@ -162,9 +162,9 @@ pub struct Measurement {
     /// device. On a CPU backend the two are the same work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_seconds: Option<f64>,
-    /// For training figures on libtorch with checkpointing: whether LoRA layers ran through
-    /// libtorch's autograd (`chex_model::fused::autograd`; `CHEX_FUSED_TRAINING=0` turns it
-    /// off to compare).
+    /// For the LoRA training figures (scoring, GRPO and SFT steps) on libtorch: whether their
+    /// decoder layers ran through libtorch's autograd (`chex_model::fused::autograd`;
+    /// `CHEX_FUSED_TRAINING=0` turns it off to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fused_training: Option<bool>,
     /// For rollouts on libtorch: whether decode steps took the fused path
@@ -232,8 +232,9 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             memory,
             repeats: config.shape.repeats,
             host_seconds,
-            fused_training: (libtorch && checkpointing)
-                .then(chex_model::checkpointing::fused_training),
+            fused_training: (libtorch
+                && matches!(figure, Figure::Score | Figure::GrpoStep | Figure::SftStep))
+            .then(chex_model::checkpointing::fused_training),
             fused_decode: (libtorch && figure == Figure::Rollout)
                 .then(chex_model::text::fused_decoding),
         });

@@ -8,9 +8,10 @@
 //! does): their kept activations would otherwise be several `[batch, completion, vocab]` f32
 //! tensors, 2 GiB each for 16 rows of 128 tokens at Gemma's 262,208-token vocabulary.
 //!
-//! On libtorch, with only LoRA adapters training, both runs of each layer are direct libtorch
-//! calls and its backward is libtorch's autograd ([`crate::fused::autograd`]); the gradients
-//! are the same.
+//! On libtorch, with only LoRA adapters training, the layers are direct libtorch calls and
+//! their backward is libtorch's autograd ([`crate::fused::autograd`]): with checkpointing both
+//! runs of each layer, without it one run with libtorch's graph kept (the head is then
+//! checkpointed as above all the same). The gradients are the same.
 //!
 //! On an autodiff device each layer runs under its own generator seed, drawn once per pass, in
 //! both modes: a rerun layer draws the same LoRA-dropout masks as its first run, and a run with
@@ -79,6 +80,10 @@ struct LayerCheckpoints {
     /// The layers through libtorch's autograd, when they apply (see [`crate::fused::autograd`]).
     #[cfg(feature = "tch")]
     fused: Option<FusedLayers>,
+    /// Without checkpointing on libtorch: the layers with the graph libtorch kept (`inputs` is
+    /// then empty).
+    #[cfg(feature = "tch")]
+    tracked: Option<crate::fused::autograd::TrackedStack>,
 }
 
 #[cfg(feature = "tch")]
@@ -98,13 +103,30 @@ fn fused_layers(text: &crate::text::Gemma3TextModel, step: &StepInputs) -> Optio
     Some((layers, inputs))
 }
 
-/// Whether checkpointed training on libtorch runs its layers through libtorch's autograd: on
-/// unless the environment sets `CHEX_FUSED_TRAINING=0`, which keeps burn's operations (for
-/// benchmarks and tests that compare the two). Always false in a build without libtorch.
+/// Whether LoRA training on libtorch runs its layers through libtorch's autograd: on unless the
+/// environment sets `CHEX_FUSED_TRAINING=0` (for benchmarks that compare the two) or the current
+/// thread is inside [`with_fused_training`]. Always false in a build without libtorch.
 pub fn fused_training() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     cfg!(feature = "tch")
-        && *ON.get_or_init(|| std::env::var("CHEX_FUSED_TRAINING").map_or(true, |v| v != "0"))
+        && FUSED_TRAINING_HERE
+            .with(|here| here.get())
+            .unwrap_or_else(|| {
+                *ON.get_or_init(|| std::env::var("CHEX_FUSED_TRAINING").map_or(true, |v| v != "0"))
+            })
+}
+
+thread_local! {
+    static FUSED_TRAINING_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `work` with [`fused_training`] forced on or off for the current thread (what a test that
+/// compares the two paths in one process needs).
+pub fn with_fused_training<R>(on: bool, work: impl FnOnce() -> R) -> R {
+    let before = FUSED_TRAINING_HERE.with(|here| here.replace(Some(on)));
+    let result = work();
+    FUSED_TRAINING_HERE.with(|here| here.set(before));
+    result
 }
 
 /// Score `rows` on the autodiff `device` for a loss to differentiate, keeping each decoder
@@ -126,7 +148,13 @@ pub fn score_for_training(
     let layers = text.layers.len();
     let seeds = layer_seeds(layers, embedded.is_autodiff(), device);
     let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
-    if !checkpointing {
+    #[cfg(feature = "tch")]
+    let fused = fused_layers(text, &step);
+    #[cfg(feature = "tch")]
+    let whole_graph = !checkpointing && fused.is_none();
+    #[cfg(not(feature = "tch"))]
+    let whole_graph = !checkpointing;
+    if whole_graph {
         let mut x = embedded;
         for index in 0..layers {
             seed_layer(device, &seeds, index);
@@ -136,10 +164,26 @@ pub fn score_for_training(
         let scores = batch.scores(model, hidden, temperature, chunk);
         return (scores, ScoreGraph { checkpoints: None });
     }
-    #[cfg(feature = "tch")]
-    let fused = fused_layers(text, &step);
     let mut inputs = Vec::with_capacity(layers);
     let mut x = embedded.clone().detach();
+    // Without checkpointing (and so on libtorch): the layers' graph kept by libtorch, the head
+    // checkpointed as below.
+    #[cfg(feature = "tch")]
+    let mut tracked = None;
+    #[cfg(feature = "tch")]
+    if !checkpointing
+        && let Some((layers_on_libtorch, pass)) = &fused
+        && let Some(mut stack) = layers_on_libtorch.track(&x, embedded.is_tracked())
+    {
+        for index in 0..layers {
+            seed_layer(device, &seeds, index);
+            layers_on_libtorch.forward_tracked(index, &mut stack, pass);
+        }
+        x = stack.output();
+        tracked = Some(stack);
+    }
+    #[cfg(feature = "tch")]
+    let layers = if tracked.is_some() { 0 } else { layers };
     for index in 0..layers {
         inputs.push(x.clone());
         seed_layer(device, &seeds, index);
@@ -184,6 +228,8 @@ pub fn score_for_training(
                 embedded: embedded.is_tracked().then_some(embedded),
                 #[cfg(feature = "tch")]
                 fused,
+                #[cfg(feature = "tch")]
+                tracked,
             }),
         },
     )
@@ -195,7 +241,9 @@ impl ScoreGraph {
     pub fn layers_on_libtorch_autograd(&self) -> bool {
         #[cfg(feature = "tch")]
         {
-            self.checkpoints.as_ref().is_some_and(|c| c.fused.is_some())
+            self.checkpoints
+                .as_ref()
+                .is_some_and(|c| c.fused.is_some() || c.tracked.is_some())
         }
         #[cfg(not(feature = "tch"))]
         false
@@ -258,6 +306,18 @@ impl ScoreGraph {
                 });
             }
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        #[cfg(feature = "tch")]
+        if let Some(stack) = c.tracked
+            && let Some(upstream) = carried.take()
+        {
+            // The stack's tensors and the head's gradient are all libtorch's, and libtorch's
+            // autograd returns a gradient for every leaf: nothing can be missing here.
+            let (gradient, params) = stack
+                .vjp(&upstream)
+                .expect("a libtorch layer stack takes the gradients of all its leaves");
+            carried = gradient;
+            accumulator.accumulate(model, params);
         }
         for (index, input) in c.inputs.into_iter().enumerate().rev() {
             // Nothing downstream depends on this layer's output: neither on the layers below.

@@ -1,7 +1,9 @@
-//! Decoder layers for checkpointed training on libtorch, through libtorch's own autograd.
+//! Decoder layers for LoRA training on libtorch, through libtorch's own autograd.
 //!
 //! Gradient checkpointing runs each decoder layer twice: once without a graph, keeping only its
-//! input, and again in the backward pass for its vector-Jacobian product. Under burn's autodiff
+//! input, and again in the backward pass for its vector-Jacobian product ([`AutogradLayers::forward`],
+//! [`AutogradLayers::vjp`]); without checkpointing the layers run once with libtorch's graph
+//! kept and one vector-Jacobian product goes through the whole stack ([`TrackedStack`]). Under burn's autodiff
 //! a layer's rerun and backward issue several hundred libtorch calls from Rust, each with burn's
 //! bookkeeping around it, and on a GPU that host time, not arithmetic, bounds a MedGemma-4B
 //! scoring pass (`docs/performance.md`). Here both runs are direct libtorch calls, and the
@@ -137,12 +139,7 @@ impl AutogradLayers {
         let adapters: Vec<Option<AdapterTensors>> = layer
             .projections()
             .iter()
-            .map(|p| {
-                p.adapter.as_ref().map(|a| AdapterTensors {
-                    a: a.a.detach().set_requires_grad(true),
-                    b: a.b.detach().set_requires_grad(true),
-                })
-            })
+            .map(|p| p.adapter.as_ref().map(AdapterTensors::leaves))
             .collect();
         let output = self.layer(layer, &input, inputs, &adapters);
         let product = (output * upstream).sum(Kind::Float);
@@ -163,6 +160,42 @@ impl AutogradLayers {
             params.register::<2>(adapter.b_id, wrap(gradients.next()?));
         }
         Some((input_gradient, params))
+    }
+
+    /// Start a stack of layers whose graph libtorch keeps, on `x` (under autodiff); the
+    /// gradient of `x` is taken too when `input_grad`.
+    pub fn track(&self, x: &Tensor<3>, input_grad: bool) -> Option<TrackedStack> {
+        let input = handle(x.clone().inner())?.detach();
+        let input = if input_grad {
+            input.set_requires_grad(true)
+        } else {
+            input
+        };
+        Some(TrackedStack {
+            current: input.shallow_clone(),
+            input: input_grad.then_some(input),
+            leaves: Vec::new(),
+        })
+    }
+
+    /// Run layer `index` on the top of `stack`, recording its graph.
+    pub fn forward_tracked(&self, index: usize, stack: &mut TrackedStack, inputs: &PassInputs) {
+        let layer = &self.layers[index];
+        let adapters: Vec<Option<AdapterTensors>> = layer
+            .projections()
+            .iter()
+            .map(|p| p.adapter.as_ref().map(AdapterTensors::leaves))
+            .collect();
+        stack.current = self.layer(layer, &stack.current, inputs, &adapters);
+        for (adapter, tensors) in layer
+            .projections()
+            .iter()
+            .filter_map(|p| p.adapter.as_ref())
+            .zip(adapters.into_iter().flatten())
+        {
+            stack.leaves.push((adapter.a_id, tensors.a));
+            stack.leaves.push((adapter.b_id, tensors.b));
+        }
     }
 
     fn layer(
@@ -249,6 +282,51 @@ impl AutogradLayers {
         let up = widened(&train(&layer.up, &x, &adapters[1]));
         let product = narrowed(&(gate * up), self.compute);
         widened(&train(&layer.down, &product, &adapters[2]))
+    }
+}
+
+impl AdapterTensors {
+    /// Leaves aliasing the adapter's tensors, which collect their gradients.
+    fn leaves(adapter: &Adapter) -> Self {
+        Self {
+            a: adapter.a.detach().set_requires_grad(true),
+            b: adapter.b.detach().set_requires_grad(true),
+        }
+    }
+}
+
+/// Decoder layers run with libtorch's graph kept (training without checkpointing): their output,
+/// the leaves the gradients are taken for, and the input when its gradient is wanted.
+pub struct TrackedStack {
+    current: Th,
+    input: Option<Th>,
+    leaves: Vec<(burn::module::ParamId, Th)>,
+}
+
+impl TrackedStack {
+    /// The top layer's output, under autodiff, untracked (burn's head starts from it).
+    pub fn output(&self) -> Tensor<3> {
+        Tensor::from_inner(wrap(self.current.detach()))
+    }
+
+    /// The vector-Jacobian product of the whole stack with the gradient `upstream` of its
+    /// output (outside autodiff): the gradient of its input, when it was asked for, and those
+    /// of every adapter.
+    pub fn vjp(self, upstream: &Tensor<3>) -> Option<(Option<Tensor<3>>, GradientsParams)> {
+        let upstream = handle(upstream.clone())?;
+        let product = (&self.current * upstream).sum(Kind::Float);
+        let mut leaves: Vec<Th> = self.input.iter().map(Th::shallow_clone).collect();
+        leaves.extend(self.leaves.iter().map(|(_, t)| t.shallow_clone()));
+        let mut gradients = Th::run_backward(&[product], &leaves, false, false).into_iter();
+        let input = match self.input {
+            Some(_) => Some(wrap(gradients.next()?)),
+            None => None,
+        };
+        let mut params = GradientsParams::new();
+        for (id, _) in &self.leaves {
+            params.register::<2>(*id, wrap(gradients.next()?));
+        }
+        Some((input, params))
     }
 }
 
