@@ -182,9 +182,12 @@ pub fn score_for_training(
         x = stack.output();
         tracked = Some(stack);
     }
+    // With checkpointing: each layer's input kept, the layer run without a graph.
     #[cfg(feature = "tch")]
-    let layers = if tracked.is_some() { 0 } else { layers };
-    for index in 0..layers {
+    let checkpointed_layers = if tracked.is_some() { 0 } else { layers };
+    #[cfg(not(feature = "tch"))]
+    let checkpointed_layers = layers;
+    for index in 0..checkpointed_layers {
         inputs.push(x.clone());
         seed_layer(device, &seeds, index);
         #[cfg(feature = "tch")]

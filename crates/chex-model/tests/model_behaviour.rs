@@ -199,6 +199,23 @@ fn bf16_sampling_and_scoring_agree_to_bf16_precision() {
     });
 }
 
+/// `model` with every adapter's B drawn at random instead of zero, so the adapters change the
+/// output and A's gradients are not zero.
+fn with_moved_adapters(
+    mut model: Gemma3ForConditionalGeneration,
+    device: &Device,
+) -> Gemma3ForConditionalGeneration {
+    for_each_linear(&mut model, &mut |_, linear| {
+        if let Some(lora) = linear.lora.as_mut() {
+            let b = Tensor::random(lora.b.dims(), Distribution::Normal(0.0, 0.05), device);
+            lora.b = Param::from_tensor(b);
+        }
+        Ok(())
+    })
+    .unwrap();
+    model
+}
+
 /// The fused libtorch decode step (`chex_model::fused::decoder`) computes what burn's layers
 /// compute: the same prompts prefilled into two caches, one decoding fused and one not, give the
 /// same hidden states step after step, past the sliding window, with an attention soft-cap and a
@@ -226,16 +243,7 @@ fn the_fused_decode_step_computes_what_burns_layers_compute() {
                         dropout: 0.0,
                         ..LoraConfig::chexreason()
                     };
-                    model = apply_lora(model, &lora, 1, device);
-                    for_each_linear(&mut model, &mut |_, linear| {
-                        if let Some(lora) = linear.lora.as_mut() {
-                            let shape = lora.b.dims();
-                            let b = Tensor::random(shape, Distribution::Normal(0.0, 0.05), device);
-                            lora.b = Param::from_tensor(b);
-                        }
-                        Ok(())
-                    })
-                    .unwrap();
+                    model = with_moved_adapters(apply_lora(model, &lora, 1, device), device);
                 }
                 let model = model.with_dtype(dtype);
                 let rows: [&[u32]; 2] = [&[2, 5, 9, 11], &[2, 7, 8, 12, 13, 14, 15]];
@@ -298,16 +306,7 @@ fn libtorch_autograd_layers_take_burns_gradients() {
                     dropout: 0.2,
                     ..LoraConfig::chexreason()
                 };
-                let mut model = apply_lora(model, &lora, 5, device);
-                for_each_linear(&mut model, &mut |_, linear| {
-                    if let Some(lora) = linear.lora.as_mut() {
-                        let shape = lora.b.dims();
-                        let b = Tensor::random(shape, Distribution::Normal(0.0, 0.05), device);
-                        lora.b = Param::from_tensor(b);
-                    }
-                    Ok(())
-                })
-                .unwrap();
+                let model = with_moved_adapters(apply_lora(model, &lora, 5, device), device);
                 let model = model.with_dtype(dtype).to_device(&ad).train();
                 let (_, prompts, pixels) = small_model(device);
                 let features = model

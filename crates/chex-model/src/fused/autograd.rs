@@ -16,24 +16,19 @@
 //! on libtorch (one `bernoulli_` of an f32 tensor of the adapter input's shape, projection by
 //! projection), so the gradients equal burn's path's, dropout included; tests hold them to it.
 
-use std::sync::Arc;
-
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    Adapter, LayerWeights, Projection, bool_handle, handle, narrowed, rotation_sign, widened, wrap,
+    Adapter, DecoderWeights, LayerWeights, Projection, bool_handle, handle, narrowed, widened, wrap,
 };
 use crate::config::LayerKind;
-use crate::text::{Gemma3TextModel, StepInputs, TextSpec};
+use crate::text::{Gemma3TextModel, StepInputs};
 
-/// Handles on a model's decoder layers for checkpointed training.
+/// Handles on a model's decoder layers for LoRA training.
 pub struct AutogradLayers {
-    layers: Vec<LayerWeights>,
-    spec: Arc<TextSpec>,
-    compute: Kind,
-    rotation_sign: Th,
+    weights: DecoderWeights,
 }
 
 /// A pass's rotary angles and masks, as libtorch handles.
@@ -69,21 +64,8 @@ impl AutogradLayers {
         {
             return None;
         }
-        let spec = model.spec.clone();
-        let layers = model
-            .layers
-            .iter()
-            .zip(&spec.layer_kinds)
-            .map(|(layer, kind)| LayerWeights::new(layer, *kind, &spec))
-            .collect::<Option<Vec<_>>>()?;
-        let first = layers.first()?;
-        let compute = first.q.weight.kind();
-        let rotation_sign = rotation_sign(spec.head_dim, first.qk_gain.device());
         Some(Self {
-            layers,
-            spec,
-            compute,
-            rotation_sign,
+            weights: DecoderWeights::new(model)?,
         })
     }
 
@@ -101,7 +83,7 @@ impl AutogradLayers {
             let hidden = bool_handle(mask.clone().inner())?;
             Some(KindInputs {
                 cos: float(&rope.0)?.reshape(shape),
-                signed_sin: float(&rope.1)?.reshape(shape) * &self.rotation_sign,
+                signed_sin: self.weights.signed(float(&rope.1)?.reshape(shape)),
                 seen: hidden.logical_not(),
                 hidden,
             })
@@ -116,8 +98,8 @@ impl AutogradLayers {
     /// nothing for a backward pass.
     pub fn forward(&self, index: usize, x: &Tensor<3>, inputs: &PassInputs) -> Option<Tensor<3>> {
         let x = handle(x.clone().inner())?;
-        let layer = &self.layers[index];
-        let out = tch::no_grad(|| self.layer(layer, &x, inputs, &plain_adapters(layer)));
+        let layer = &self.weights.layers[index];
+        let out = tch::no_grad(|| self.layer(layer, &x, inputs, &adapter_tensors(layer, false)));
         Some(Tensor::from_inner(wrap(out)))
     }
 
@@ -131,35 +113,10 @@ impl AutogradLayers {
         upstream: &Tensor<3>,
         inputs: &PassInputs,
     ) -> Option<(Tensor<3>, GradientsParams)> {
-        let layer = &self.layers[index];
-        let input = handle(input.clone().inner())?
-            .detach()
-            .set_requires_grad(true);
-        let upstream = handle(upstream.clone())?;
-        let adapters: Vec<Option<AdapterTensors>> = layer
-            .projections()
-            .iter()
-            .map(|p| p.adapter.as_ref().map(AdapterTensors::leaves))
-            .collect();
-        let output = self.layer(layer, &input, inputs, &adapters);
-        let product = (output * upstream).sum(Kind::Float);
-        let mut leaves = vec![input.shallow_clone()];
-        for tensors in adapters.iter().flatten() {
-            leaves.push(tensors.a.shallow_clone());
-            leaves.push(tensors.b.shallow_clone());
-        }
-        let mut gradients = Th::run_backward(&[product], &leaves, false, false).into_iter();
-        let input_gradient = wrap(gradients.next()?);
-        let mut params = GradientsParams::new();
-        for adapter in layer
-            .projections()
-            .iter()
-            .filter_map(|p| p.adapter.as_ref())
-        {
-            params.register::<2>(adapter.a_id, wrap(gradients.next()?));
-            params.register::<2>(adapter.b_id, wrap(gradients.next()?));
-        }
-        Some((input_gradient, params))
+        let mut stack = self.track(input, true)?;
+        self.forward_tracked(index, &mut stack, inputs);
+        let (input_gradient, params) = stack.vjp(upstream)?;
+        Some((input_gradient?, params))
     }
 
     /// Start a stack of layers whose graph libtorch keeps, on `x` (under autodiff); the
@@ -180,12 +137,8 @@ impl AutogradLayers {
 
     /// Run layer `index` on the top of `stack`, recording its graph.
     pub fn forward_tracked(&self, index: usize, stack: &mut TrackedStack, inputs: &PassInputs) {
-        let layer = &self.layers[index];
-        let adapters: Vec<Option<AdapterTensors>> = layer
-            .projections()
-            .iter()
-            .map(|p| p.adapter.as_ref().map(AdapterTensors::leaves))
-            .collect();
+        let layer = &self.weights.layers[index];
+        let adapters = adapter_tensors(layer, true);
         stack.current = self.layer(layer, &stack.current, inputs, &adapters);
         for (adapter, tensors) in layer
             .projections()
@@ -209,10 +162,13 @@ impl AutogradLayers {
             LayerKind::FullAttention => &inputs.global,
             LayerKind::SlidingAttention => &inputs.local,
         };
-        let h = self.attention(layer, &layer.input_norm.apply(x), inputs, adapters);
-        let x = x + layer.post_attention_norm.apply(&h);
-        let h = self.mlp(layer, &layer.pre_feedforward_norm.apply(&x), &adapters[4..]);
-        x + layer.post_feedforward_norm.apply(&h)
+        let project = |p: &Projection, index: usize, x: &Th| train(p, x, &adapters[index]);
+        DecoderWeights::residual(
+            layer,
+            x,
+            |normed| self.attention(layer, normed, inputs, project),
+            |normed| self.weights.mlp(layer, normed, project),
+        )
     }
 
     fn attention(
@@ -220,9 +176,10 @@ impl AutogradLayers {
         layer: &LayerWeights,
         normed: &Th,
         inputs: &KindInputs,
-        adapters: &[Option<AdapterTensors>],
+        project: impl Fn(&Projection, usize, &Th) -> Th,
     ) -> Th {
-        let spec = &self.spec;
+        let weights = &self.weights;
+        let spec = &weights.spec;
         let size = normed.size();
         let (rows, len) = (size[0], size[1]);
         let (heads, kv_heads, d) = (
@@ -231,20 +188,13 @@ impl AutogradLayers {
             spec.head_dim as i64,
         );
         let groups = heads / kv_heads;
-        let x = narrowed(normed, self.compute);
-        let q = train(&layer.q, &x, &adapters[0]).reshape([rows, len, heads, d]);
-        let k = train(&layer.k, &x, &adapters[1]).reshape([rows, len, kv_heads, d]);
-        let v = narrowed(&train(&layer.v, &x, &adapters[2]), self.compute)
+        let x = narrowed(normed, weights.compute);
+        let q = project(&layer.q, 0, &x).reshape([rows, len, heads, d]);
+        let k = project(&layer.k, 1, &x).reshape([rows, len, kv_heads, d]);
+        let v = narrowed(&project(&layer.v, 2, &x), weights.compute)
             .reshape([rows, len, kv_heads, d])
             .transpose(1, 2);
-        let qk = if q.kind() == k.kind() {
-            widened(&Th::cat(&[q, k], 2))
-        } else {
-            Th::cat(&[widened(&q), widened(&k)], 2)
-        };
-        let qk = qk.rms_norm([d], None::<&Th>, layer.qk_eps) * &layer.qk_gain;
-        let qk = (&qk * &inputs.cos).addcmul(&qk.roll([d / 2], [3]), &inputs.signed_sin);
-        let qk = narrowed(&qk, self.compute);
+        let qk = weights.rotated_qk(layer, q, k, 2, &inputs.cos, &inputs.signed_sin);
         // Query heads that share a key head are folded into the query length, as in `text.rs`.
         let q = qk
             .narrow(2, 0, heads)
@@ -266,33 +216,37 @@ impl AutogradLayers {
                 let scores = widened(&q.matmul(&k.transpose(2, 3))) * spec.attention_scale;
                 let scores = (scores / cap).tanh() * cap;
                 let scores = scores.masked_fill(&inputs.hidden, f64::NEG_INFINITY);
-                narrowed(&scores.softmax(-1, Kind::Float), self.compute).matmul(&v)
+                narrowed(&scores.softmax(-1, Kind::Float), weights.compute).matmul(&v)
             }
         };
         let out =
             out.reshape([rows, heads, len, d])
                 .transpose(1, 2)
                 .reshape([rows, len, heads * d]);
-        widened(&train(&layer.o, &out, &adapters[3]))
-    }
-
-    fn mlp(&self, layer: &LayerWeights, normed: &Th, adapters: &[Option<AdapterTensors>]) -> Th {
-        let x = narrowed(normed, self.compute);
-        let gate = widened(&train(&layer.gate, &x, &adapters[0])).gelu("tanh");
-        let up = widened(&train(&layer.up, &x, &adapters[1]));
-        let product = narrowed(&(gate * up), self.compute);
-        widened(&train(&layer.down, &product, &adapters[2]))
+        widened(&project(&layer.o, 3, &out))
     }
 }
 
-impl AdapterTensors {
-    /// Leaves aliasing the adapter's tensors, which collect their gradients.
-    fn leaves(adapter: &Adapter) -> Self {
-        Self {
-            a: adapter.a.detach().set_requires_grad(true),
-            b: adapter.b.detach().set_requires_grad(true),
+/// A layer's adapters, in the order of its projections: as they are (`leaves` false, for a run
+/// that records nothing), or as leaves aliasing them, which collect their gradients.
+fn adapter_tensors(layer: &LayerWeights, leaves: bool) -> Vec<Option<AdapterTensors>> {
+    let tensor = |t: &Th| {
+        if leaves {
+            t.detach().set_requires_grad(true)
+        } else {
+            t.shallow_clone()
         }
-    }
+    };
+    layer
+        .projections()
+        .iter()
+        .map(|p| {
+            p.adapter.as_ref().map(|a| AdapterTensors {
+                a: tensor(&a.a),
+                b: tensor(&a.b),
+            })
+        })
+        .collect()
 }
 
 /// Decoder layers run with libtorch's graph kept (training without checkpointing): their output,
@@ -328,20 +282,6 @@ impl TrackedStack {
         }
         Some((input, params))
     }
-}
-
-/// A layer's adapters as they are, for a run that records nothing.
-fn plain_adapters(layer: &LayerWeights) -> Vec<Option<AdapterTensors>> {
-    layer
-        .projections()
-        .iter()
-        .map(|p| {
-            p.adapter.as_ref().map(|a| AdapterTensors {
-                a: a.a.shallow_clone(),
-                b: a.b.shallow_clone(),
-            })
-        })
-        .collect()
 }
 
 /// A projection in training, as [`crate::layers::LoraLinear::forward`] computes it: the base

@@ -17,34 +17,28 @@
 //! applies only to one new token per row, on libtorch tensors outside autodiff: training and
 //! prefill keep burn's operations.
 
-use std::sync::Arc;
-
 use burn::tensor::{Bool, Tensor};
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    LayerWeights, Norm, Projection, bool_handle, handle, narrowed, rotation_sign, widened, wrap,
+    DecoderWeights, LayerWeights, Norm, Projection, bool_handle, handle, narrowed, widened, wrap,
 };
 use crate::cache::KvCache;
 use crate::config::LayerKind;
-use crate::text::{Gemma3TextModel, StepInputs, TextSpec};
+use crate::text::{Gemma3TextModel, StepInputs};
 
 /// The decoder's weights as libtorch handles sharing storage with the model's parameters, and
 /// the gains of its norms, prepared once per generation call.
 pub struct FusedDecoder {
-    layers: Vec<LayerWeights>,
+    weights: DecoderWeights,
     final_norm: Norm,
-    spec: Arc<TextSpec>,
-    compute: Kind,
-    /// `[-1, …, -1, 1, …, 1]` over a head: `roll(x) * (sin * sign)` is `rotate_half(x) * sin`.
-    rotation_sign: Th,
 }
 
 impl std::fmt::Debug for FusedDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FusedDecoder")
-            .field("layers", &self.layers.len())
-            .field("compute", &self.compute)
+            .field("layers", &self.weights.layers.len())
+            .field("compute", &self.weights.compute)
             .finish()
     }
 }
@@ -70,23 +64,9 @@ impl FusedDecoder {
         if model.norm.weight.val().is_autodiff() {
             return None;
         }
-        let spec = model.spec.clone();
-        let layers = model
-            .layers
-            .iter()
-            .zip(&spec.layer_kinds)
-            .map(|(layer, kind)| LayerWeights::new(layer, *kind, &spec))
-            .collect::<Option<Vec<_>>>()?;
-        let first = layers.first()?;
-        let compute = first.q.weight.kind();
-        let rotation_sign = rotation_sign(spec.head_dim, first.qk_gain.device());
-        let final_norm = super::weights::layer_norm(&model.norm)?;
         Some(Self {
-            final_norm,
-            layers,
-            spec,
-            compute,
-            rotation_sign,
+            weights: DecoderWeights::new(model)?,
+            final_norm: Norm::new(&model.norm)?,
         })
     }
 
@@ -97,12 +77,12 @@ impl FusedDecoder {
         read_from: usize,
     ) -> Option<KindInputs> {
         let rows = rope.0.dims()[0] as i64;
-        let d = self.spec.head_dim as i64;
+        let d = self.weights.spec.head_dim as i64;
         let cos = handle(rope.0.clone())?.reshape([rows, 1, d]);
         let sin = handle(rope.1.clone())?.reshape([rows, 1, d]);
         Some(KindInputs {
             cos,
-            signed_sin: sin * &self.rotation_sign,
+            signed_sin: self.weights.signed(sin),
             mask: bool_handle(mask.clone())?,
             read_from: read_from as i64,
             rows,
@@ -116,13 +96,13 @@ impl FusedDecoder {
     /// which burn's path, run instead, writes again).
     pub fn step(&self, x: &Tensor<3>, step: &StepInputs, cache: &mut KvCache) -> Option<Tensor<3>> {
         let [rows, len, hidden] = x.dims();
-        if len != 1 || cache.layers.len() != self.layers.len() {
+        if len != 1 || cache.layers.len() != self.weights.layers.len() {
             return None;
         }
         let global = self.kind_inputs(&step.rope_global, &step.mask_global, 0)?;
         let local = self.kind_inputs(&step.rope_local, &step.mask_local, step.local_read_from)?;
         let mut x = handle(x.clone())?.reshape([rows as i64, hidden as i64]);
-        for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
+        for (layer, layer_cache) in self.weights.layers.iter().zip(&mut cache.layers) {
             let inputs = match layer.kind {
                 LayerKind::FullAttention => &global,
                 LayerKind::SlidingAttention => &local,
@@ -133,34 +113,18 @@ impl FusedDecoder {
                 layer_cache.restore(keys, values);
                 return None;
             };
-            x = self.layer(layer, x, inputs, step.start as i64, &keys, &values);
+            let slot = step.start as i64;
+            x = DecoderWeights::residual(
+                layer,
+                &x,
+                |normed| self.attention(layer, normed, inputs, slot, &keys, &values),
+                |normed| self.weights.mlp(layer, normed, |p, _, x| infer(p, x)),
+            );
             layer_cache.restore(wrap(keys), wrap(values));
         }
         cache.advance(1);
         let out = self.final_norm.apply(&x);
         Some(wrap(out.reshape([rows as i64, 1, hidden as i64])))
-    }
-
-    fn layer(
-        &self,
-        layer: &LayerWeights,
-        x: Th,
-        inputs: &KindInputs,
-        slot: i64,
-        keys: &Th,
-        values: &Th,
-    ) -> Th {
-        let h = self.attention(
-            layer,
-            &layer.input_norm.apply(&x),
-            inputs,
-            slot,
-            keys,
-            values,
-        );
-        let x = x + layer.post_attention_norm.apply(&h);
-        let h = self.mlp(layer, &layer.pre_feedforward_norm.apply(&x));
-        x + layer.post_feedforward_norm.apply(&h)
     }
 
     fn attention(
@@ -172,25 +136,19 @@ impl FusedDecoder {
         keys: &Th,
         values: &Th,
     ) -> Th {
-        let spec = &self.spec;
+        let weights = &self.weights;
+        let spec = &weights.spec;
         let rows = inputs.rows;
         let (heads, kv_heads, d) = (
             spec.heads as i64,
             spec.kv_heads as i64,
             spec.head_dim as i64,
         );
-        let x = narrowed(normed, self.compute);
+        let x = narrowed(normed, weights.compute);
         let q = infer(&layer.q, &x).reshape([rows, heads, d]);
         let k = infer(&layer.k, &x).reshape([rows, kv_heads, d]);
-        let v = narrowed(&infer(&layer.v, &x), self.compute).reshape([rows, kv_heads, 1, d]);
-        let qk = if q.kind() == k.kind() {
-            widened(&Th::cat(&[q, k], 1))
-        } else {
-            Th::cat(&[widened(&q), widened(&k)], 1)
-        };
-        let qk = qk.rms_norm([d], None::<&Th>, layer.qk_eps) * &layer.qk_gain;
-        let qk = (&qk * &inputs.cos).addcmul(&qk.roll([d / 2], [2]), &inputs.signed_sin);
-        let qk = narrowed(&qk, self.compute);
+        let v = narrowed(&infer(&layer.v, &x), weights.compute).reshape([rows, kv_heads, 1, d]);
+        let qk = weights.rotated_qk(layer, q, k, 1, &inputs.cos, &inputs.signed_sin);
         let q = qk
             .narrow(1, 0, heads)
             .reshape([rows, kv_heads, heads / kv_heads, d]);
@@ -210,16 +168,9 @@ impl FusedDecoder {
             let _ = scores.g_mul_scalar_(cap);
         }
         let _ = scores.masked_fill_(&inputs.mask, f64::NEG_INFINITY);
-        let probs = narrowed(&scores.softmax(-1, Kind::Float), self.compute);
+        let probs = narrowed(&scores.softmax(-1, Kind::Float), weights.compute);
         let out = probs.matmul(&values).reshape([rows, heads * d]);
         widened(&infer(&layer.o, &out))
-    }
-
-    fn mlp(&self, layer: &LayerWeights, normed: &Th) -> Th {
-        let x = narrowed(normed, self.compute);
-        let gate = widened(&infer(&layer.gate, &x)).gelu("tanh");
-        let up = widened(&infer(&layer.up, &x));
-        widened(&infer(&layer.down, &narrowed(&(gate * up), self.compute)))
     }
 }
 
@@ -228,8 +179,13 @@ impl FusedDecoder {
 /// [`crate::layers::LoraLinear::forward`] feeds it), and the sum in f32.
 fn infer(projection: &Projection, x: &Th) -> Th {
     let base = projection.base(x);
-    match &projection.adapter {
-        None => base,
-        Some(adapter) => widened(&base) + widened(x).mm(&adapter.a).mm(&adapter.b_scaled),
-    }
+    let Some(adapter) = &projection.adapter else {
+        return base;
+    };
+    let down = widened(x).mm(&adapter.a);
+    let up = match &adapter.b_scaled {
+        Some(b_scaled) => down.mm(b_scaled),
+        None => down.mm(&adapter.b) * adapter.scale,
+    };
+    widened(&base) + up
 }

@@ -3,12 +3,11 @@
 //! and the gain's offset, for seven operations) and the tanh GELU (one `gelu` for eight). On a
 //! GPU every launch costs host time, and at MedGemma-4B a decode step is bound by that time
 //! (`docs/performance.md`). Only tensors of the libtorch backend outside autodiff take these
-//! paths: training keeps burn's operations, whose backward passes burn knows.
-
+//! two: under autodiff burn's operations run, whose backward passes burn knows.
 //!
 //! [`decoder`] goes further for generation: a whole decode step of every layer in libtorch
-//! calls; [`autograd`] does the same for the layers of checkpointed LoRA training, with
-//! libtorch's autograd taking their gradients.
+//! calls; [`autograd`] does the same for the decoder layers of LoRA training, with libtorch's
+//! autograd taking their gradients.
 
 // burn marks its libtorch backend deprecated; this project builds on it on purpose.
 #![allow(deprecated)]
@@ -26,27 +25,14 @@ mod weights;
 /// outside autodiff (`None` otherwise).
 #[cfg(feature = "tch")]
 pub fn rms_norm<const D: usize>(x: &Tensor<D>, offset: &Tensor<1>, eps: f64) -> Option<Tensor<D>> {
-    use burn_tch::{LibTorch, TchTensor};
+    use weights::{handle, widened, wrap};
     if x.is_autodiff() || offset.is_autodiff() {
         return None;
     }
-    let input = x.clone().try_into_primitive::<LibTorch>().ok()?;
-    let offset = offset.clone().try_into_primitive::<LibTorch>().ok()?;
     let width = *x.dims().last()? as i64;
-    let gain = widened(offset.tensor) + 1.0;
-    let normed = widened(input.tensor).rms_norm([width], Some(&gain), eps);
-    Some(Tensor::from_primitive::<LibTorch>(TchTensor::new(normed)))
-}
-
-/// `tensor` in f32, without a call when it is already (each call costs host time, even one that
-/// launches nothing).
-#[cfg(feature = "tch")]
-fn widened(tensor: tch::Tensor) -> tch::Tensor {
-    if tensor.kind() == tch::Kind::Float {
-        tensor
-    } else {
-        tensor.to_kind(tch::Kind::Float)
-    }
+    let gain = widened(&handle(offset.clone())?) + 1.0;
+    let normed = widened(&handle(x.clone())?).rms_norm([width], Some(&gain), eps);
+    Some(wrap(normed))
 }
 
 /// Without the libtorch backend there is nothing to fuse.
@@ -63,15 +49,10 @@ pub fn rms_norm<const D: usize>(
 /// (`None` otherwise).
 #[cfg(feature = "tch")]
 pub fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
-    use burn_tch::{LibTorch, TchTensor};
     if x.is_autodiff() {
         return None;
     }
-    let input = x.clone().try_into_primitive::<LibTorch>().ok()?;
-    let activated = input.tensor.gelu("tanh");
-    Some(Tensor::from_primitive::<LibTorch>(TchTensor::new(
-        activated,
-    )))
+    Some(weights::wrap(weights::handle(x.clone())?.gelu("tanh")))
 }
 
 /// Without the libtorch backend there is nothing to fuse.

@@ -2,6 +2,8 @@
 //! fused training layers: the handles share storage with the model's parameters (nothing is
 //! copied), and each norm's gain `1 + weight` is formed once.
 
+use std::sync::Arc;
+
 use burn::module::{Param, ParamId};
 use burn::tensor::{Bool, Tensor};
 use burn_tch::{LibTorch, TchTensor};
@@ -9,7 +11,7 @@ use tch::{Kind, Tensor as Th};
 
 use crate::config::LayerKind;
 use crate::layers::{GemmaRmsNorm, LoraLinear};
-use crate::text::{Gemma3DecoderLayer, TextSpec};
+use crate::text::{Gemma3DecoderLayer, Gemma3TextModel, TextSpec};
 
 /// The libtorch tensor behind `tensor`, when it is one outside autodiff.
 pub(crate) fn handle<const D: usize>(tensor: Tensor<D>) -> Option<Th> {
@@ -72,13 +74,9 @@ pub(crate) struct Norm {
     pub eps: f64,
 }
 
-/// Handles on a norm outside a layer (the decoder's final norm).
-pub(crate) fn layer_norm(norm: &GemmaRmsNorm) -> Option<Norm> {
-    Norm::new(norm)
-}
-
 impl Norm {
-    fn new(norm: &GemmaRmsNorm) -> Option<Self> {
+    /// Handles on `norm`.
+    pub fn new(norm: &GemmaRmsNorm) -> Option<Self> {
         Some(Self {
             gain: widened(&parameter(&norm.weight)?) + 1.0,
             width: norm.weight.dims()[0] as i64,
@@ -96,8 +94,8 @@ impl Norm {
 pub(crate) struct Adapter {
     pub a: Th,
     pub b: Th,
-    /// `B · alpha/r`, for inference (one product fewer per step).
-    pub b_scaled: Th,
+    /// `B · alpha/r` for a model outside autodiff (inference: one product fewer per step).
+    pub b_scaled: Option<Th>,
     /// `alpha / r`.
     pub scale: f64,
     /// Dropout on the adapter's input in training (0 when the module is not training).
@@ -123,9 +121,10 @@ impl Projection {
         let adapter = match &linear.lora {
             Some(lora) => {
                 let b = widened(&parameter(&lora.b)?);
+                let inference = !lora.b.val().is_autodiff();
                 Some(Adapter {
                     a: widened(&parameter(&lora.a)?),
-                    b_scaled: &b * lora.scale,
+                    b_scaled: inference.then(|| &b * lora.scale),
                     b,
                     scale: lora.scale,
                     // As burn's `Dropout`: none once the module was frozen out of training.
@@ -253,15 +252,102 @@ impl LayerWeights {
     }
 }
 
-/// `[-1, …, -1, 1, …, 1]` over a head of `head_dim`: `roll(x) * (sin * sign)` is
-/// `rotate_half(x) * sin`.
-pub(crate) fn rotation_sign(head_dim: usize, device: tch::Device) -> Th {
-    let half = (head_dim / 2) as i64;
-    Th::cat(
-        &[
-            Th::full([half], -1.0, (Kind::Float, device)),
-            Th::ones([half], (Kind::Float, device)),
-        ],
-        0,
-    )
+/// A decoder's layers as handles, with what both fused paths derive from them once: the
+/// products' dtype and the rotation's sign.
+pub(crate) struct DecoderWeights {
+    pub layers: Vec<LayerWeights>,
+    pub spec: Arc<TextSpec>,
+    /// The projections' dtype, which the products run in.
+    pub compute: Kind,
+    /// `[-1, …, -1, 1, …, 1]` over a head: `roll(x) * (sin * sign)` is `rotate_half(x) * sin`.
+    pub rotation_sign: Th,
+}
+
+impl DecoderWeights {
+    /// Handles on `model`'s layers, or `None` when one of them is not a libtorch tensor (see
+    /// [`LayerWeights::new`]).
+    pub fn new(model: &Gemma3TextModel) -> Option<Self> {
+        let spec = model.spec.clone();
+        let layers = model
+            .layers
+            .iter()
+            .zip(&spec.layer_kinds)
+            .map(|(layer, kind)| LayerWeights::new(layer, *kind, &spec))
+            .collect::<Option<Vec<_>>>()?;
+        let first = layers.first()?;
+        let compute = first.q.weight.kind();
+        let half = (spec.head_dim / 2) as i64;
+        let device = first.qk_gain.device();
+        let rotation_sign = Th::cat(
+            &[
+                Th::full([half], -1.0, (Kind::Float, device)),
+                Th::ones([half], (Kind::Float, device)),
+            ],
+            0,
+        );
+        Some(Self {
+            layers,
+            spec,
+            compute,
+            rotation_sign,
+        })
+    }
+
+    /// `sin * sign` (see [`Self::rotation_sign`]).
+    pub fn signed(&self, sin: Th) -> Th {
+        sin * &self.rotation_sign
+    }
+
+    /// Gemma 3's sandwich norms around a layer's `attention` and `mlp`, each given its normed
+    /// input, on the residual stream `x` (f32).
+    pub fn residual(
+        layer: &LayerWeights,
+        x: &Th,
+        attention: impl FnOnce(&Th) -> Th,
+        mlp: impl FnOnce(&Th) -> Th,
+    ) -> Th {
+        let x = x + layer
+            .post_attention_norm
+            .apply(&attention(&layer.input_norm.apply(x)));
+        let h = mlp(&layer.pre_feedforward_norm.apply(&x));
+        x + layer.post_feedforward_norm.apply(&h)
+    }
+
+    /// Queries `[..., heads, d]` and keys `[..., kv_heads, d]`, joined on `head_axis`, each
+    /// head normalised by its gain and rotated by `cos` and `signed_sin` in f32, back in the
+    /// compute dtype: one `rms_norm`, one `roll` and one `addcmul` for both.
+    pub fn rotated_qk(
+        &self,
+        layer: &LayerWeights,
+        q: Th,
+        k: Th,
+        head_axis: i64,
+        cos: &Th,
+        signed_sin: &Th,
+    ) -> Th {
+        let d = self.spec.head_dim as i64;
+        let qk = if q.kind() == k.kind() {
+            widened(&Th::cat(&[q, k], head_axis))
+        } else {
+            Th::cat(&[widened(&q), widened(&k)], head_axis)
+        };
+        let qk = qk.rms_norm([d], None::<&Th>, layer.qk_eps) * &layer.qk_gain;
+        let qk = (&qk * cos).addcmul(&qk.roll([d / 2], [head_axis + 1]), signed_sin);
+        narrowed(&qk, self.compute)
+    }
+
+    /// The GeGLU MLP on `normed`: the activation and the gating product in f32, the products
+    /// by `project` (given a projection, its index among the layer's seven and its input).
+    pub fn mlp(
+        &self,
+        layer: &LayerWeights,
+        normed: &Th,
+        project: impl Fn(&Projection, usize, &Th) -> Th,
+    ) -> Th {
+        let x = narrowed(normed, self.compute);
+        let gate = widened(&project(&layer.gate, 4, &x)).gelu("tanh");
+        let up = widened(&project(&layer.up, 5, &x));
+        let product = narrowed(&(gate * up), self.compute);
+        widened(&project(&layer.down, 6, &product))
+    }
 }
