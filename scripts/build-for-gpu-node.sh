@@ -6,7 +6,8 @@
 #   scp -r gpu-bundle node: && ssh node gpu-bundle/run.sh device --device tch-cuda:0
 #
 # OUT_DIR receives:
-#   chex        the stripped command line, built with `--features tch`
+#   chex        the stripped command line, built with `--features cuda-graphs` (libtorch, and the
+#               decode step replayed as a CUDA graph)
 #   run.sh      runs a bundled program with the node's libtorch: `run.sh [PROGRAM] ARGS…`
 #   tests/      with WITH_TESTS=1: the stripped model test programs, the trainer tests
 #               (`training`, `trl_step`) and their fixtures, so the parity tests can run on the
@@ -38,12 +39,38 @@ if [ ! -f "$cache/.chex-complete" ]; then
   (cd "$cache" && python3 -m zipfile -e "$wheel" unpacked >/dev/null)
   mkdir -p "$cache/libtorch"
   mv "$cache/unpacked/torch/include" "$cache/unpacked/torch/lib" "$cache/unpacked/torch/share" \
-    "$cache/libtorch/"
+    "$cache/unpacked/torch/version.py" "$cache/libtorch/"
   rm -rf "$cache/unpacked" "$cache/wheel"
   touch "$cache/.chex-complete"
 fi
 
+# The CUDA runtime's headers for the C++ side of the CUDA graph (csrc/cuda_graph.cpp), of the
+# CUDA version this wheel was built with (its version.py; else its libcudart's major version).
+cuda_include="$cache/cuda-include"
+if [ ! -f "$cuda_include/.chex-complete" ]; then
+  cuda=$(sed -n "s/^cuda: .*= '\([0-9.]*\)'.*/\1/p; s/^cuda = '\([0-9.]*\)'.*/\1/p" \
+    "$cache/libtorch/version.py" 2>/dev/null | head -1 || true)
+  if [ -z "$cuda" ]; then
+    cuda=$(readelf -d "$cache/libtorch/lib/libtorch_cuda.so" |
+      sed -n 's/.*libcudart\.so\.\([0-9]*\).*/\1.0/p' | head -1)
+  fi
+  echo "build-for-gpu-node: fetching the CUDA $cuda runtime headers" >&2
+  rm -rf "$cuda_include" "$cache/cuda-wheels"
+  mkdir -p "$cache/cuda-wheels" "$cuda_include"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --disable-pip-version-check \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --dest "$cache/cuda-wheels" \
+    "nvidia-cuda-runtime==$cuda.*" "nvidia-cuda-crt==$cuda.*"
+  for wheel in "$cache"/cuda-wheels/*.whl; do
+    (cd "$cache/cuda-wheels" && python3 -m zipfile -e "$wheel" unpacked >/dev/null)
+  done
+  cp -r "$cache"/cuda-wheels/unpacked/nvidia/cu*/include/. "$cuda_include/"
+  rm -rf "$cache/cuda-wheels"
+  touch "$cuda_include/.chex-complete"
+fi
+
 export LIBTORCH="$cache/libtorch"
+export CHEX_CUDA_INCLUDE="$cuda_include"
 # tch 0.22 names 2.9.0; the C++ glue is compiled against this wheel's own headers instead.
 export LIBTORCH_BYPASS_VERSION_CHECK=1
 export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined"
@@ -51,15 +78,15 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined"
 export CARGO_TARGET_DIR="$repo/target/gpu-node-$torch_version"
 
 cd "$repo"
-cargo build --release --features tch -p chex-cli
+cargo build --release --features cuda-graphs -p chex-cli
 cp "$CARGO_TARGET_DIR/release/chex" "$out/chex"
 strip "$out/chex"
 
 if [ "${WITH_TESTS:-0}" = 1 ]; then
   rm -rf "$out/tests"
   mkdir -p "$out/tests"
-  { cargo test --release --features tch -p chex-model --no-run --message-format=json
-    cargo test --release --features tch -p chex-grpo --test training --test trl_step --no-run \
+  { cargo test --release --features cuda-graphs -p chex-model --no-run --message-format=json
+    cargo test --release --features cuda-graphs -p chex-grpo --test training --test trl_step --no-run \
       --message-format=json; } 2>/dev/null |
     python3 -c '
 import json, sys, shutil

@@ -9,8 +9,12 @@
 #
 # The peer needs torch, transformers and peft (the node has them); without its path only our
 # figures are taken. BENCH_FIGURES (default rollout,score,grpo-step,sft-step), BENCH_REPEATS
-# (default 1; rollouts take ROLLOUT_REPEATS, default 2) and BENCH_DTYPES (default "bf16 f32")
-# trim the run to the time at hand.
+# (default 1; rollouts take ROLLOUT_REPEATS, default 2), BENCH_DTYPES (default "bf16 f32") and
+# BENCH_WITHOUT_CHECKPOINTING (default 1; 0 skips the training figures without gradient
+# checkpointing) trim the run to the time at hand. The trainers' figures save a checkpoint at
+# their last step into TMPDIR (a 4B base is 8.6 GB in bf16): /dev/shm spares the disk's time.
+# GPU_TESTS lists the bundle's test programs to run on the GPU (default: all five) and
+# TEST_TIMEOUT_S bounds each (default 120).
 #
 # Also written to OUT_DIR: gpu-bench.jsonl.stderr (every program's errors), tests.txt (the test
 # programs' reports), timeline.jsonl (when each program started and how long it ran) and
@@ -75,10 +79,11 @@ training_figures() {
 
 gpu_tests() {
   [ -d "$bundle/tests" ] || return 0
-  for program in hf_parity model_behaviour backend_contract training trl_step; do
+  for program in ${GPU_TESTS:-model_behaviour hf_parity training trl_step backend_contract}; do
     [ -x "$bundle/tests/$program" ] || continue
     CHEX_TEST_DEVICES=tch-cuda:0 timed_run "test $program" "$out_dir/tests.txt" \
-      timeout "${TEST_TIMEOUT_S:-120}" "$bundle/run.sh" "tests/$program" --test-threads 1 -q
+      timeout "${TEST_TIMEOUT_S:-120}" "$bundle/run.sh" "tests/$program" --test-threads 1 \
+      --show-output
   done
 }
 
@@ -97,8 +102,13 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
     # 128 new tokens is the peer's shape; 8 is what a call costs before decoding dominates.
     bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}"
     bench --dtype "$dtype" --figures rollout --repeats "${ROLLOUT_REPEATS:-2}" --new-tokens 8
-    # The same rollout through burn's operations instead of the fused decode step (the line's
-    # `fused_decode` says which), so one run measures what the fused step saves.
+    # Greedy, as evaluation decodes: beside the sampled rollout, what choosing on the device
+    # (a sort of the vocabulary for top-p) costs per step.
+    bench --dtype "$dtype" --figures rollout --repeats 1 --greedy
+    # The same rollout with the fused decode step run eagerly instead of replayed as a CUDA
+    # graph (the line's `graph_replays` is 0), then through burn's operations instead of the
+    # fused step (`fused_decode` false), so one run measures what each saves.
+    CHEX_CUDA_GRAPHS=0 bench --dtype "$dtype" --figures rollout --repeats 1
     CHEX_FUSED_DECODE=0 bench --dtype "$dtype" --figures rollout --repeats 1
   fi
   if [ "${#training[@]}" -gt 0 ]; then
@@ -114,7 +124,7 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
   if [ "$first" = 1 ]; then
     gpu_tests
   fi
-  if [ "${#training[@]}" -gt 0 ]; then
+  if [ "${#training[@]}" -gt 0 ] && [ "${BENCH_WITHOUT_CHECKPOINTING:-1}" = 1 ]; then
     training_figures "$dtype" false
   fi
   first=0

@@ -98,6 +98,8 @@ pub struct BenchShape {
     pub score_prompts: usize,
     /// Timed repetitions of each figure after one untimed warm-up; the median is reported.
     pub repeats: usize,
+    /// How rollouts choose tokens: ChexReason's sampling, or greedy as evaluation decodes.
+    pub sampling: SamplingConfig,
 }
 
 impl BenchShape {
@@ -111,6 +113,7 @@ impl BenchShape {
             new_tokens: 128,
             score_prompts: 2,
             repeats: 3,
+            sampling: SamplingConfig::chexreason(),
         }
     }
 }
@@ -171,6 +174,29 @@ pub struct Measurement {
     /// (`chex_model::fused::decoder`; `CHEX_FUSED_DECODE=0` turns it off to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fused_decode: Option<bool>,
+    /// For rollouts on a libtorch GPU: how many decode steps replayed a captured CUDA graph
+    /// (`chex_model::fused::graph`, with the `cuda-graphs` feature; `CHEX_CUDA_GRAPHS=0` turns
+    /// it off to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_replays: Option<usize>,
+    /// For rollouts: whether tokens were chosen greedily (else with ChexReason's sampling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greedy: Option<bool>,
+    /// For scoring on a GPU: one more repetition with the device synchronised between its
+    /// phases, so the figure's time splits into what each phase costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_seconds: Option<ScorePhases>,
+}
+
+/// Where a scoring pass's time goes (see [`Measurement::phase_seconds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScorePhases {
+    /// The vision tower on the prompts' images.
+    pub encode: f64,
+    /// The decoder, the head and the log-softmax over the completions, recording for backward.
+    pub forward: f64,
+    /// The backward pass to the adapters' gradients (with checkpointing, the rerun layers too).
+    pub backward: f64,
 }
 
 /// Measure every figure of `config`, handing each to `emit` as soon as it is done.
@@ -196,21 +222,26 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
     let model_config = Gemma3Config::preset(&config.preset)?;
     for &figure in &config.figures {
         let probe = MemoryProbe::start(choice);
-        let without_host =
-            |(rows, new_tokens, seconds, tokens)| (rows, new_tokens, seconds, tokens, None);
-        let (rows, new_tokens, seconds, tokens, host_seconds) = match figure {
-            Figure::Rollout => without_host(rollout_figure(&model_config, config, dtype, &device)?),
-            Figure::Score => score_figure(&model_config, config, dtype, &device)?,
-            Figure::GrpoStep | Figure::TrlCpuStep => without_host(grpo_step_figure(
-                &model_config,
-                config,
-                figure,
-                dtype,
-                &device,
-            )?),
-            Figure::SftStep => {
-                without_host(sft_step_figure(&model_config, config, dtype, &device)?)
+        let replays_before = chex_model::fused::graph_replays();
+        let (timing, scoring) = match figure {
+            Figure::Rollout => (rollout_figure(&model_config, config, dtype, &device)?, None),
+            Figure::Score => {
+                let (timing, scoring) = score_figure(&model_config, config, dtype, &device)?;
+                (timing, Some(scoring))
             }
+            Figure::GrpoStep | Figure::TrlCpuStep => (
+                grpo_step_figure(&model_config, config, figure, dtype, &device)?,
+                None,
+            ),
+            Figure::SftStep => (
+                sft_step_figure(&model_config, config, dtype, &device)?,
+                None,
+            ),
+        };
+        let (rows, new_tokens, seconds, tokens) = timing;
+        let (host_seconds, phase_seconds) = match scoring {
+            Some(ScoringTimes { host, phases }) => (host, phases),
+            None => (None, None),
         };
         let (peak_memory_gib, memory) = probe.finish();
         let libtorch = matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_));
@@ -237,6 +268,11 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             .then(chex_model::checkpointing::fused_training),
             fused_decode: (libtorch && figure == Figure::Rollout)
                 .then(chex_model::text::fused_decoding),
+            graph_replays: (matches!(choice, DeviceChoice::TchCuda(_))
+                && figure == Figure::Rollout)
+                .then(|| chex_model::fused::graph_replays() - replays_before),
+            greedy: (figure == Figure::Rollout).then(|| config.shape.sampling.is_greedy()),
+            phase_seconds,
         });
     }
     Ok(())
@@ -301,7 +337,7 @@ fn rollout_figure(
     let generation = GenerationConfig {
         max_new_tokens: shape.new_tokens,
         samples_per_prompt: shape.samples,
-        sampling: SamplingConfig::chexreason(),
+        sampling: shape.sampling,
         stop_tokens: Vec::new(),
         seed: config.seed,
         use_cache: true,
@@ -323,7 +359,7 @@ fn score_figure(
     config: &BenchConfig,
     dtype: ModelDtype,
     device: &Device,
-) -> Result<(usize, usize, f64, f64, Option<f64>)> {
+) -> Result<((usize, usize, f64, f64), ScoringTimes)> {
     let shape = &config.shape;
     let model = bench_model(model_config, config, dtype, device);
     let model = trainable_model(
@@ -349,10 +385,14 @@ fn score_figure(
         })
         .collect();
     let image_of_row: Vec<usize> = (0..rows.len()).map(|r| r / shape.samples).collect();
-    let mut issued = Vec::with_capacity(shape.repeats + 1);
-    let (seconds, tokens) = timed(shape.repeats, || {
-        let started = Instant::now();
+    let sync = || {
+        ad.sync()
+            .map_err(|e| Error::setting("bench", format!("device: {e:?}")))
+    };
+    // One pass, with `mark` called after each phase.
+    let pass = |mark: &mut dyn FnMut() -> Result<()>| -> Result<usize> {
         let features = model.encode_images(pixels.clone())?;
+        mark()?;
         let (scores, graph) = score_for_training(
             &model,
             &rows,
@@ -364,19 +404,62 @@ fn score_figure(
             checkpointing,
             &ad,
         );
-        let gradients = graph.gradients(scores.logprobs.sum(), &model);
-        issued.push(started.elapsed().as_secs_f64());
-        // An asynchronous device may still be running the backward pass.
-        ad.sync()
-            .map_err(|e| Error::setting("bench", format!("device: {e:?}")))?;
+        let loss = scores.logprobs.sum();
+        mark()?;
+        let gradients = graph.gradients(loss, &model);
+        mark()?;
         drop(gradients);
         Ok(rows.len() * completion.len())
+    };
+    let mut issued = Vec::with_capacity(shape.repeats + 1);
+    let (seconds, tokens) = timed(shape.repeats, || {
+        let started = Instant::now();
+        let tokens = pass(&mut || Ok(()))?;
+        issued.push(started.elapsed().as_secs_f64());
+        // An asynchronous device may still be running the backward pass.
+        sync()?;
+        Ok(tokens)
     })?;
     // The first entry is the warm-up's.
     let mut issued = issued.split_off(1);
     issued.sort_by(f64::total_cmp);
     let host_seconds = issued.get(issued.len() / 2).copied();
-    Ok((rows.len(), shape.new_tokens, seconds, tokens, host_seconds))
+    // On a CPU backend each phase already finishes before the next begins, and the figure's
+    // time is the sum; on a GPU one more pass, synchronised after each phase, splits it.
+    let phases = if chex_model::device::is_accelerator(device) {
+        let mut marks = Vec::with_capacity(3);
+        let mut last = Instant::now();
+        pass(&mut || {
+            sync()?;
+            marks.push(last.elapsed().as_secs_f64());
+            last = Instant::now();
+            Ok(())
+        })?;
+        match marks[..] {
+            [encode, forward, backward] => Some(ScorePhases {
+                encode,
+                forward,
+                backward,
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Ok((
+        (rows.len(), shape.new_tokens, seconds, tokens),
+        ScoringTimes {
+            host: host_seconds,
+            phases,
+        },
+    ))
+}
+
+/// The scoring figure's extra times (see [`Measurement::host_seconds`] and
+/// [`Measurement::phase_seconds`]).
+struct ScoringTimes {
+    host: Option<f64>,
+    phases: Option<ScorePhases>,
 }
 
 /// The GRPO settings of a step figure: ChexReason's (LoRA r16, β 0.15, dr_grpo, 4 prompts ×
@@ -647,6 +730,7 @@ mod tests {
                 new_tokens: 4,
                 score_prompts: 1,
                 repeats: 1,
+                sampling: SamplingConfig::chexreason(),
             },
             seed: 1,
             gradient_checkpointing: Some(true),
@@ -662,6 +746,9 @@ mod tests {
         assert_eq!((rollout.rows, rollout.new_tokens), (4, 4));
         // No stop tokens: every row generates all its tokens.
         assert!((rollout.tokens_per_s * rollout.seconds - 16.0).abs() < 1e-6);
+        assert_eq!(rollout.greedy, Some(false));
+        // The GPU-only fields stay out of a CPU run's lines.
+        assert!(rollout.graph_replays.is_none() && seen[1].phase_seconds.is_none());
         assert_eq!((seen[2].rows, seen[3].rows, seen[4].rows), (16, 8, 8));
         // The SFT step: 8 completions of at least the asked length, every token counted.
         let sft = &seen[4];

@@ -2,6 +2,7 @@
 
 use chex_grpo::bench::{BenchConfig, BenchShape, Figure, run_bench};
 use chex_grpo::model::ModelDtype;
+use chex_grpo::model::sampling::SamplingConfig;
 use clap::Args;
 
 #[derive(Args)]
@@ -36,12 +37,21 @@ pub struct BenchArgs {
     /// refused for Gemma 3).
     #[arg(long)]
     dtype: Option<ModelDtype>,
+    /// Rollouts choose the most likely token, as evaluation decodes, instead of ChexReason's
+    /// sampling (temperature 0.8, top-p 0.95).
+    #[arg(long)]
+    greedy: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let shape = BenchShape {
         repeats: args.repeats as usize,
         new_tokens: args.new_tokens as usize,
+        sampling: if args.greedy {
+            SamplingConfig::greedy()
+        } else {
+            SamplingConfig::chexreason()
+        },
         ..BenchShape::peer()
     };
     let config = BenchConfig {

@@ -76,6 +76,9 @@ pub struct KvCache {
     pub layers: Vec<LayerCache>,
     capacity: usize,
     filled: usize,
+    /// Whether decode steps read the whole cache under a mask (static shapes, so the fused
+    /// step can be a replayed CUDA graph).
+    static_decode: bool,
     /// The fused decode step's handles on the model, made at the first step that can use them
     /// (`Some(None)`: this model and device cannot).
     #[cfg(feature = "tch")]
@@ -100,6 +103,7 @@ impl KvCache {
                 .collect(),
             capacity,
             filled: 0,
+            static_decode: crate::fused::graph_decoding(device),
             #[cfg(feature = "tch")]
             fused: None,
         }
@@ -143,6 +147,35 @@ impl KvCache {
         }
         #[cfg(not(feature = "tch"))]
         let _ = on;
+    }
+
+    /// Whether decode steps through this cache take static shapes: the fused step reads every
+    /// slot under a mask and writes its slot by an index held on the device, so the same
+    /// operations on the same buffers run at every step, which lets a CUDA graph replay them.
+    /// On by default where graphs run ([`crate::fused::graph_decoding`]); elsewhere it only
+    /// changes which operations compute the same values (tests turn it on for that).
+    pub fn set_static_decode(&mut self, on: bool) {
+        self.static_decode = on;
+    }
+
+    /// Whether the next decode step takes static shapes (see [`Self::set_static_decode`]):
+    /// only the fused libtorch step does.
+    pub fn decodes_static(&self) -> bool {
+        #[cfg(feature = "tch")]
+        let fused = !matches!(self.fused, Some(None)) && crate::text::fused_decoding();
+        #[cfg(not(feature = "tch"))]
+        let fused = false;
+        self.static_decode && fused
+    }
+
+    /// Whether decode steps through this cache replay a captured CUDA graph.
+    pub fn replays_graph(&self) -> bool {
+        #[cfg(feature = "tch")]
+        {
+            matches!(&self.fused, Some(Some(decoder)) if decoder.replays_graph())
+        }
+        #[cfg(not(feature = "tch"))]
+        false
     }
 
     /// Whether a decode step through this cache has taken the fused libtorch path.

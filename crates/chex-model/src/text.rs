@@ -138,6 +138,20 @@ pub struct StepInputs {
     pub(crate) start: usize,
     /// First cached slot the sliding layers read.
     pub(crate) local_read_from: usize,
+    /// For one new token per row of a cache that decodes in static shapes
+    /// ([`KvCache::set_static_decode`]): the masks over every slot of the cache. Only the
+    /// fused libtorch step reads them.
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
+    pub(crate) full_capacity: Option<FullCapacityMasks>,
+}
+
+/// One new token's masks over every slot of the cache, `[batch, kv_heads, groups, capacity]`
+/// each (true where a key is hidden): what the static-shape decode step reads, since it reads the
+/// whole cache whatever is filled.
+#[cfg_attr(not(feature = "tch"), allow(dead_code))]
+pub struct FullCapacityMasks {
+    pub(crate) global: Tensor<4, Bool>,
+    pub(crate) local: Tensor<4, Bool>,
 }
 
 const INIT_STD: f64 = 0.02;
@@ -237,6 +251,30 @@ impl Gemma3TextModel {
             )),
             start,
             local_read_from: local_read_from - key_start,
+            full_capacity: None,
+        }
+    }
+
+    /// The masks of one new token at slot `start` over all `capacity` slots of a cache (see
+    /// [`FullCapacityMasks`]).
+    pub fn full_capacity_masks(
+        &self,
+        layout: &BatchLayout,
+        start: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> FullCapacityMasks {
+        let spec = &self.spec;
+        let mask = |window| {
+            expand_for_groups(
+                layout.mask(start..start + 1, 0..capacity, window, device),
+                spec.heads / spec.kv_heads,
+                spec.kv_heads,
+            )
+        };
+        FullCapacityMasks {
+            global: mask(None),
+            local: mask(Some(spec.sliding_window)),
         }
     }
 
@@ -298,7 +336,7 @@ impl Gemma3TextModel {
         if x.dims()[1] != 1 || !fused_decoding() {
             return None;
         }
-        let decoder = cache
+        let mut decoder = cache
             .fused
             .get_or_insert_with(|| FusedDecoder::new(self))
             .take()?;

@@ -126,7 +126,16 @@ impl SiglipVisionModel {
     }
 
     /// `[images, channels, side, side]` → `[images, patches, hidden]`.
+    ///
+    /// A frozen tower meeting autodiff pixels (a trainer's scoring pass) runs outside autodiff
+    /// and hands back an untracked result: it records nothing either way, but under autodiff
+    /// burn runs attention as separate operations (there is no fused attention backward), which
+    /// at MedGemma-4B's 4,096 patches an image took 0.21 s of a 0.70 s LoRA scoring pass on an
+    /// H200, where the backend's own fused attention takes a fraction of that.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        if pixels.is_autodiff() && self.is_frozen() {
+            return Tensor::from_inner(self.valid().forward(pixels.inner()));
+        }
         let m = self;
         let patches = m.embeddings.patch_embedding.forward(pixels);
         let [n, d, gh, gw] = patches.dims();
@@ -142,6 +151,20 @@ impl SiglipVisionModel {
             x = x + h;
         }
         m.post_layernorm.forward(x)
+    }
+}
+
+impl SiglipVisionModel {
+    /// Whether no parameter of the tower trains (frozen with [`Module::freeze`], or outside
+    /// autodiff).
+    pub fn is_frozen(&self) -> bool {
+        !self
+            .embeddings
+            .patch_embedding
+            .weight
+            .val()
+            .is_require_grad()
+            && !self.post_layernorm.gamma.val().is_require_grad()
     }
 }
 

@@ -257,7 +257,14 @@ impl Gemma3ForConditionalGeneration {
         let start = cache.as_ref().map(|c| c.filled()).unwrap_or(0);
         let x = self.embed(tokens, layout, start, images);
         let text = &self.model.language_model;
-        let step = text.step_inputs(layout, start, len, cache.is_some(), &device);
+        let mut step = text.step_inputs(layout, start, len, cache.is_some(), &device);
+        if let Some(cache) = cache.as_ref()
+            && len == 1
+            && cache.decodes_static()
+        {
+            step.full_capacity =
+                Some(text.full_capacity_masks(layout, start, cache.capacity(), &device));
+        }
         text.forward_embeddings(x, &step, cache)
     }
 

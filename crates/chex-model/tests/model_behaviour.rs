@@ -219,8 +219,11 @@ fn with_moved_adapters(
 /// The fused libtorch decode step (`chex_model::fused::decoder`) computes what burn's layers
 /// compute: the same prompts prefilled into two caches, one decoding fused and one not, give the
 /// same hidden states step after step, past the sliding window, with an attention soft-cap and a
-/// LoRA adapter whose B is not zero, in f32 and bf16. Backends without the fused path take burn's
-/// layers through both caches; on libtorch the test checks that the fused path was taken.
+/// LoRA adapter whose B is not zero, in f32 and bf16; and in the static shapes a CUDA graph needs
+/// (the whole cache read under a mask, the slot written by a device index), which on a libtorch
+/// GPU built with `cuda-graphs` is the captured graph replayed. Backends without the fused path
+/// take burn's layers through both caches; on libtorch the test checks that the fused path (and
+/// where it applies, the graph) was taken.
 ///
 /// Measured max |Δ| relative to the largest hidden value on tch-cpu: 1.1e-6 in f32, 0 in bf16.
 /// The bf16 tolerance is wider than what was seen: the paths round q and k to bf16 after
@@ -233,7 +236,9 @@ fn the_fused_decode_step_computes_what_burns_layers_compute() {
             if dtype == ModelDtype::Bf16 && !device.supports_dtype(FloatDType::BF16) {
                 continue;
             }
-            for with_lora in [false, true] {
+            for (with_lora, static_shapes) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
                 device.seed(3);
                 let mut config = Gemma3Config::from_file(&fixture().join("config.json")).unwrap();
                 config.text_config.attn_logit_softcapping = Some(5.0);
@@ -250,6 +255,7 @@ fn the_fused_decode_step_computes_what_burns_layers_compute() {
                 let (ids, width, layout) = left_pad(&rows, &[None, None], 0);
                 let steps = 12;
                 let mut fused = model.new_cache(2, width + steps, device);
+                fused.set_static_decode(static_shapes);
                 let mut plain = model.new_cache(2, width + steps, device);
                 plain.set_fused_decoding(false);
                 let prompt = token_tensor(&ids, 2, width, device);
@@ -266,13 +272,23 @@ fn the_fused_decode_step_computes_what_burns_layers_compute() {
                 }
                 let libtorch = matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_));
                 assert_eq!(fused.decodes_fused(), libtorch, "{choice}");
-                assert!(!plain.decodes_fused());
-                println!("{choice} {dtype:?} lora {with_lora}: fused vs burn, max |Δ| {worst:.2e}");
-                let tolerance = if dtype == ModelDtype::F32 { 1e-5 } else { 0.02 };
-                assert!(
-                    worst < tolerance,
-                    "{choice} {dtype:?} lora {with_lora}: {worst}"
+                assert_eq!(
+                    fused.decodes_static(),
+                    static_shapes && libtorch,
+                    "{choice}"
                 );
+                assert!(!plain.decodes_fused());
+                // Static shapes on a libtorch GPU are what the CUDA graph captures and replays.
+                let graph = static_shapes
+                    && cfg!(feature = "cuda-graphs")
+                    && matches!(choice, DeviceChoice::TchCuda(_));
+                assert_eq!(fused.replays_graph(), graph, "{choice}");
+                let what = format!(
+                    "{choice} {dtype:?} lora {with_lora} static shapes {static_shapes} graph {graph}"
+                );
+                println!("{what}: fused vs burn, max |Δ| {worst:.2e}");
+                let tolerance = if dtype == ModelDtype::F32 { 1e-5 } else { 0.02 };
+                assert!(worst < tolerance, "{what}: {worst}");
             }
         }
     });
@@ -748,5 +764,48 @@ fn checkpointing_changes_no_gradient_even_under_lora_dropout() {
         }
         // Dropout did draw: another seed, other masks, other gradients.
         assert_ne!(run(false, 12), whole, "{choice}: dropout drew nothing");
+    });
+}
+
+/// A frozen vision tower meeting autodiff pixels (a trainer's scoring pass) runs outside
+/// autodiff, where the backend's fused attention applies, and gives what the plain device
+/// gives, as an autodiff tensor that records nothing; a tower that trains stays under autodiff
+/// and gets its gradients.
+#[test]
+fn a_frozen_vision_tower_encodes_outside_autodiff_and_a_trained_one_inside() {
+    let _serial = serial();
+    on_every_test_device(|choice, device| {
+        let (model, _, pixels) = small_model(device);
+        let plain = model.encode_images(pixels.clone()).unwrap();
+        let ad = device.clone().autodiff();
+        let on_ad = |m: Gemma3ForConditionalGeneration| m.to_device(&ad).train();
+        let ad_pixels = Tensor::<4>::from_data(pixels.into_data(), &ad);
+
+        let mut frozen = model.clone();
+        frozen.model.vision_tower = frozen.model.vision_tower.freeze();
+        let frozen = on_ad(frozen);
+        assert!(frozen.model.vision_tower.is_frozen(), "{choice}");
+        let features = frozen.encode_images(ad_pixels.clone()).unwrap();
+        assert!(features.is_autodiff(), "{choice}");
+        let diff: f32 = (features.inner() - plain.clone()).abs().max().into_scalar();
+        assert!(diff < 1e-4, "{choice}: frozen tower differs by {diff}");
+
+        let trained = on_ad(model);
+        assert!(!trained.model.vision_tower.is_frozen(), "{choice}");
+        let features = trained.encode_images(ad_pixels).unwrap();
+        let diff: f32 = (features.clone().inner() - plain).abs().max().into_scalar();
+        assert!(diff < 1e-4, "{choice}: trained tower differs by {diff}");
+        let grads = features.sum().backward();
+        let weight = trained
+            .model
+            .vision_tower
+            .embeddings
+            .patch_embedding
+            .weight
+            .val();
+        assert!(
+            weight.grad(&grads).is_some(),
+            "{choice}: no gradient reached the tower"
+        );
     });
 }

@@ -16,6 +16,13 @@
 //! paths to each other on libtorch's CPU backend in f32 and bf16, with and without LoRA. It
 //! applies only to one new token per row, on libtorch tensors outside autodiff: training and
 //! prefill keep burn's operations.
+//!
+//! **Static shapes** ([`KvCache::set_static_decode`], on by default where CUDA graphs run): the
+//! step reads every slot of the cache under a mask over the whole capacity and writes its slot
+//! through an index held on the device, so every step issues the same operations on the same
+//! buffers. On a GPU with the `cuda-graphs` feature the step is then captured once per
+//! generation call and replayed (`fused::graph`); elsewhere it runs eagerly, which is how the
+//! CPU tests check what the graph computes.
 
 use burn::tensor::{Bool, Tensor};
 use tch::{Kind, Tensor as Th};
@@ -32,6 +39,29 @@ use crate::text::{Gemma3TextModel, StepInputs};
 pub struct FusedDecoder {
     weights: DecoderWeights,
     final_norm: Norm,
+    /// The static-shape step captured as a CUDA graph, once it has been.
+    #[cfg(feature = "cuda-graphs")]
+    graph: GraphState,
+}
+
+/// Whether the static-shape step has a CUDA graph.
+#[cfg(feature = "cuda-graphs")]
+enum GraphState {
+    /// Not captured yet: the next static-shape step on a GPU captures it.
+    Pending,
+    Captured(Box<CapturedStep>),
+    /// Not on a GPU, or a capture or replay failed (reported once): steps run eagerly.
+    Unavailable,
+}
+
+/// A captured step: the buffers its inputs are copied into, the cache buffers it was captured
+/// over, and the buffer its output lands in. Fields drop in order, the graph last.
+#[cfg(feature = "cuda-graphs")]
+struct CapturedStep {
+    out: Th,
+    inputs: StaticInputs,
+    cache_buffers: Vec<(usize, usize)>,
+    graph: super::graph::CudaGraph,
 }
 
 impl std::fmt::Debug for FusedDecoder {
@@ -41,6 +71,58 @@ impl std::fmt::Debug for FusedDecoder {
             .field("compute", &self.weights.compute)
             .finish()
     }
+}
+
+/// A step's inputs in the shapes the static-shape step reads (see
+/// [`crate::text::FullCapacityMasks`]): the same every step of a generation call, so a CUDA
+/// graph can be replayed on them.
+struct StaticInputs {
+    /// `[rows, hidden]`, f32.
+    x: Th,
+    /// Per attention kind (global, local): `cos` and `sin` `[rows, 1, head_dim]`.
+    rope: [(Th, Th); 2],
+    /// Per attention kind: `[rows, kv_heads, groups, capacity]`, true where a key is hidden.
+    masks: [Th; 2],
+    /// The slot this step writes, `[1]` int64.
+    slot: Th,
+}
+
+#[cfg(feature = "cuda-graphs")]
+impl StaticInputs {
+    fn copy_from(&mut self, other: &Self) {
+        self.x.copy_(&other.x);
+        for (mine, theirs) in self.rope.iter_mut().zip(&other.rope) {
+            mine.0.copy_(&theirs.0);
+            mine.1.copy_(&theirs.1);
+        }
+        for (mine, theirs) in self.masks.iter_mut().zip(&other.masks) {
+            mine.copy_(theirs);
+        }
+        self.slot.copy_(&other.slot);
+    }
+
+    /// Buffers of their own holding the same values.
+    fn copied(&self) -> Self {
+        Self {
+            x: self.x.copy(),
+            rope: self.rope.each_ref().map(|(c, s)| (c.copy(), s.copy())),
+            masks: self.masks.each_ref().map(|m| m.copy()),
+            slot: self.slot.copy(),
+        }
+    }
+
+    fn same_shapes(&self, other: &Self) -> bool {
+        self.x.size() == other.x.size() && self.masks[0].size() == other.masks[0].size()
+    }
+}
+
+/// Where a step's keys and values go in the cache and which of them it reads.
+#[derive(Clone, Copy)]
+enum CacheAccess<'a> {
+    /// Write slot `slot`, read the filled slots from the kind's `read_from`.
+    Growing { slot: i64 },
+    /// Write the slot `slot` holds, read the whole cache (the mask hides the rest).
+    Whole { slot: &'a Th },
 }
 
 /// Rotary angles and mask of one attention kind for this step, as libtorch handles.
@@ -67,7 +149,19 @@ impl FusedDecoder {
         Some(Self {
             weights: DecoderWeights::new(model)?,
             final_norm: Norm::new(&model.norm)?,
+            #[cfg(feature = "cuda-graphs")]
+            graph: GraphState::Pending,
         })
+    }
+
+    /// Whether this decoder's steps replay a captured CUDA graph.
+    pub fn replays_graph(&self) -> bool {
+        #[cfg(feature = "cuda-graphs")]
+        {
+            matches!(self.graph, GraphState::Captured(_))
+        }
+        #[cfg(not(feature = "cuda-graphs"))]
+        false
     }
 
     fn kind_inputs(
@@ -94,10 +188,21 @@ impl FusedDecoder {
     /// tables or the cache are not libtorch tensors outside autodiff (the first two are checked
     /// before anything is written; a cache found wrong part-way keeps the slots written so far,
     /// which burn's path, run instead, writes again).
-    pub fn step(&self, x: &Tensor<3>, step: &StepInputs, cache: &mut KvCache) -> Option<Tensor<3>> {
+    ///
+    /// When `step` carries masks over the whole cache, the step takes static shapes instead
+    /// (and on a GPU with the `cuda-graphs` feature, replays a captured graph).
+    pub fn step(
+        &mut self,
+        x: &Tensor<3>,
+        step: &StepInputs,
+        cache: &mut KvCache,
+    ) -> Option<Tensor<3>> {
         let [rows, len, hidden] = x.dims();
         if len != 1 || cache.layers.len() != self.weights.layers.len() {
             return None;
+        }
+        if step.full_capacity.is_some() {
+            return self.static_step(x, step, cache);
         }
         let global = self.kind_inputs(&step.rope_global, &step.mask_global, 0)?;
         let local = self.kind_inputs(&step.rope_local, &step.mask_local, step.local_read_from)?;
@@ -113,13 +218,10 @@ impl FusedDecoder {
                 layer_cache.restore(keys, values);
                 return None;
             };
-            let slot = step.start as i64;
-            x = DecoderWeights::residual(
-                layer,
-                &x,
-                |normed| self.attention(layer, normed, inputs, slot, &keys, &values),
-                |normed| self.weights.mlp(layer, normed, |p, _, x| infer(p, x)),
-            );
+            let slot = CacheAccess::Growing {
+                slot: step.start as i64,
+            };
+            x = self.layer(layer, &x, inputs, slot, &keys, &values);
             layer_cache.restore(wrap(keys), wrap(values));
         }
         cache.advance(1);
@@ -127,12 +229,171 @@ impl FusedDecoder {
         Some(wrap(out.reshape([rows as i64, 1, hidden as i64])))
     }
 
+    /// [`Self::step`] in static shapes: the inputs gathered into [`StaticInputs`], every cache
+    /// buffer taken out (and put back whatever happens), then the layers run eagerly or as a
+    /// replayed graph.
+    fn static_step(
+        &mut self,
+        x: &Tensor<3>,
+        step: &StepInputs,
+        cache: &mut KvCache,
+    ) -> Option<Tensor<3>> {
+        let [rows, _, hidden] = x.dims();
+        let full = step.full_capacity.as_ref()?;
+        let d = self.weights.spec.head_dim as i64;
+        let angles = |rope: &(Tensor<4>, Tensor<4>)| -> Option<(Th, Th)> {
+            Some((
+                handle(rope.0.clone())?.reshape([rows as i64, 1, d]),
+                handle(rope.1.clone())?.reshape([rows as i64, 1, d]),
+            ))
+        };
+        let x_handle = handle(x.clone())?;
+        let device = x_handle.device();
+        let inputs = StaticInputs {
+            x: x_handle.reshape([rows as i64, hidden as i64]),
+            rope: [angles(&step.rope_global)?, angles(&step.rope_local)?],
+            masks: [
+                bool_handle(full.global.clone())?,
+                bool_handle(full.local.clone())?,
+            ],
+            slot: Th::full([1], step.start as i64, (Kind::Int64, device)),
+        };
+        let taken: Vec<_> = cache.layers.iter_mut().map(|l| l.take()).collect();
+        let buffers: Option<Vec<(Th, Th)>> = taken
+            .iter()
+            .map(|(k, v)| Some((handle(k.clone())?, handle(v.clone())?)))
+            .collect();
+        let out = buffers.map(|buffers| self.layers_on(&inputs, &buffers));
+        for (layer, (keys, values)) in cache.layers.iter_mut().zip(taken) {
+            layer.restore(keys, values);
+        }
+        let out = out?;
+        cache.advance(1);
+        Some(wrap(out.reshape([rows as i64, 1, hidden as i64])))
+    }
+
+    /// The static-shape layers and final norm on `inputs`: replayed from a graph where one is
+    /// (or can now be) captured, else run eagerly.
+    fn layers_on(&mut self, inputs: &StaticInputs, buffers: &[(Th, Th)]) -> Th {
+        #[cfg(feature = "cuda-graphs")]
+        if let Some(out) = self.through_graph(inputs, buffers) {
+            return out;
+        }
+        self.static_layers(inputs, buffers)
+    }
+
+    /// The static-shape step itself: only libtorch calls on `inputs` and `buffers`, with no
+    /// host synchronisation, so that it can be captured.
+    fn static_layers(&self, inputs: &StaticInputs, buffers: &[(Th, Th)]) -> Th {
+        let kinds = [0, 1].map(|kind| {
+            let (cos, sin) = &inputs.rope[kind];
+            KindInputs {
+                cos: cos.shallow_clone(),
+                signed_sin: self.weights.signed(sin.shallow_clone()),
+                mask: inputs.masks[kind].shallow_clone(),
+                read_from: 0,
+                rows: inputs.x.size()[0],
+            }
+        });
+        let access = CacheAccess::Whole { slot: &inputs.slot };
+        let mut x = inputs.x.shallow_clone();
+        for (layer, (keys, values)) in self.weights.layers.iter().zip(buffers) {
+            let kind = match layer.kind {
+                LayerKind::FullAttention => &kinds[0],
+                LayerKind::SlidingAttention => &kinds[1],
+            };
+            x = self.layer(layer, &x, kind, access, keys, values);
+        }
+        self.final_norm.apply(&x)
+    }
+
+    /// One decoder layer on the residual stream `x` `[rows, hidden]`.
+    fn layer(
+        &self,
+        layer: &LayerWeights,
+        x: &Th,
+        inputs: &KindInputs,
+        access: CacheAccess,
+        keys: &Th,
+        values: &Th,
+    ) -> Th {
+        DecoderWeights::residual(
+            layer,
+            x,
+            |normed| self.attention(layer, normed, inputs, access, keys, values),
+            |normed| self.weights.mlp(layer, normed, |p, _, x| infer(p, x)),
+        )
+    }
+
+    /// The step through a CUDA graph: replayed when one was captured over these buffers and
+    /// shapes, else captured now (this step's result comes from the warm-up run that precedes
+    /// the capture). `None` where graphs do not apply: off the GPU, or after a failure, which
+    /// is reported once and leaves the eager step in charge.
+    #[cfg(feature = "cuda-graphs")]
+    fn through_graph(&mut self, inputs: &StaticInputs, buffers: &[(Th, Th)]) -> Option<Th> {
+        let tch::Device::Cuda(device) = inputs.x.device() else {
+            self.graph = GraphState::Unavailable;
+            return None;
+        };
+        let cache_buffers: Vec<(usize, usize)> = buffers
+            .iter()
+            .map(|(k, v)| (k.data_ptr() as usize, v.data_ptr() as usize))
+            .collect();
+        let failed = |what: String| {
+            eprintln!("chex: CUDA graph of the decode step unavailable ({what}); decoding eagerly");
+            GraphState::Unavailable
+        };
+        match &mut self.graph {
+            GraphState::Unavailable => return None,
+            GraphState::Captured(captured)
+                if captured.cache_buffers == cache_buffers
+                    && captured.inputs.same_shapes(inputs) =>
+            {
+                captured.inputs.copy_from(inputs);
+                return match captured.graph.replay() {
+                    Ok(()) => {
+                        super::count_graph_replay();
+                        Some(captured.out.copy())
+                    }
+                    Err(e) => {
+                        self.graph = failed(e);
+                        None
+                    }
+                };
+            }
+            _ => {}
+        }
+        let mut graph = match super::graph::CudaGraph::new() {
+            Ok(graph) => graph,
+            Err(e) => {
+                self.graph = failed(e);
+                return None;
+            }
+        };
+        let statics = inputs.copied();
+        match graph.capture(device, || self.static_layers(&statics, buffers)) {
+            Ok((eager, out)) => {
+                self.graph = GraphState::Captured(Box::new(CapturedStep {
+                    out,
+                    inputs: statics,
+                    cache_buffers,
+                    graph,
+                }));
+                Some(eager)
+            }
+            Err(e) => {
+                self.graph = failed(e);
+                None
+            }
+        }
+    }
+
     fn attention(
         &self,
         layer: &LayerWeights,
         normed: &Th,
         inputs: &KindInputs,
-        slot: i64,
+        access: CacheAccess,
         keys: &Th,
         values: &Th,
     ) -> Th {
@@ -153,13 +414,23 @@ impl FusedDecoder {
             .narrow(1, 0, heads)
             .reshape([rows, kv_heads, heads / kv_heads, d]);
         let k = qk.narrow(1, heads, kv_heads).unsqueeze(2);
-        let mut key_slot = keys.narrow(2, slot, 1);
-        key_slot.copy_(&k);
-        let mut value_slot = values.narrow(2, slot, 1);
-        value_slot.copy_(&v);
-        let end = slot + 1;
-        let keys = keys.narrow(2, inputs.read_from, end - inputs.read_from);
-        let values = values.narrow(2, inputs.read_from, end - inputs.read_from);
+        let (keys, values) = match access {
+            CacheAccess::Growing { slot } => {
+                keys.narrow(2, slot, 1).copy_(&k);
+                values.narrow(2, slot, 1).copy_(&v);
+                let read = slot + 1 - inputs.read_from;
+                (
+                    keys.narrow(2, inputs.read_from, read),
+                    values.narrow(2, inputs.read_from, read),
+                )
+            }
+            CacheAccess::Whole { slot } => {
+                let (mut keys, mut values) = (keys.shallow_clone(), values.shallow_clone());
+                let _ = keys.index_copy_(2, slot, &k);
+                let _ = values.index_copy_(2, slot, &v);
+                (keys, values)
+            }
+        };
         let mut scores = widened(&q.matmul(&keys.transpose(2, 3)));
         let _ = scores.g_mul_scalar_(spec.attention_scale);
         if let Some(cap) = spec.attn_softcap {

@@ -7,7 +7,8 @@
 //!
 //! [`decoder`] goes further for generation: a whole decode step of every layer in libtorch
 //! calls; [`autograd`] does the same for the decoder layers of LoRA training, with libtorch's
-//! autograd taking their gradients.
+//! autograd taking their gradients; `graph` (with the `cuda-graphs` feature) replays the decode
+//! step as a CUDA graph.
 
 // burn marks its libtorch backend deprecated; this project builds on it on purpose.
 #![allow(deprecated)]
@@ -18,8 +19,35 @@ use burn::tensor::Tensor;
 pub mod autograd;
 #[cfg(feature = "tch")]
 pub mod decoder;
+#[cfg(feature = "cuda-graphs")]
+mod graph;
 #[cfg(feature = "tch")]
 mod weights;
+
+/// Whether generation on `device` decodes through a captured CUDA graph by default: in a build
+/// with the `cuda-graphs` feature, on libtorch's CUDA backend, unless the environment sets
+/// `CHEX_CUDA_GRAPHS=0` (or `CHEX_FUSED_DECODE=0`, which the graph builds on).
+pub fn graph_decoding(device: &burn::tensor::Device) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(feature = "cuda-graphs")
+        && *ON.get_or_init(|| std::env::var("CHEX_CUDA_GRAPHS").map_or(true, |v| v != "0"))
+        && crate::text::fused_decoding()
+        && format!("{device:?}").contains("LibTorch(Cuda")
+}
+
+static GRAPH_REPLAYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many decode steps this process has run by replaying a CUDA graph (0 without the
+/// `cuda-graphs` feature): what a benchmark reports to show the graph was in use.
+pub fn graph_replays() -> usize {
+    GRAPH_REPLAYS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Count one replayed decode step.
+#[cfg(feature = "cuda-graphs")]
+pub(crate) fn count_graph_replay() {
+    GRAPH_REPLAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// `x / rms(x) * (1 + offset)` over the last dimension, in f32, when `x` is a libtorch tensor
 /// outside autodiff (`None` otherwise).
