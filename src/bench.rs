@@ -223,26 +223,23 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
     for &figure in &config.figures {
         let probe = MemoryProbe::start(choice);
         let replays_before = chex_model::fused::graph_replays();
+        let plain = ScoringTimes::default();
         let (timing, scoring) = match figure {
-            Figure::Rollout => (rollout_figure(&model_config, config, dtype, &device)?, None),
-            Figure::Score => {
-                let (timing, scoring) = score_figure(&model_config, config, dtype, &device)?;
-                (timing, Some(scoring))
-            }
+            Figure::Rollout => (
+                rollout_figure(&model_config, config, dtype, &device)?,
+                plain,
+            ),
+            Figure::Score => score_figure(&model_config, config, dtype, &device)?,
             Figure::GrpoStep | Figure::TrlCpuStep => (
                 grpo_step_figure(&model_config, config, figure, dtype, &device)?,
-                None,
+                plain,
             ),
             Figure::SftStep => (
                 sft_step_figure(&model_config, config, dtype, &device)?,
-                None,
+                plain,
             ),
         };
         let (rows, new_tokens, seconds, tokens) = timing;
-        let (host_seconds, phase_seconds) = match scoring {
-            Some(ScoringTimes { host, phases }) => (host, phases),
-            None => (None, None),
-        };
         let (peak_memory_gib, memory) = probe.finish();
         let libtorch = matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_));
         let checkpointing = figure != Figure::Rollout
@@ -262,7 +259,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
             peak_memory_gib,
             memory,
             repeats: config.shape.repeats,
-            host_seconds,
+            host_seconds: scoring.host,
             fused_training: (libtorch
                 && matches!(figure, Figure::Score | Figure::GrpoStep | Figure::SftStep))
             .then(chex_model::checkpointing::fused_training),
@@ -272,7 +269,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
                 && figure == Figure::Rollout)
                 .then(|| chex_model::fused::graph_replays() - replays_before),
             greedy: (figure == Figure::Rollout).then(|| config.shape.sampling.is_greedy()),
-            phase_seconds,
+            phase_seconds: scoring.phases,
         });
     }
     Ok(())
@@ -456,7 +453,8 @@ fn score_figure(
 }
 
 /// The scoring figure's extra times (see [`Measurement::host_seconds`] and
-/// [`Measurement::phase_seconds`]).
+/// [`Measurement::phase_seconds`]); none for the other figures.
+#[derive(Default)]
 struct ScoringTimes {
     host: Option<f64>,
     phases: Option<ScorePhases>,

@@ -28,13 +28,14 @@ impl LayerCache {
     }
 
     /// Write `keys`/`values` `[batch, kv_heads, len, head_dim]` at slot `start`, and return the
-    /// cached slots `read_from..start+len`.
+    /// cached slots `read_from..read_to`.
     pub fn update(
         &mut self,
         keys: Tensor<4>,
         values: Tensor<4>,
         start: usize,
         read_from: usize,
+        read_to: usize,
     ) -> (Tensor<4>, Tensor<4>) {
         let [b, h, len, d] = keys.dims();
         let end = start + len;
@@ -43,7 +44,7 @@ impl LayerCache {
         let write = |slot: &mut Option<Tensor<4>>, new: Tensor<4>| {
             let cache = slot.take().expect("cache slot is always refilled");
             let cache = cache.slice_assign([0..b, 0..h, start..end, 0..d], new);
-            let read = cache.clone().slice([0..b, 0..h, read_from..end, 0..d]);
+            let read = cache.clone().slice([0..b, 0..h, read_from..read_to, 0..d]);
             *slot = Some(cache);
             read
         };
@@ -153,13 +154,14 @@ impl KvCache {
     /// slot under a mask and writes its slot by an index held on the device, so the same
     /// operations on the same buffers run at every step, which lets a CUDA graph replay them.
     /// On by default where graphs run ([`crate::fused::graph_decoding`]); elsewhere it only
-    /// changes which operations compute the same values (tests turn it on for that).
+    /// changes which operations compute the same values (tests turn it on for that). Steps
+    /// are told through [`crate::text::KeyReads::WholeCache`], which burn's layers honour too.
     pub fn set_static_decode(&mut self, on: bool) {
         self.static_decode = on;
     }
 
-    /// Whether the next decode step takes static shapes (see [`Self::set_static_decode`]):
-    /// only the fused libtorch step does.
+    /// Whether the next decode step takes static shapes (see [`Self::set_static_decode`]): asked
+    /// for, and the fused libtorch step not known to be unavailable (only it can be a graph).
     pub fn decodes_static(&self) -> bool {
         #[cfg(feature = "tch")]
         let fused = !matches!(self.fused, Some(None)) && crate::text::fused_decoding();

@@ -46,7 +46,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::scoring::{ScoringBatch, ScoringRow, TokenScores, positions_per_chunk};
-use crate::text::StepInputs;
+use crate::text::{KeyReads, StepInputs};
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs};
 
 /// The graph behind a [`score_for_training`] pass, which may stop at the decoder layers: take
@@ -144,7 +144,7 @@ pub fn score_for_training(
     let [_, len] = batch.ids.dims();
     let embedded = model.embed(batch.ids.clone(), &batch.layout, 0, images);
     let text = &model.model.language_model;
-    let step = text.step_inputs(&batch.layout, 0, len, false, device);
+    let step = text.step_inputs(&batch.layout, 0, len, KeyReads::Own, device);
     let layers = text.layers.len();
     let seeds = layer_seeds(layers, embedded.is_autodiff(), device);
     let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);

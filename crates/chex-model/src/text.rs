@@ -138,20 +138,25 @@ pub struct StepInputs {
     pub(crate) start: usize,
     /// First cached slot the sliding layers read.
     pub(crate) local_read_from: usize,
-    /// For one new token per row of a cache that decodes in static shapes
-    /// ([`KvCache::set_static_decode`]): the masks over every slot of the cache. Only the
-    /// fused libtorch step reads them.
+    /// Last slot (exclusive) the layers read from the cache: this call's end, or the cache's
+    /// whole capacity when it decodes in static shapes ([`KeyReads::WholeCache`]).
+    pub(crate) read_to: usize,
+    /// Whether keys are read from every slot of the cache (static shapes); the fused libtorch
+    /// step then takes its static-shape path.
     #[cfg_attr(not(feature = "tch"), allow(dead_code))]
-    pub(crate) full_capacity: Option<FullCapacityMasks>,
+    pub(crate) whole_cache: bool,
 }
 
-/// One new token's masks over every slot of the cache, `[batch, kv_heads, groups, capacity]`
-/// each (true where a key is hidden): what the static-shape decode step reads, since it reads the
-/// whole cache whatever is filled.
-#[cfg_attr(not(feature = "tch"), allow(dead_code))]
-pub struct FullCapacityMasks {
-    pub(crate) global: Tensor<4, Bool>,
-    pub(crate) local: Tensor<4, Bool>,
+/// Which keys a forward call's queries read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReads {
+    /// No cache: this call's own tokens.
+    Own,
+    /// A cache holding slots `0..start+len`: the filled slots.
+    Cached,
+    /// Every slot of a cache of this capacity, the unfilled ones masked: the static shapes a
+    /// CUDA graph replays ([`KvCache::set_static_decode`]).
+    WholeCache(usize),
 }
 
 const INIT_STD: f64 = 0.02;
@@ -212,26 +217,29 @@ impl Gemma3TextModel {
         looked_up.cast(FloatDType::F32) * scale
     }
 
-    /// Rotary angles and masks for slots `start..start+len` of `layout`.
-    ///
-    /// `cached` says whether keys come from a cache holding slots `0..start+len`; without one
-    /// the keys are this call's tokens alone.
+    /// Rotary angles and masks for slots `start..start+len` of `layout`, for queries reading
+    /// `reads`.
     pub fn step_inputs(
         &self,
         layout: &BatchLayout,
         start: usize,
         len: usize,
-        cached: bool,
+        reads: KeyReads,
         device: &Device,
     ) -> StepInputs {
         let spec = &self.spec;
         let batch = layout.rows.len();
         let positions = layout.positions(start, len);
         let end = start + len;
-        let key_start = if cached { 0 } else { start };
+        let (key_start, key_end) = match reads {
+            KeyReads::Own => (start, end),
+            KeyReads::Cached => (0, end),
+            KeyReads::WholeCache(capacity) => (0, capacity),
+        };
         // One new token needs only the last `window` keys; a longer chunk reads everything and
-        // lets the mask cut the window, since its first query reaches further back.
-        let local_read_from = if cached && len == 1 {
+        // lets the mask cut the window, since its first query reaches further back. Static
+        // shapes read every slot and let the mask cut it too.
+        let local_read_from = if reads == KeyReads::Cached && len == 1 {
             end.saturating_sub(spec.sliding_window)
         } else {
             key_start
@@ -242,39 +250,17 @@ impl Gemma3TextModel {
         StepInputs {
             rope_global: spec.rope_global.lookup(&positions, batch, len, device),
             rope_local: spec.rope_local.lookup(&positions, batch, len, device),
-            mask_global: group(layout.mask(start..end, key_start..end, None, device)),
+            mask_global: group(layout.mask(start..end, key_start..key_end, None, device)),
             mask_local: group(layout.mask(
                 start..end,
-                local_read_from..end,
+                local_read_from..key_end,
                 Some(spec.sliding_window),
                 device,
             )),
             start,
             local_read_from: local_read_from - key_start,
-            full_capacity: None,
-        }
-    }
-
-    /// The masks of one new token at slot `start` over all `capacity` slots of a cache (see
-    /// [`FullCapacityMasks`]).
-    pub fn full_capacity_masks(
-        &self,
-        layout: &BatchLayout,
-        start: usize,
-        capacity: usize,
-        device: &Device,
-    ) -> FullCapacityMasks {
-        let spec = &self.spec;
-        let mask = |window| {
-            expand_for_groups(
-                layout.mask(start..start + 1, 0..capacity, window, device),
-                spec.heads / spec.kv_heads,
-                spec.kv_heads,
-            )
-        };
-        FullCapacityMasks {
-            global: mask(None),
-            local: mask(Some(spec.sliding_window)),
+            read_to: key_end,
+            whole_cache: matches!(reads, KeyReads::WholeCache(_)),
         }
     }
 
@@ -441,7 +427,7 @@ impl Gemma3Attention {
                     LayerKind::FullAttention => 0,
                     LayerKind::SlidingAttention => step.local_read_from,
                 };
-                cache.update(k, v, step.start, read_from)
+                cache.update(k, v, step.start, read_from, step.read_to)
             }
             None => match kind {
                 LayerKind::SlidingAttention if step.local_read_from > 0 => {

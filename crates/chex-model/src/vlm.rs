@@ -16,7 +16,7 @@ use crate::error::ModelError;
 use crate::layers::{GemmaRmsNorm, LoraLinear, product};
 use crate::mask::BatchLayout;
 use crate::precision::ModelDtype;
-use crate::text::Gemma3TextModel;
+use crate::text::{Gemma3TextModel, KeyReads};
 use crate::vision::SiglipVisionModel;
 
 /// Average-pool the patch grid to `mm_tokens_per_image` tokens, RMS-norm, project to the
@@ -257,14 +257,14 @@ impl Gemma3ForConditionalGeneration {
         let start = cache.as_ref().map(|c| c.filled()).unwrap_or(0);
         let x = self.embed(tokens, layout, start, images);
         let text = &self.model.language_model;
-        let mut step = text.step_inputs(layout, start, len, cache.is_some(), &device);
-        if let Some(cache) = cache.as_ref()
-            && len == 1
-            && cache.decodes_static()
-        {
-            step.full_capacity =
-                Some(text.full_capacity_masks(layout, start, cache.capacity(), &device));
-        }
+        let reads = match cache.as_ref() {
+            Some(cache) if len == 1 && cache.decodes_static() => {
+                KeyReads::WholeCache(cache.capacity())
+            }
+            Some(_) => KeyReads::Cached,
+            None => KeyReads::Own,
+        };
+        let step = text.step_inputs(layout, start, len, reads, &device);
         text.forward_embeddings(x, &step, cache)
     }
 

@@ -74,7 +74,7 @@ impl std::fmt::Debug for FusedDecoder {
 }
 
 /// A step's inputs in the shapes the static-shape step reads (see
-/// [`crate::text::FullCapacityMasks`]): the same every step of a generation call, so a CUDA
+/// [`crate::text::KeyReads::WholeCache`]): the same every step of a generation call, so a CUDA
 /// graph can be replayed on them.
 struct StaticInputs {
     /// `[rows, hidden]`, f32.
@@ -164,6 +164,19 @@ impl FusedDecoder {
         false
     }
 
+    /// A step's rotary `cos` and `sin` as `[rows, 1, head_dim]` libtorch handles.
+    fn rope_handles(&self, rope: &(Tensor<4>, Tensor<4>)) -> Option<(Th, Th)> {
+        let shape = [
+            rope.0.dims()[0] as i64,
+            1,
+            self.weights.spec.head_dim as i64,
+        ];
+        Some((
+            handle(rope.0.clone())?.reshape(shape),
+            handle(rope.1.clone())?.reshape(shape),
+        ))
+    }
+
     fn kind_inputs(
         &self,
         rope: &(Tensor<4>, Tensor<4>),
@@ -171,9 +184,7 @@ impl FusedDecoder {
         read_from: usize,
     ) -> Option<KindInputs> {
         let rows = rope.0.dims()[0] as i64;
-        let d = self.weights.spec.head_dim as i64;
-        let cos = handle(rope.0.clone())?.reshape([rows, 1, d]);
-        let sin = handle(rope.1.clone())?.reshape([rows, 1, d]);
+        let (cos, sin) = self.rope_handles(rope)?;
         Some(KindInputs {
             cos,
             signed_sin: self.weights.signed(sin),
@@ -189,8 +200,9 @@ impl FusedDecoder {
     /// before anything is written; a cache found wrong part-way keeps the slots written so far,
     /// which burn's path, run instead, writes again).
     ///
-    /// When `step` carries masks over the whole cache, the step takes static shapes instead
-    /// (and on a GPU with the `cuda-graphs` feature, replays a captured graph).
+    /// When `step` reads the whole cache ([`crate::text::KeyReads::WholeCache`]), the step takes
+    /// static shapes instead (and on a GPU with the `cuda-graphs` feature, replays a captured
+    /// graph).
     pub fn step(
         &mut self,
         x: &Tensor<3>,
@@ -201,7 +213,7 @@ impl FusedDecoder {
         if len != 1 || cache.layers.len() != self.weights.layers.len() {
             return None;
         }
-        if step.full_capacity.is_some() {
+        if step.whole_cache {
             return self.static_step(x, step, cache);
         }
         let global = self.kind_inputs(&step.rope_global, &step.mask_global, 0)?;
@@ -239,22 +251,17 @@ impl FusedDecoder {
         cache: &mut KvCache,
     ) -> Option<Tensor<3>> {
         let [rows, _, hidden] = x.dims();
-        let full = step.full_capacity.as_ref()?;
-        let d = self.weights.spec.head_dim as i64;
-        let angles = |rope: &(Tensor<4>, Tensor<4>)| -> Option<(Th, Th)> {
-            Some((
-                handle(rope.0.clone())?.reshape([rows as i64, 1, d]),
-                handle(rope.1.clone())?.reshape([rows as i64, 1, d]),
-            ))
-        };
         let x_handle = handle(x.clone())?;
         let device = x_handle.device();
         let inputs = StaticInputs {
             x: x_handle.reshape([rows as i64, hidden as i64]),
-            rope: [angles(&step.rope_global)?, angles(&step.rope_local)?],
+            rope: [
+                self.rope_handles(&step.rope_global)?,
+                self.rope_handles(&step.rope_local)?,
+            ],
             masks: [
-                bool_handle(full.global.clone())?,
-                bool_handle(full.local.clone())?,
+                bool_handle(step.mask_global.clone())?,
+                bool_handle(step.mask_local.clone())?,
             ],
             slot: Th::full([1], step.start as i64, (Kind::Int64, device)),
         };
