@@ -45,7 +45,10 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
-use crate::scoring::{ScoringBatch, ScoringRow, TokenScores, positions_per_chunk};
+use crate::scoring::{
+    ScoringBatch, ScoringRow, TokenScores, positions_per_chunk, selected_log_probs,
+    selected_log_softmax,
+};
 use crate::text::{KeyReads, StepInputs};
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs};
 
@@ -278,7 +281,8 @@ impl ScoreGraph {
             let predicting = text
                 .norm
                 .forward(c.batch.predicting(&top, positions.clone()));
-            let (logprob, entropy) = c.batch.chunk_scores(
+            let rows = predicting.dims()[0];
+            let (logits, targets) = c.batch.chunk_logits(
                 model,
                 predicting,
                 &head,
@@ -286,15 +290,19 @@ impl ScoreGraph {
                 positions.clone(),
                 c.temperature,
             );
-            let rows = logprob.dims()[0];
-            let weighted = |scores: Tensor<2>, upstream: &Option<Tensor<2>>| {
-                upstream.as_ref().map(|g| {
-                    let g = g.clone().slice([0..rows, positions.clone()]).autodiff();
-                    (scores * g).sum()
-                })
+            let (logprob, entropy) = if upstream_entropies.is_some() {
+                let (logprob, entropy) = selected_log_softmax(logits, targets);
+                (logprob, Some(entropy))
+            } else {
+                (selected_log_probs(logits, targets), None)
+            };
+            let weighted = |scores: Option<Tensor<2>>, upstream: &Option<Tensor<2>>| {
+                let (scores, g) = (scores?, upstream.as_ref()?);
+                let g = g.clone().slice([0..rows, positions.clone()]).autodiff();
+                Some((scores * g).sum())
             };
             let product = match (
-                weighted(logprob, &upstream_logprobs),
+                weighted(Some(logprob), &upstream_logprobs),
                 weighted(entropy, &upstream_entropies),
             ) {
                 (Some(a), Some(b)) => a + b,

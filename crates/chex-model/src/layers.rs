@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,14 +51,18 @@ impl GemmaRmsNorm {
 /// forward pass survives (x / ∞ = 0) but the backward does not (∞ · 0 = NaN in the gradient of
 /// every earlier layer). At the cap the output is x · e⁻⁸⁰, zero to f32 precision as the exact
 /// value is.
+///
+/// A bf16 input is activated in f32 and rounded once, as PyTorch's bf16 `gelu` kernel does.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if let Some(activated) = crate::fused::gelu_tanh(&x) {
         return activated;
     }
     const LINEAR: f64 = -2.0 * 0.797_884_560_802_865_4;
     const CUBIC: f64 = LINEAR * 0.044715;
+    let dtype = x.dtype();
+    let x = x.cast(FloatDType::F32);
     let exponent = (x.clone() * (x.clone().square() * CUBIC + LINEAR)).clamp_max(80.0);
-    x / (exponent.exp() + 1.0)
+    (x / (exponent.exp() + 1.0)).cast(dtype)
 }
 
 /// `x · weight (+ bias)` computed in the weight's dtype and returned in `x`'s: a bf16 weight
@@ -104,6 +108,38 @@ pub struct LoraWeights {
     pub dropout: Dropout,
 }
 
+impl LoraWeights {
+    /// `dropout(x) · A · B · alpha/r` in `x`'s dtype. The dropout's `1/keep` rescaling is
+    /// folded into `alpha/r` on the rank-r product instead of costing a pass over `x`.
+    pub fn update<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let compute = x.dtype();
+        let (x, keep) = lora_dropout(x, &self.dropout);
+        let down = burn::tensor::module::linear(x, self.a.val().cast(compute), None);
+        let down = down * (self.scale / keep);
+        burn::tensor::module::linear(down, self.b.val().cast(compute), None)
+    }
+}
+
+/// `x` times the Bernoulli mask `dropout` draws for it, unscaled, with the fraction kept
+/// (`(x, 1)` when it draws nothing: outside training, off autodiff, or at probability 0, as
+/// burn's `Dropout`). The mask is drawn as an f32 tensor of `x`'s shape whatever `x`'s dtype,
+/// so a bf16 model draws what an f32 one does (and what `crate::fused::autograd` draws); a
+/// mask of zeros and ones is exact in any dtype.
+pub fn lora_dropout<const D: usize>(x: Tensor<D>, dropout: &Dropout) -> (Tensor<D>, f64) {
+    let device = x.device();
+    if !dropout.training.is_enabled() || !device.is_autodiff() || dropout.prob == 0.0 {
+        return (x, 1.0);
+    }
+    let keep = 1.0 - dropout.prob;
+    let mask = Tensor::<D>::random(
+        x.shape(),
+        burn::tensor::Distribution::Bernoulli(keep),
+        (&device, DType::F32),
+    );
+    let compute = x.dtype();
+    (x * mask.cast(compute), keep)
+}
+
 /// A linear layer `y = x W + b` whose weight may carry a LoRA update.
 ///
 /// The weight is stored `[d_in, d_out]` (burn's layout); import and export transpose it to
@@ -140,21 +176,20 @@ impl LoraLinear {
 
     /// Apply the layer to `[..., d_in]`. The product runs in the weight's dtype and the
     /// result comes back in the input's (see [`crate::precision`]), so a caller that already
-    /// holds a bf16 input gets a bf16 product without a cast either way. The adapter computes
-    /// in f32 (on the input as given, as PEFT feeds its f32 adapters a bf16 model's
-    /// activations) and its sum with the base product is f32.
+    /// holds a bf16 input gets a bf16 product without a cast either way. An adapter's products
+    /// run in the weight's dtype too, from its f32 parameters cast for them, and its update
+    /// is added to the base product in that dtype: what PyTorch's autocast computes for PEFT's
+    /// f32 adapters (PEFT alone would widen to f32 and cast the sum back, moving twice the
+    /// bytes of every activation for one rounding less).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
+        let Some(lora) = &self.lora else {
+            return product(x, self.weight.val(), bias);
+        };
+        let (input, compute) = (x.dtype(), self.weight.val().dtype());
+        let x = x.cast(compute);
         let base = product(x.clone(), self.weight.val(), bias);
-        match &self.lora {
-            None => base,
-            Some(lora) => {
-                let x = lora.dropout.forward(x.cast(FloatDType::F32));
-                let down = burn::tensor::module::linear(x, lora.a.val(), None);
-                let up = burn::tensor::module::linear(down, lora.b.val(), None);
-                base.cast(FloatDType::F32) + up * lora.scale
-            }
-        }
+        (base + lora.update(x)).cast(input)
     }
 
     /// Attach a fresh adapter initialised as PEFT does: A uniform in ±1/√d_in (its

@@ -4,6 +4,14 @@
 //! RoPE, softmax, the logit soft-cap, log-softmax, the losses, LoRA adapters and optimizer
 //! state stay in f32.
 //!
+//! Between a product and the next, activations stay in the products' dtype, as in transformers'
+//! bf16 model: the MLP's GELU (computed in f32 and rounded once, as PyTorch's bf16 kernel does)
+//! and its gating product. An adapter's f32 parameters are cast for its two products, which run
+//! in bf16 as autocast runs them, and its update is added to the base product in bf16; its
+//! gradients reach the f32 parameters through those casts. So the MLP's `[tokens,
+//! intermediate]` activations, the largest a training step keeps and moves, are bf16 (on
+//! libtorch; burn's own GELU passes through f32 temporaries).
+//!
 //! A layer computes in the precision its weight is stored in, so the model carries no
 //! separate switch: [`Gemma3ForConditionalGeneration::with_dtype`] casts the weights, and
 //! [`Gemma3ForConditionalGeneration::dtype`] reads the choice back. Parts trained in full (no

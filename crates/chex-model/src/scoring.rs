@@ -145,7 +145,7 @@ impl ScoringBatch {
         let mut chosen = Vec::with_capacity(chunks.len());
         let mut entropies = Vec::with_capacity(chunks.len());
         for positions in chunks {
-            let (logprob, entropy) = self.chunk_scores(
+            let (logits, targets) = self.chunk_logits(
                 model,
                 predicting(positions.clone()),
                 head,
@@ -153,6 +153,7 @@ impl ScoringBatch {
                 positions.clone(),
                 temperature,
             );
+            let (logprob, entropy) = selected_log_softmax(logits, targets);
             chosen.push(logprob);
             entropies.push(entropy);
         }
@@ -178,9 +179,10 @@ impl ScoringBatch {
         hidden.clone().slice([0..batch, slots, 0..d])
     }
 
-    /// Log-probabilities and entropies at completion `positions` from the hidden states that
-    /// predict them (already normed), `[batch, positions]` each.
-    pub fn chunk_scores(
+    /// The temperature-scaled logits `[batch, positions, vocab]` at completion `positions`, from
+    /// the hidden states that predict them (already normed), and the ids they score
+    /// `[batch, positions, 1]`: what [`selected_log_softmax`] or [`selected_log_probs`] take.
+    pub fn chunk_logits(
         &self,
         model: &Gemma3ForConditionalGeneration,
         predicting: Tensor<3>,
@@ -188,12 +190,12 @@ impl ScoringBatch {
         bias: Option<Tensor<1>>,
         positions: Range<usize>,
         temperature: f32,
-    ) -> (Tensor<2>, Tensor<2>) {
+    ) -> (Tensor<3>, Tensor<3, Int>) {
         let batch = predicting.dims()[0];
         let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
         let logits = model.logits_with_parts(predicting, head, bias) * inverse_temperature;
         let targets = self.targets.clone().slice([0..batch, positions, 0..1]);
-        selected_log_softmax(logits, targets)
+        (logits, targets)
     }
 
     /// Scores with padding positions zeroed.
@@ -221,11 +223,7 @@ pub fn positions_per_chunk(batch: usize, vocab: usize) -> usize {
 /// `[batch, positions, 1]`; both results are `[batch, positions]`.
 pub fn selected_log_softmax(logits: Tensor<3>, targets: Tensor<3, Int>) -> (Tensor<2>, Tensor<2>) {
     let [batch, positions, _] = logits.dims();
-    // The shift only steadies exp; its gradient cancels, so it is taken out of the graph.
-    let shift = logits.clone().max_dim(2).detach();
-    let weights = (logits.clone() - shift.clone()).exp();
-    let total = weights.clone().sum_dim(2);
-    let log_norm = total.clone().log() + shift;
+    let (weights, total, log_norm) = log_normaliser(logits.clone());
     let chosen = logits.clone().gather(2, targets) - log_norm.clone();
     // One exponential serves both the normaliser and the probabilities.
     let probabilities = weights / total;
@@ -234,6 +232,24 @@ pub fn selected_log_softmax(logits: Tensor<3>, targets: Tensor<3, Int>) -> (Tens
         chosen.reshape([batch, positions]),
         entropy.reshape([batch, positions]),
     )
+}
+
+/// The log-probabilities alone of [`selected_log_softmax`]: what a backward pass reruns when
+/// no loss term depends on the entropies, three full-vocabulary passes fewer.
+pub fn selected_log_probs(logits: Tensor<3>, targets: Tensor<3, Int>) -> Tensor<2> {
+    let [batch, positions, _] = logits.dims();
+    let (_, _, log_norm) = log_normaliser(logits.clone());
+    (logits.gather(2, targets) - log_norm).reshape([batch, positions])
+}
+
+/// `exp(logits - max)`, its sum over the vocabulary and the log-sum-exp `[batch, positions, 1]`.
+fn log_normaliser(logits: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+    // The shift only steadies exp; its gradient cancels, so it is taken out of the graph.
+    let shift = logits.clone().max_dim(2).detach();
+    let weights = (logits - shift.clone()).exp();
+    let total = weights.clone().sum_dim(2);
+    let log_norm = total.clone().log() + shift;
+    (weights, total, log_norm)
 }
 
 #[cfg(test)]
@@ -261,15 +277,16 @@ mod tests {
                 device,
             );
             let (chosen, entropy) = selected_log_softmax(logits.clone(), targets.clone());
-            let logp = log_softmax(logits, 2);
-            let expected = logp.clone().gather(2, targets).reshape([2, 3]);
+            let logp = log_softmax(logits.clone(), 2);
+            let expected = logp.clone().gather(2, targets.clone()).reshape([2, 3]);
             let expected_entropy = (logp.clone().exp() * logp).sum_dim(2).reshape([2, 3]).neg();
             let close = |a: Tensor<2>, b: Tensor<2>| {
                 let diff: f32 = (a - b).abs().max().into_scalar::<f32>();
                 assert!(diff < 1e-5, "{diff}");
             };
-            close(chosen, expected);
+            close(chosen.clone(), expected);
             close(entropy, expected_entropy);
+            close(selected_log_probs(logits, targets), chosen);
         });
     }
 

@@ -486,14 +486,16 @@ fn decode_attention(
 
 impl Gemma3Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        // As in attention: one cast of the input for both products; the activation and the
-        // gating product in f32.
+        // As in attention: one cast of the input for both products. The activation and the
+        // gating product stay in the products' dtype, as in transformers' bf16 model: the
+        // activation is computed in f32 and rounded once (what PyTorch's bf16 `gelu` kernel
+        // does), and a product of two bf16 values is rounded once by any backend. Widening the
+        // `[rows, len, intermediate]` activations to f32 would double the bytes of the largest
+        // tensors a training step keeps and moves.
         let compute = self.gate_proj.weight.val().dtype();
         let x = x.cast(compute);
-        let gate = gelu_tanh(self.gate_proj.forward(x.clone()).cast(FloatDType::F32));
-        let up = self.up_proj.forward(x).cast(FloatDType::F32);
-        self.down_proj
-            .forward((gate * up).cast(compute))
-            .cast(FloatDType::F32)
+        let gate = gelu_tanh(self.gate_proj.forward(x.clone()));
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(gate * up).cast(FloatDType::F32)
     }
 }

@@ -173,19 +173,27 @@ impl SiglipAttention {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let split = |t: Tensor<3>| t.reshape([b, n, h, d / h]).swap_dims(1, 2);
-        // The attention's products in the projections' dtype, its output back in f32.
+        // The input cast once for the three projections; the attention and its output
+        // projection in their dtype, the result back in f32 for the residual stream.
         let compute = self.q_proj.weight.val().dtype();
-        let q = split(self.q_proj.forward(x.clone())).cast(compute);
-        let k = split(self.k_proj.forward(x.clone())).cast(compute);
-        let v = split(self.v_proj.forward(x)).cast(compute);
+        let x = x.cast(compute);
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, n, d]).cast(FloatDType::F32))
+            .forward(out.swap_dims(1, 2).reshape([b, n, d]))
+            .cast(FloatDType::F32)
     }
 }
 
 impl SiglipMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
+        // In the products' dtype, as transformers' bf16 tower: the `[images, patches, 4304]`
+        // activation is the tower's largest tensor.
+        let x = x.cast(self.fc1.weight.val().dtype());
+        self.fc2
+            .forward(gelu_tanh(self.fc1.forward(x)))
+            .cast(FloatDType::F32)
     }
 }

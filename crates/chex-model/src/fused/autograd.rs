@@ -13,7 +13,7 @@
 //! It applies when only LoRA adapters train (the base weights and norms are frozen, as in
 //! ChexReason's runs), on the libtorch backend. The arithmetic and precisions are those of
 //! [`crate::text`]'s layers, and LoRA dropout draws its masks exactly as burn's `Dropout` does
-//! on libtorch (one `bernoulli_` of an f32 tensor of the adapter input's shape, projection by
+//! on libtorch (one `bernoulli_` of a tensor of the adapter input's shape, projection by
 //! projection), so the gradients equal burn's path's, dropout included; tests hold them to it.
 
 use burn::optim::GradientsParams;
@@ -21,7 +21,8 @@ use burn::tensor::Tensor;
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    Adapter, DecoderWeights, LayerWeights, Projection, bool_handle, handle, narrowed, widened, wrap,
+    Adapter, DecoderWeights, LayerWeights, Projection, add_update, bool_handle, handle, narrowed,
+    widened, wrap,
 };
 use crate::config::LayerKind;
 use crate::text::{Gemma3TextModel, StepInputs};
@@ -284,28 +285,35 @@ impl TrackedStack {
     }
 }
 
-/// A projection in training, as [`crate::layers::LoraLinear::forward`] computes it: the base
-/// product in the weight's dtype, and with an adapter, `dropout(x) A B alpha/r` in f32 added
-/// to it in f32.
+/// A projection in training, as [`crate::layers::LoraLinear::forward`] computes it, in the
+/// weight's dtype: the base product, and with an adapter `dropout(x) A (alpha/r/keep) B` from
+/// its f32 parameters cast for the products (the casts are in the graph, so the gradients reach
+/// the f32 leaves), the second product added to the base one where it is accumulated.
 fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> Th {
     let base = projection.base(x);
     match (&projection.adapter, tensors) {
         (Some(adapter), Some(tensors)) => {
-            let input = dropout(&widened(x), adapter);
-            widened(&base) + input.matmul(&tensors.a).matmul(&tensors.b) * adapter.scale
+            let kind = x.kind();
+            let (input, keep) = dropout(x, adapter);
+            let down = input.matmul(&narrowed(&tensors.a, kind)) * (adapter.scale / keep);
+            add_update(&base, &down, &narrowed(&tensors.b, kind))
         }
         _ => base,
     }
 }
 
-/// burn's `Dropout` on libtorch, draw for draw: a Bernoulli mask of the input's shape in f32,
-/// the product, then the rescaling.
-fn dropout(x: &Th, adapter: &Adapter) -> Th {
+/// burn's `Dropout` on libtorch, draw for draw, as [`crate::layers::lora_dropout`] applies it:
+/// a Bernoulli mask of the input's shape, and the product, with the fraction kept for the caller
+/// to rescale. The mask is drawn directly in the input's dtype, which in bf16 halves the bytes
+/// it writes and needs no cast: libtorch's Bernoulli kernels draw in f32 whatever the output's
+/// dtype, so a bf16 mask holds the zeros and ones of the f32 draw burn's path casts
+/// (`libtorch_autograd_layers_take_burns_gradients` would see any other mask).
+fn dropout(x: &Th, adapter: &Adapter) -> (Th, f64) {
     if adapter.dropout == 0.0 {
-        return x.shallow_clone();
+        return (x.shallow_clone(), 1.0);
     }
     let keep = 1.0 - adapter.dropout;
-    let mut mask = Th::empty(x.size(), (Kind::Float, x.device()));
+    let mut mask = Th::empty(x.size(), (x.kind(), x.device()));
     let mask = mask.bernoulli_float_(keep);
-    (x * mask) * (1.0 / keep)
+    (x * mask, keep)
 }

@@ -11,9 +11,10 @@
 //!   `addcmul` for both), with the rotation's sign folded into the sine once per step;
 //! - keys and values are written into the cache in place and read back as views.
 //!
-//! It computes what [`crate::text`]'s layers compute, in the same precisions (products in the
-//! weights' dtype; norms, rotary angles, softmax and the adapters in f32); tests hold the two
-//! paths to each other on libtorch's CPU backend in f32 and bf16, with and without LoRA. It
+//! It computes what [`crate::text`]'s layers compute, in the same precisions (products and the
+//! MLP's activation in the weights' dtype, adapters included; norms, rotary angles and softmax
+//! in f32); tests hold the two paths to each other on libtorch's CPU backend in f32, and each to
+//! the f32 model in bf16, with and without LoRA. It
 //! applies only to one new token per row, on libtorch tensors outside autodiff: training and
 //! prefill keep burn's operations.
 //!
@@ -28,7 +29,8 @@ use burn::tensor::{Bool, Tensor};
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    DecoderWeights, LayerWeights, Norm, Projection, bool_handle, handle, narrowed, widened, wrap,
+    DecoderWeights, LayerWeights, Norm, Projection, add_update, bool_handle, handle, narrowed,
+    widened, wrap,
 };
 use crate::cache::KvCache;
 use crate::config::LayerKind;
@@ -453,17 +455,20 @@ impl FusedDecoder {
 }
 
 /// A projection at inference: `x W (+ b)` in the weight's dtype for `x` `[rows, d_in]` already
-/// in it; with an adapter, plus `x A B alpha/r` in f32 (on `x` widened, as
-/// [`crate::layers::LoraLinear::forward`] feeds it), and the sum in f32.
+/// in it; with an adapter, plus `x A B alpha/r` in that dtype, the second product added where it
+/// is accumulated (as [`crate::layers::LoraLinear::forward`] computes it, with the scale folded
+/// into `B` once).
 fn infer(projection: &Projection, x: &Th) -> Th {
     let base = projection.base(x);
     let Some(adapter) = &projection.adapter else {
         return base;
     };
-    let down = widened(x).mm(&adapter.a);
-    let up = match &adapter.b_scaled {
-        Some(b_scaled) => down.mm(b_scaled),
-        None => down.mm(&adapter.b) * adapter.scale,
-    };
-    widened(&base) + up
+    match &adapter.inference {
+        Some((a, b_scaled)) => add_update(&base, &x.mm(a), b_scaled),
+        None => {
+            let kind = x.kind();
+            let down = x.mm(&narrowed(&adapter.a, kind)) * adapter.scale;
+            add_update(&base, &down, &narrowed(&adapter.b, kind))
+        }
+    }
 }

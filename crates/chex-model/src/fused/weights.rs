@@ -94,8 +94,9 @@ impl Norm {
 pub(crate) struct Adapter {
     pub a: Th,
     pub b: Th,
-    /// `B · alpha/r` for a model outside autodiff (inference: one product fewer per step).
-    pub b_scaled: Option<Th>,
+    /// For a model outside autodiff (inference), formed once: `A` and `B · alpha/r` in the
+    /// products' dtype (one product and two casts fewer per projection and step).
+    pub inference: Option<(Th, Th)>,
     /// `alpha / r`.
     pub scale: f64,
     /// Dropout on the adapter's input in training (0 when the module is not training).
@@ -120,12 +121,14 @@ impl Projection {
         };
         let adapter = match &linear.lora {
             Some(lora) => {
-                let b = widened(&parameter(&lora.b)?);
-                let inference = !lora.b.val().is_autodiff();
+                let (a, b) = (widened(&parameter(&lora.a)?), widened(&parameter(&lora.b)?));
+                let compute = weight.kind();
+                let inference = (!lora.b.val().is_autodiff())
+                    .then(|| (narrowed(&a, compute), narrowed(&(&b * lora.scale), compute)));
                 Some(Adapter {
-                    a: widened(&parameter(&lora.a)?),
-                    b_scaled: inference.then(|| &b * lora.scale),
+                    a,
                     b,
+                    inference,
                     scale: lora.scale,
                     // As burn's `Dropout`: none once the module was frozen out of training.
                     dropout: if lora.dropout.training.is_enabled() {
@@ -158,6 +161,17 @@ impl Projection {
             None => y,
         }
     }
+}
+
+/// `base + down · b` as one product (`addmm`) in `base`'s dtype, for `base` `[..., d_out]`,
+/// `down` `[..., r]` and `b` `[r, d_out]`: the adapter's update is added where its product is
+/// accumulated, with one rounding and no pass of its own over the output.
+pub(crate) fn add_update(base: &Th, down: &Th, b: &Th) -> Th {
+    let size = base.size();
+    let (width, rank) = (size[size.len() - 1], b.size()[0]);
+    base.reshape([-1, width])
+        .addmm(&down.reshape([-1, rank]), b)
+        .reshape(size)
 }
 
 /// Whether `linear`'s base weight and bias stay fixed (they may still carry a trained adapter).
@@ -336,8 +350,9 @@ impl DecoderWeights {
         narrowed(&qk, self.compute)
     }
 
-    /// The GeGLU MLP on `normed`: the activation and the gating product in f32, the products
-    /// by `project` (given a projection, its index among the layer's seven and its input).
+    /// The GeGLU MLP on `normed`: the activation and the gating product in the products'
+    /// dtype, as [`crate::text`]'s MLP (libtorch's bf16 `gelu` computes in f32 and rounds
+    /// once), the products by `project` (given a projection, its index among the layer's seven and its input).
     pub fn mlp(
         &self,
         layer: &LayerWeights,
@@ -345,9 +360,8 @@ impl DecoderWeights {
         project: impl Fn(&Projection, usize, &Th) -> Th,
     ) -> Th {
         let x = narrowed(normed, self.compute);
-        let gate = widened(&project(&layer.gate, 4, &x)).gelu("tanh");
-        let up = widened(&project(&layer.up, 5, &x));
-        let product = narrowed(&(gate * up), self.compute);
-        widened(&project(&layer.down, 6, &product))
+        let gate = project(&layer.gate, 4, &x).gelu("tanh");
+        let up = project(&layer.up, 5, &x);
+        widened(&project(&layer.down, 6, &(gate * up)))
     }
 }
