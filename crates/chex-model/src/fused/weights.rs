@@ -352,7 +352,8 @@ impl DecoderWeights {
 
     /// The GeGLU MLP on `normed`: the activation and the gating product in the products'
     /// dtype, as [`crate::text`]'s MLP (libtorch's bf16 `gelu` computes in f32 and rounds
-    /// once), the products by `project` (given a projection, its index among the layer's seven and its input).
+    /// once), the products by `project` (given a projection, its index among the layer's seven
+    /// and its input).
     pub fn mlp(
         &self,
         layer: &LayerWeights,
