@@ -6,8 +6,8 @@
 #   scp -r gpu-bundle node: && ssh node gpu-bundle/run.sh device --device tch-cuda:0
 #
 # OUT_DIR receives:
-#   chex        the stripped command line, built with `--features cuda-graphs` (libtorch, and the
-#               decode step replayed as a CUDA graph)
+#   chex        the stripped command line, built with `--features cuda-graphs,profiler` (libtorch,
+#               the decode step replayed as a CUDA graph, and `chex bench --profile`)
 #   run.sh      runs a bundled program with the node's libtorch: `run.sh [PROGRAM] ARGS…`
 #   tests/      with WITH_TESTS=1: the stripped model test programs, the trainer tests
 #               (`training`, `trl_step`) and their fixtures, so the parity tests can run on the
@@ -78,7 +78,7 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined"
 export CARGO_TARGET_DIR="$repo/target/gpu-node-$torch_version"
 
 cd "$repo"
-cargo build --release --features cuda-graphs -p chex-cli
+cargo build --release --features cuda-graphs,profiler -p chex-cli
 cp "$CARGO_TARGET_DIR/release/chex" "$out/chex"
 strip "$out/chex"
 

@@ -14,7 +14,10 @@
 # checkpointing) trim the run to the time at hand. The trainers' figures save a checkpoint at
 # their last step into TMPDIR (a 4B base is 8.6 GB in bf16): /dev/shm spares the disk's time.
 # GPU_TESTS lists the bundle's test programs to run on the GPU (default: all five) and
-# TEST_TIMEOUT_S bounds each (default 120).
+# TEST_TIMEOUT_S bounds each (default 120). With the score figure, one more scoring run without
+# checkpointing is profiled by PyTorch's profiler into OUT_DIR/profile-DTYPE (its line lists the
+# longest kernels; score-ops.tsv has them all, score-trace.json.gz the timeline; BENCH_PROFILE=0
+# skips it).
 #
 # Also written to OUT_DIR: gpu-bench.jsonl.stderr (every program's errors), tests.txt (the test
 # programs' reports), timeline.jsonl (when each program started and how long it ran) and
@@ -127,6 +130,12 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
   if [ "${#training[@]}" -gt 0 ] && [ "${BENCH_WITHOUT_CHECKPOINTING:-1}" = 1 ]; then
     training_figures "$dtype" false
   fi
+  case ",${BENCH_FIGURES:-score},:${BENCH_PROFILE:-1}" in
+    *,score,*:1)
+      bench --dtype "$dtype" --figures score --repeats 1 --gradient-checkpointing false \
+        --profile "$out_dir/profile-$dtype"
+      gzip -f "$out_dir/profile-$dtype/score-trace.json" 2>/dev/null ;;
+  esac
   first=0
 done
 cat "$out" "$timeline"

@@ -6,7 +6,7 @@
 //! Weights are the preset's random initialisation: speed and memory do not depend on their
 //! values, and no download is needed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use chex_model::burn::tensor::{Device, Distribution, Tensor};
 use chex_model::checkpointing::score_for_training;
 use chex_model::generation::{GenerationConfig, generate};
 use chex_model::lora::LoraConfig;
+use chex_model::profiler::{OpTime, profile};
 use chex_model::prompt::EncodedPrompt;
 use chex_model::sampling::SamplingConfig;
 use chex_model::scoring::ScoringRow;
@@ -134,6 +135,10 @@ pub struct BenchConfig {
     pub gradient_checkpointing: Option<bool>,
     /// Precision of the weights (`None`: bf16 on GPUs, f32 on CPUs, as in a study).
     pub dtype: Option<ModelDtype>,
+    /// Where to write a profile of one more scoring pass (PyTorch's profiler, libtorch devices,
+    /// a build with the `profiler` feature): `score-trace.json` (Chrome trace) and
+    /// `score-ops.tsv` (every operator and kernel with its calls and time).
+    pub profile: Option<PathBuf>,
 }
 
 /// One measured figure, as `chex bench` prints it.
@@ -186,6 +191,20 @@ pub struct Measurement {
     /// phases, so the figure's time splits into what each phase costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase_seconds: Option<ScorePhases>,
+    /// For scoring with `--profile`: the longest GPU kernels of one more pass (on a CPU
+    /// backend, host operators, whose times nest), longest first; the whole list is in the
+    /// profile's `score-ops.tsv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PassProfile>,
+}
+
+/// What the profiler saw of one scoring pass (see [`Measurement::profile`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassProfile {
+    /// Seconds the GPU spent in kernels and copies (0 on a CPU backend).
+    pub gpu_busy_seconds: f64,
+    /// The longest entries, names cut to 120 characters.
+    pub top: Vec<OpTime>,
 }
 
 /// Where a scoring pass's time goes (see [`Measurement::phase_seconds`]).
@@ -213,6 +232,26 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
         ));
     }
     let choice: DeviceChoice = config.device.parse()?;
+    if config.profile.is_some() {
+        if !matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_)) {
+            return Err(Error::setting(
+                "profile",
+                format!(
+                    "PyTorch's profiler sees libtorch devices only (tch-cpu, tch-cuda:N), not `{}`",
+                    config.device
+                ),
+            ));
+        }
+        if !chex_model::profiler::AVAILABLE {
+            return Err(Error::setting("profile", chex_model::profiler::MISSING));
+        }
+        if !config.figures.contains(&Figure::Score) {
+            return Err(Error::setting(
+                "profile",
+                "profiles the scoring figure: add `score` to --figures",
+            ));
+        }
+    }
     let device = select_device(&config.device)?;
     let dtype = config
         .dtype
@@ -270,6 +309,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
                 .then(|| chex_model::fused::graph_replays() - replays_before),
             greedy: (figure == Figure::Rollout).then(|| config.shape.sampling.is_greedy()),
             phase_seconds: scoring.phases,
+            profile: scoring.profile,
         });
     }
     Ok(())
@@ -443,13 +483,60 @@ fn score_figure(
     } else {
         None
     };
+    let profile = match &config.profile {
+        Some(dir) => Some(profiled_pass(dir, device, || {
+            pass(&mut || Ok(()))?;
+            sync()
+        })?),
+        None => None,
+    };
     Ok((
         (rows.len(), shape.new_tokens, seconds, tokens),
         ScoringTimes {
             host: host_seconds,
             phases,
+            profile,
         },
     ))
+}
+
+/// Run `pass` once under PyTorch's profiler, writing `score-trace.json` and `score-ops.tsv`
+/// under `dir`, and return the longest entries: GPU kernels on a GPU, host operators otherwise.
+fn profiled_pass(
+    dir: &Path,
+    device: &Device,
+    pass: impl FnOnce() -> Result<()>,
+) -> Result<PassProfile> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let gpu = chex_model::device::is_accelerator(device);
+    let (done, times) = profile(gpu, Some(&dir.join("score-trace.json")), pass)?;
+    done?;
+    let mut table = String::from("device\tname\tcalls\tseconds\n");
+    for t in &times {
+        table += &format!("{}\t{}\t{}\t{:.9}\n", t.device, t.name, t.calls, t.seconds);
+    }
+    let ops = dir.join("score-ops.tsv");
+    chex_data::write_atomic(&ops, table.as_bytes()).map_err(|e| Error::io(&ops, e))?;
+    let wanted = if gpu { "cuda" } else { "cpu" };
+    let gpu_busy_seconds = times
+        .iter()
+        .filter(|t| t.device == "cuda")
+        .fold(0.0, |busy, t| busy + t.seconds);
+    let top = times
+        .into_iter()
+        .filter(|t| t.device == wanted)
+        .take(15)
+        .map(|mut t| {
+            if let Some((cut, _)) = t.name.char_indices().nth(120) {
+                t.name.truncate(cut);
+            }
+            t
+        })
+        .collect();
+    Ok(PassProfile {
+        gpu_busy_seconds,
+        top,
+    })
 }
 
 /// The scoring figure's extra times (see [`Measurement::host_seconds`] and
@@ -458,6 +545,7 @@ fn score_figure(
 struct ScoringTimes {
     host: Option<f64>,
     phases: Option<ScorePhases>,
+    profile: Option<PassProfile>,
 }
 
 /// The GRPO settings of a step figure: ChexReason's (LoRA r16, β 0.15, dr_grpo, 4 prompts ×
@@ -733,6 +821,7 @@ mod tests {
             seed: 1,
             gradient_checkpointing: Some(true),
             dtype: None,
+            profile: None,
         };
         let mut seen = Vec::new();
         run_bench(&config, &mut |m| seen.push(m.clone())).unwrap();
@@ -786,5 +875,63 @@ mod tests {
             let err = run_bench(&refused, &mut |_| {}).unwrap_err().to_string();
             assert!(err.contains("model.dtype") && err.contains("f32"), "{err}");
         }
+    }
+
+    /// `--profile` is refused before any work where PyTorch's profiler sees nothing, and with
+    /// the `profiler` feature on tch-cpu writes the scoring pass's operators and trace.
+    #[test]
+    fn a_profile_is_refused_off_libtorch_and_written_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BenchConfig {
+            preset: "tiny".into(),
+            device: "cpu".into(),
+            figures: vec![Figure::Score],
+            shape: BenchShape {
+                new_tokens: 4,
+                score_prompts: 1,
+                samples: 2,
+                repeats: 1,
+                ..BenchShape::peer()
+            },
+            seed: 1,
+            gradient_checkpointing: Some(false),
+            dtype: None,
+            profile: Some(dir.path().join("profile")),
+        };
+        let err = run_bench(&config, &mut |_| panic!("measured on flex"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("libtorch devices only"), "{err}");
+        let err = run_bench(
+            &BenchConfig {
+                figures: vec![Figure::Rollout],
+                device: "tch-cpu".into(),
+                ..config.clone()
+            },
+            &mut |_| panic!("measured without the scoring figure or the profiler"),
+        )
+        .unwrap_err()
+        .to_string();
+        if !cfg!(feature = "profiler") {
+            assert!(err.contains("--features profiler"), "{err}");
+            return;
+        }
+        assert!(err.contains("add `score`"), "{err}");
+        let on_libtorch = BenchConfig {
+            device: "tch-cpu".into(),
+            ..config
+        };
+        let mut seen = Vec::new();
+        run_bench(&on_libtorch, &mut |m| seen.push(m.clone())).unwrap();
+        let profile = seen[0].profile.as_ref().expect("a profile");
+        assert_eq!(profile.gpu_busy_seconds, 0.0);
+        assert!(
+            profile.top.iter().any(|t| t.name.contains("mm")),
+            "no matrix product among {:?}",
+            profile.top
+        );
+        let ops = std::fs::read_to_string(dir.path().join("profile/score-ops.tsv")).unwrap();
+        assert!(ops.lines().count() > 10, "{ops}");
+        assert!(dir.path().join("profile/score-trace.json").is_file());
     }
 }

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// sampling (temperature 0.8, top-p 0.95).
     #[arg(long)]
     greedy: bool,
+    /// Profile one more scoring pass with PyTorch's profiler and write DIR/score-trace.json
+    /// (Chrome trace) and DIR/score-ops.tsv; the scoring line then lists the longest GPU
+    /// kernels. Needs a libtorch device and a build with `--features profiler`.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -62,6 +67,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         gradient_checkpointing: args.gradient_checkpointing,
         dtype: args.dtype,
+        profile: args.profile,
     };
     let mut failed = None;
     run_bench(

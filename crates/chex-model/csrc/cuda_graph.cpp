@@ -11,6 +11,8 @@
 #include <optional>
 #include <string>
 
+#include "guarded.h"
+
 namespace {
 
 thread_local std::string last_error;
@@ -25,15 +27,7 @@ struct Captured {
 
 template <class F>
 int guarded(F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
+  return chex::guarded(last_error, f);
 }
 
 }  // namespace

@@ -58,4 +58,6 @@ pub enum ModelError {
     Precision(String),
     #[error("LoRA adapter {path}: {message}")]
     Adapter { path: String, message: String },
+    #[error("profiler: {0}")]
+    Profiler(String),
 }

@@ -6,7 +6,8 @@
 //! with gradient checkpointing ([`checkpointing`]); LoRA with PEFT's file layout ([`lora`]);
 //! Hugging Face checkpoint import ([`checkpoint`]); tokenizers ([`tokenizer`]) and prompt
 //! assembly ([`prompt`]); the run-time choice of burn backend ([`device`]); bf16 or f32
-//! weights ([`precision`]); and a memory estimate made before any allocation ([`memory`]).
+//! weights ([`precision`]); a memory estimate made before any allocation ([`memory`]); and
+//! PyTorch's profiler around libtorch work ([`profiler`]).
 //!
 //! ```
 //! use chex_model::{Gemma3Config, Gemma3ForConditionalGeneration, select_device};
@@ -31,6 +32,7 @@ pub mod lora;
 pub mod mask;
 pub mod memory;
 pub mod precision;
+pub mod profiler;
 pub mod prompt;
 pub mod rope;
 pub mod sampling;
