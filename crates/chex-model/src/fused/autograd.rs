@@ -21,8 +21,8 @@ use burn::tensor::Tensor;
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    Adapter, DecoderWeights, LayerWeights, Projection, add_update, bool_handle, handle, narrowed,
-    widened, wrap,
+    Adapter, DecoderWeights, LayerWeights, Projection, bool_handle, handle, narrowed, widened,
+    with_update, wrap,
 };
 use crate::config::LayerKind;
 use crate::text::{Gemma3TextModel, StepInputs};
@@ -293,10 +293,8 @@ fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> T
     let base = projection.base(x);
     match (&projection.adapter, tensors) {
         (Some(adapter), Some(tensors)) => {
-            let kind = x.kind();
             let (input, keep) = dropout(x, adapter);
-            let down = input.matmul(&narrowed(&tensors.a, kind)) * (adapter.scale / keep);
-            add_update(&base, &down, &narrowed(&tensors.b, kind))
+            with_update(&base, &input, &tensors.a, &tensors.b, adapter.scale / keep)
         }
         _ => base,
     }

@@ -30,7 +30,7 @@ use tch::{Kind, Tensor as Th};
 
 use super::weights::{
     DecoderWeights, LayerWeights, Norm, Projection, add_update, bool_handle, handle, narrowed,
-    widened, wrap,
+    widened, with_update, wrap,
 };
 use crate::cache::KvCache;
 use crate::config::LayerKind;
@@ -465,10 +465,6 @@ fn infer(projection: &Projection, x: &Th) -> Th {
     };
     match &adapter.inference {
         Some((a, b_scaled)) => add_update(&base, &x.mm(a), b_scaled),
-        None => {
-            let kind = x.kind();
-            let down = x.mm(&narrowed(&adapter.a, kind)) * adapter.scale;
-            add_update(&base, &down, &narrowed(&adapter.b, kind))
-        }
+        None => with_update(&base, x, &adapter.a, &adapter.b, adapter.scale),
     }
 }

@@ -174,6 +174,14 @@ pub(crate) fn add_update(base: &Th, down: &Th, b: &Th) -> Th {
         .reshape(size)
 }
 
+/// `base + input · a · scale · b`, the adapter `a`, `b` (f32) cast to `input`'s dtype for its
+/// two products: a LoRA projection's output, as both fused paths compute it.
+pub(crate) fn with_update(base: &Th, input: &Th, a: &Th, b: &Th, scale: f64) -> Th {
+    let kind = input.kind();
+    let down = input.matmul(&narrowed(a, kind)) * scale;
+    add_update(base, &down, &narrowed(b, kind))
+}
+
 /// Whether `linear`'s base weight and bias stay fixed (they may still carry a trained adapter).
 fn base_frozen(linear: &LoraLinear) -> bool {
     !trains(&linear.weight) && linear.bias.as_ref().is_none_or(|b| !trains(b))
