@@ -9,6 +9,12 @@
 //! single decoder layer: the per-call work that scales with the embedding, which GRPO pays at
 //! every step (`CHEX_BENCH_VOCAB=0` skips it; it holds 2.7 GB).
 //!
+//! `score_head_gemma3_vocab` measures a LoRA training scoring pass, forward and gradients, of
+//! GRPO's 16 rows × 128 completion tokens at MedGemma-4B's vocabulary with the tiny preset's
+//! width and one decoder layer: the output head's cost (`chex_grpo::model::head`), whose
+//! `[192, 262,208]` matrix is read once per block plan's range of positions and pass
+//! (`CHEX_BENCH_VOCAB=0` skips it too).
+//!
 //! `decode_step_34_layers` times one decode step of 32 rows (no sampling) through MedGemma-4B's
 //! 34 decoder layers at the tiny preset's widths, with and without the fused libtorch step
 //! (`chex_grpo::model::fused::decoder`): at these widths the arithmetic is negligible, so the
@@ -19,7 +25,9 @@ use std::time::Duration;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use chex_grpo::bench::image_prompts;
+use chex_grpo::model::checkpointing::score_for_training;
 use chex_grpo::model::generation::{GenerationConfig, generate};
+use chex_grpo::model::lora::{LoraConfig, apply_lora};
 use chex_grpo::model::prompt::left_pad;
 use chex_grpo::model::sampling::SamplingConfig;
 use chex_grpo::model::scoring::{ScoringRow, score_completions};
@@ -148,6 +156,46 @@ fn bench_call_at_gemma3_vocab(c: &mut Criterion) {
     bench_generate(c, "generate_call_gemma3_vocab", &config, 1, &device);
 }
 
+/// A LoRA training scoring pass of 16 rows × 128 tokens at Gemma 3's vocabulary, tiny widths.
+fn bench_score_head_at_gemma3_vocab(c: &mut Criterion) {
+    use burn::module::Module;
+    let device = bench_device();
+    let mut config = Gemma3Config::preset("tiny").unwrap();
+    config.text_config.vocab_size = Gemma3Config::preset("medgemma-4b")
+        .unwrap()
+        .text_config
+        .vocab_size;
+    config.text_config.num_hidden_layers = 1;
+    config.text_config.layer_types = None;
+    config.validate().unwrap();
+    let ad = device.clone().autodiff();
+    let model = Gemma3ForConditionalGeneration::new(&config, &device);
+    let model = apply_lora(model, &LoraConfig::chexreason(), 0, &device)
+        .to_device(&ad)
+        .train();
+    let prompt: Vec<u32> = (0..24).map(|i| 20 + i).collect();
+    let completion: Vec<u32> = (0..NEW_TOKENS as u32).map(|i| 300 + 1_000 * i).collect();
+    let rows: Vec<ScoringRow> = (0..16)
+        .map(|_| ScoringRow {
+            prompt: &prompt,
+            image_block: None,
+            completion: &completion,
+        })
+        .collect();
+    let mut group = c.benchmark_group("score_head_gemma3_vocab");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
+    group.throughput(Throughput::Elements((rows.len() * NEW_TOKENS) as u64));
+    group.bench_function("rows16_len128", |b| {
+        b.iter(|| {
+            let (scores, graph) = score_for_training(&model, &rows, None, 1.0, true, &ad);
+            graph.gradients(scores.logprobs.sum(), &model)
+        })
+    });
+    group.finish();
+}
+
 /// One decode step of 32 rows through 34 layers of the tiny preset's width, fused and not.
 fn bench_decode_step_host_cost(c: &mut Criterion) {
     let device = bench_device();
@@ -209,6 +257,7 @@ fn benches(c: &mut Criterion) {
         .unwrap_or(true)
     {
         bench_call_at_gemma3_vocab(c);
+        bench_score_head_at_gemma3_vocab(c);
     }
     bench_preset(c, "tiny");
     if std::env::var("CHEX_BENCH_SMALL")

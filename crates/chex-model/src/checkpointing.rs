@@ -3,10 +3,10 @@
 //! the gradient of its output down to its input (PyTorch's `checkpoint` around each decoder
 //! layer, as transformers' `gradient_checkpointing_enable` does). The activations kept shrink
 //! from every layer's intermediates to one `[batch, len, hidden]` tensor per layer, for one
-//! more forward pass of the layers. The output head and log-softmax are checkpointed the same
-//! way, a chunk of completion positions at a time (as Liger's fused linear cross-entropy
-//! does): their kept activations would otherwise be several `[batch, completion, vocab]` f32
-//! tensors, 2 GiB each for 16 rows of 128 tokens at Gemma's 262,208-token vocabulary.
+//! more forward pass of the layers. The output head and log-softmax are checkpointed too, a
+//! block of positions and vocabulary at a time ([`crate::head`]): their kept activations would
+//! otherwise be several `[batch, completion, vocab]` f32 tensors, 2 GiB each for 16 rows of
+//! 128 tokens at Gemma's 262,208-token vocabulary.
 //!
 //! On libtorch, with only LoRA adapters training, the layers are direct libtorch calls and
 //! their backward is libtorch's autograd ([`crate::fused::autograd`]): with checkpointing both
@@ -39,16 +39,12 @@
 //! assert!(!gradients.is_empty());
 //! ```
 
-use std::ops::Range;
-
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
-use crate::scoring::{
-    ScoringBatch, ScoringRow, TokenScores, positions_per_chunk, selected_log_probs,
-    selected_log_softmax,
-};
+use crate::head::{BLOCK_ELEMENTS, HeadBlocks, OutputHead, ScoreGradients};
+use crate::scoring::{ScoringBatch, ScoringRow, TokenScores};
 use crate::text::{KeyReads, StepInputs};
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs};
 
@@ -64,12 +60,16 @@ pub struct ScoreGraph {
 struct LayerCheckpoints {
     /// The rows, for rerunning the head.
     batch: ScoringBatch,
-    /// Completion positions per pass of the head.
-    chunks: Vec<Range<usize>>,
+    /// How the head covers the completion positions and the vocabulary.
+    blocks: HeadBlocks,
     temperature: f32,
     /// The scores, leaves the loss's graph starts from: `[batch, longest]` each.
     logprobs: Tensor<2>,
     entropies: Tensor<2>,
+    /// Each position's log-sum-exp and mean logit, `[batch, longest]` (what the head's
+    /// backward pass needs).
+    log_norm: Tensor<2>,
+    mean_logit: Tensor<2>,
     /// Input of each decoder layer, detached.
     inputs: Vec<Tensor<3>>,
     /// Generator seed each layer ran under (none outside autodiff).
@@ -143,6 +143,28 @@ pub fn score_for_training(
     checkpointing: bool,
     device: &Device,
 ) -> (TokenScores, ScoreGraph) {
+    score_for_training_in_blocks(
+        model,
+        rows,
+        images,
+        temperature,
+        checkpointing,
+        BLOCK_ELEMENTS,
+        device,
+    )
+}
+
+/// [`score_for_training`] with at most `budget` logits per block of the output head (see
+/// [`HeadBlocks::plan`]).
+pub fn score_for_training_in_blocks(
+    model: &Gemma3ForConditionalGeneration,
+    rows: &[ScoringRow<'_>],
+    images: Option<ImageInputs<'_>>,
+    temperature: f32,
+    checkpointing: bool,
+    budget: usize,
+    device: &Device,
+) -> (TokenScores, ScoreGraph) {
     let batch = ScoringBatch::new(rows, device);
     let [_, len] = batch.ids.dims();
     let embedded = model.embed(batch.ids.clone(), &batch.layout, 0, images);
@@ -150,7 +172,7 @@ pub fn score_for_training(
     let step = text.step_inputs(&batch.layout, 0, len, KeyReads::Own, device);
     let layers = text.layers.len();
     let seeds = layer_seeds(layers, embedded.is_autodiff(), device);
-    let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
+    let blocks = batch.blocks(model, budget);
     #[cfg(feature = "tch")]
     let fused = fused_layers(text, &step);
     #[cfg(feature = "tch")]
@@ -164,7 +186,7 @@ pub fn score_for_training(
             x = text.forward_layer(index, x, &step);
         }
         let hidden = text.norm.forward(x);
-        let scores = batch.scores(model, hidden, temperature, chunk);
+        let scores = batch.scores(model, hidden, temperature, &blocks);
         return (scores, ScoreGraph { checkpoints: None });
     }
     let mut inputs = Vec::with_capacity(layers);
@@ -204,29 +226,24 @@ pub fn score_for_training(
     }
     // The head on untracked copies of the final norm and the head: only the scores are kept.
     let norm = text.norm.clone().no_grad();
-    let head = model.output_head().detach();
-    let bias = model.output_bias().map(Tensor::detach);
-    let chunks = batch.chunks(chunk);
-    let (logprobs, entropies) = batch.scores_over(
-        model,
-        &chunks,
-        |positions| norm.forward(batch.predicting(&x, positions)),
-        &head,
-        bias,
-        temperature,
-    );
-    let logprobs = logprobs.require_grad();
-    let entropies = entropies.require_grad();
+    let head = OutputHead::new(model, temperature, false);
+    let head_scores = batch.scores_over(&head, &blocks, |positions| {
+        norm.forward(batch.predicting(&x, positions))
+    });
+    let logprobs = head_scores.logprobs.require_grad();
+    let entropies = head_scores.entropies.require_grad();
     let scores = batch.masked(logprobs.clone(), entropies.clone());
     (
         scores,
         ScoreGraph {
             checkpoints: Some(LayerCheckpoints {
                 batch,
-                chunks,
+                blocks,
                 temperature,
                 logprobs,
                 entropies,
+                log_norm: head_scores.log_norm,
+                mean_logit: head_scores.mean_logit,
                 inputs,
                 seeds,
                 step,
@@ -271,45 +288,40 @@ impl ScoreGraph {
         let upstream_logprobs = c.logprobs.grad_remove(&mut grads);
         let upstream_entropies = c.entropies.grad_remove(&mut grads);
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-        // The head, rerun a chunk at a time with its graph: each chunk's vector-Jacobian product
-        // adds its positions' share to the gradient of the last layer's output.
+        // The head, rerun a block at a time: each range of positions gathers the gradient of
+        // its normed hidden states over the vocabulary's blocks, then takes it through the
+        // final norm to the last layer's output.
         let top = c.top.require_grad();
-        let head = model.output_head();
-        let bias = model.output_bias();
+        let head = OutputHead::new(model, c.temperature, true);
+        let head_trains = head.trains();
         let mut carried: Option<Tensor<3>> = None;
-        for positions in c.chunks {
-            let predicting = text
+        for positions in &c.blocks.positions {
+            let rows = c.logprobs.dims()[0];
+            let range = |t: &Tensor<2>| t.clone().slice([0..rows, positions.clone()]);
+            let upstream = ScoreGradients {
+                logprobs: upstream_logprobs.as_ref().map(range),
+                entropies: upstream_entropies.as_ref().map(range),
+            };
+            let normed = text
                 .norm
                 .forward(c.batch.predicting(&top, positions.clone()));
-            let rows = predicting.dims()[0];
-            let (logits, targets) = c.batch.chunk_logits(
-                model,
-                predicting,
-                &head,
-                bias.clone(),
-                positions.clone(),
-                c.temperature,
-            );
-            let (logprob, entropy) = if upstream_entropies.is_some() {
-                let (logprob, entropy) = selected_log_softmax(logits, targets);
-                (logprob, Some(entropy))
-            } else {
-                (selected_log_probs(logits, targets), None)
+            let leaf = normed.clone().detach().require_grad();
+            let Some(gradient) = head.normed_gradient(
+                &leaf,
+                &c.batch.targets(positions.clone()),
+                &range(&c.log_norm),
+                &range(&c.mean_logit),
+                &upstream,
+                &c.blocks.vocab,
+                |grads| {
+                    if head_trains {
+                        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+                    }
+                },
+            ) else {
+                continue;
             };
-            let weighted = |scores: Option<Tensor<2>>, upstream: &Option<Tensor<2>>| {
-                let (scores, g) = (scores?, upstream.as_ref()?);
-                let g = g.clone().slice([0..rows, positions.clone()]).autodiff();
-                Some((scores * g).sum())
-            };
-            let product = match (
-                weighted(Some(logprob), &upstream_logprobs),
-                weighted(entropy, &upstream_entropies),
-            ) {
-                (Some(a), Some(b)) => a + b,
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => continue,
-            };
-            let mut grads = product.backward();
+            let mut grads = (normed * gradient.autodiff()).sum().backward();
             if let Some(share) = top.grad_remove(&mut grads) {
                 carried = Some(match carried {
                     Some(sum) => sum + share,

@@ -27,6 +27,7 @@ pub mod device;
 pub mod error;
 pub mod fused;
 pub mod generation;
+pub mod head;
 pub mod layers;
 pub mod lora;
 pub mod mask;

@@ -1,12 +1,13 @@
 //! Teacher-forced scoring: per-token log-probabilities and entropies of given completions under
 //! the model, in one forward pass, differentiable when the model lives on an autodiff device
 //! (what the GRPO loss and the SFT loss need). The output head and the log-softmax run only at
-//! completion positions and a chunk of positions at a time (see [`positions_per_chunk`]).
+//! completion positions, a block of positions and of the vocabulary at a time ([`crate::head`]).
 
 use std::ops::Range;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::head::{BLOCK_ELEMENTS, HeadBlocks, HeadScores, OutputHead};
 use crate::mask::BatchLayout;
 use crate::prompt::left_pad;
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs, token_tensor};
@@ -43,22 +44,23 @@ pub fn score_completions(
     temperature: f32,
     device: &Device,
 ) -> TokenScores {
-    let chunk = positions_per_chunk(rows.len(), model.config.text_config.vocab_size);
-    score_in_chunks(model, rows, images, temperature, chunk, device)
+    score_in_blocks(model, rows, images, temperature, BLOCK_ELEMENTS, device)
 }
 
-/// [`score_completions`] with `chunk` positions per pass of the output head.
-pub fn score_in_chunks(
+/// [`score_completions`] with at most `budget` logits per block of the output head (see
+/// [`HeadBlocks::plan`]).
+pub fn score_in_blocks(
     model: &Gemma3ForConditionalGeneration,
     rows: &[ScoringRow<'_>],
     images: Option<ImageInputs<'_>>,
     temperature: f32,
-    chunk: usize,
+    budget: usize,
     device: &Device,
 ) -> TokenScores {
     let batch = ScoringBatch::new(rows, device);
     let hidden = model.forward_hidden(batch.ids.clone(), &batch.layout, images, None);
-    batch.scores(model, hidden, temperature, chunk)
+    let blocks = batch.blocks(model, budget);
+    batch.scores(model, hidden, temperature, &blocks)
 }
 
 /// Rows laid out for one teacher-forced pass: prompts left-padded to a common width, then each
@@ -112,63 +114,58 @@ impl ScoringBatch {
         }
     }
 
-    /// The completions' scores from the final hidden states `[batch, width + longest, hidden]`.
+    /// How the output head covers this batch's completion positions, at most `budget` logits a
+    /// block.
+    pub fn blocks(&self, model: &Gemma3ForConditionalGeneration, budget: usize) -> HeadBlocks {
+        let [batch, _] = self.mask.dims();
+        let vocab = model.output_head().dims()[1];
+        HeadBlocks::plan(batch, self.longest, vocab, budget)
+    }
+
+    /// The completions' scores from the final hidden states `[batch, width + longest, hidden]`
+    /// (the final norm applied), differentiable through them and the head when they are tracked.
     pub fn scores(
         &self,
         model: &Gemma3ForConditionalGeneration,
         hidden: Tensor<3>,
         temperature: f32,
-        chunk: usize,
+        blocks: &HeadBlocks,
     ) -> TokenScores {
-        let (chosen, entropies) = self.scores_over(
-            model,
-            &self.chunks(chunk),
-            |positions| self.predicting(&hidden, positions),
-            &model.output_head(),
-            model.output_bias(),
-            temperature,
-        );
-        self.masked(chosen, entropies)
+        let head = OutputHead::new(model, temperature, true);
+        let scores = self.scores_over(&head, blocks, |positions| {
+            self.predicting(&hidden, positions)
+        });
+        self.masked(scores.logprobs, scores.entropies)
     }
 
-    /// Log-probabilities and entropies `[batch, longest]`, unmasked, a chunk of positions at a
-    /// time; `predicting` gives each chunk's normed hidden states.
+    /// The scores `[batch, longest]`, unmasked, a range of positions at a time; `predicting`
+    /// gives each range's normed hidden states.
     pub fn scores_over(
         &self,
-        model: &Gemma3ForConditionalGeneration,
-        chunks: &[Range<usize>],
+        head: &OutputHead<'_>,
+        blocks: &HeadBlocks,
         predicting: impl Fn(Range<usize>) -> Tensor<3>,
-        head: &Tensor<2>,
-        bias: Option<Tensor<1>>,
-        temperature: f32,
-    ) -> (Tensor<2>, Tensor<2>) {
-        let mut chosen = Vec::with_capacity(chunks.len());
-        let mut entropies = Vec::with_capacity(chunks.len());
-        for positions in chunks {
-            let (logits, targets) = self.chunk_logits(
-                model,
-                predicting(positions.clone()),
-                head,
-                bias.clone(),
-                positions.clone(),
-                temperature,
-            );
-            let (logprob, entropy) = selected_log_softmax(logits, targets);
-            chosen.push(logprob);
-            entropies.push(entropy);
+    ) -> HeadScores {
+        let ranges: Vec<HeadScores> = blocks
+            .positions
+            .iter()
+            .map(|positions| {
+                head.scores(
+                    predicting(positions.clone()),
+                    &self.targets(positions.clone()),
+                    &blocks.vocab,
+                )
+            })
+            .collect();
+        let join = |part: fn(&HeadScores) -> &Tensor<2>| {
+            Tensor::cat(ranges.iter().map(|r| part(r).clone()).collect(), 1)
+        };
+        HeadScores {
+            logprobs: join(|r| &r.logprobs),
+            entropies: join(|r| &r.entropies),
+            log_norm: join(|r| &r.log_norm),
+            mean_logit: join(|r| &r.mean_logit),
         }
-        (Tensor::cat(chosen, 1), Tensor::cat(entropies, 1))
-    }
-
-    /// Completion positions a chunk at a time: the head runs only at the completion's positions
-    /// (transformers' `logits_to_keep`), and over the vocabulary `chunk` positions at a time,
-    /// so no full-vocabulary tensor spans the whole completion.
-    pub fn chunks(&self, chunk: usize) -> Vec<Range<usize>> {
-        let chunk = chunk.max(1);
-        (0..self.longest)
-            .step_by(chunk)
-            .map(|start| start..(start + chunk).min(self.longest))
-            .collect()
     }
 
     /// The hidden states that predict completion `positions`: the state at slot t predicts the
@@ -179,23 +176,10 @@ impl ScoringBatch {
         hidden.clone().slice([0..batch, slots, 0..d])
     }
 
-    /// The temperature-scaled logits `[batch, positions, vocab]` at completion `positions`, from
-    /// the hidden states that predict them (already normed), and the ids they score
-    /// `[batch, positions, 1]`: what [`selected_log_softmax`] or [`selected_log_probs`] take.
-    pub fn chunk_logits(
-        &self,
-        model: &Gemma3ForConditionalGeneration,
-        predicting: Tensor<3>,
-        head: &Tensor<2>,
-        bias: Option<Tensor<1>>,
-        positions: Range<usize>,
-        temperature: f32,
-    ) -> (Tensor<3>, Tensor<3, Int>) {
-        let batch = predicting.dims()[0];
-        let inverse_temperature = 1.0 / temperature.max(1e-6) as f64;
-        let logits = model.logits_with_parts(predicting, head, bias) * inverse_temperature;
-        let targets = self.targets.clone().slice([0..batch, positions, 0..1]);
-        (logits, targets)
+    /// The ids scored at completion `positions`, `[batch, positions, 1]`.
+    pub fn targets(&self, positions: Range<usize>) -> Tensor<3, Int> {
+        let batch = self.targets.dims()[0];
+        self.targets.clone().slice([0..batch, positions, 0..1])
     }
 
     /// Scores with padding positions zeroed.
@@ -208,90 +192,14 @@ impl ScoringBatch {
     }
 }
 
-/// Most elements of one chunk's `[batch, positions, vocab]` logits: 2^24 (64 MiB in f32).
-pub const CHUNK_ELEMENTS: usize = 1 << 24;
-
-/// Positions scored per chunk so that a chunk's logits stay within [`CHUNK_ELEMENTS`] (at least
-/// one position).
-pub fn positions_per_chunk(batch: usize, vocab: usize) -> usize {
-    (CHUNK_ELEMENTS / (batch.max(1) * vocab.max(1))).max(1)
-}
-
-/// `log softmax(logits)` at `targets` and the entropy of each position's distribution, from
-/// the log-sum-exp, without a second full-vocabulary log-probability tensor (TRL's
-/// `selective_log_softmax`). `logits` is `[batch, positions, vocab]`, `targets`
-/// `[batch, positions, 1]`; both results are `[batch, positions]`.
-pub fn selected_log_softmax(logits: Tensor<3>, targets: Tensor<3, Int>) -> (Tensor<2>, Tensor<2>) {
-    let [batch, positions, _] = logits.dims();
-    let (weights, total, log_norm) = log_normaliser(logits.clone());
-    let chosen = logits.clone().gather(2, targets) - log_norm.clone();
-    // One exponential serves both the normaliser and the probabilities.
-    let probabilities = weights / total;
-    let entropy = log_norm - (probabilities * logits).sum_dim(2);
-    (
-        chosen.reshape([batch, positions]),
-        entropy.reshape([batch, positions]),
-    )
-}
-
-/// The log-probabilities alone of [`selected_log_softmax`]: what a backward pass reruns when
-/// no loss term depends on the entropies, three full-vocabulary passes fewer.
-pub fn selected_log_probs(logits: Tensor<3>, targets: Tensor<3, Int>) -> Tensor<2> {
-    let [batch, positions, _] = logits.dims();
-    let (_, _, log_norm) = log_normaliser(logits.clone());
-    (logits.gather(2, targets) - log_norm).reshape([batch, positions])
-}
-
-/// `exp(logits - max)`, its sum over the vocabulary and the log-sum-exp `[batch, positions, 1]`.
-fn log_normaliser(logits: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
-    // The shift only steadies exp; its gradient cancels, so it is taken out of the graph.
-    let shift = logits.clone().max_dim(2).detach();
-    let weights = (logits - shift.clone()).exp();
-    let total = weights.clone().sum_dim(2);
-    let log_norm = total.clone().log() + shift;
-    (weights, total, log_norm)
-}
-
 #[cfg(test)]
 mod tests {
-    use burn::tensor::activation::log_softmax;
-
     use super::*;
     use crate::Gemma3Config;
     use crate::device::on_every_test_device;
 
     #[test]
-    fn selected_log_softmax_matches_the_full_one() {
-        on_every_test_device(|_, device| {
-            let logits = Tensor::<3>::from_data(
-                TensorData::new(
-                    (0..2 * 3 * 7)
-                        .map(|i| ((i * 37 % 11) as f32 - 5.0) * 3.0)
-                        .collect::<Vec<_>>(),
-                    [2, 3, 7],
-                ),
-                device,
-            );
-            let targets = Tensor::<3, Int>::from_data(
-                TensorData::new(vec![0i64, 6, 3, 2, 5, 1], [2, 3, 1]),
-                device,
-            );
-            let (chosen, entropy) = selected_log_softmax(logits.clone(), targets.clone());
-            let logp = log_softmax(logits.clone(), 2);
-            let expected = logp.clone().gather(2, targets.clone()).reshape([2, 3]);
-            let expected_entropy = (logp.clone().exp() * logp).sum_dim(2).reshape([2, 3]).neg();
-            let close = |a: Tensor<2>, b: Tensor<2>| {
-                let diff: f32 = (a - b).abs().max().into_scalar::<f32>();
-                assert!(diff < 1e-5, "{diff}");
-            };
-            close(chosen.clone(), expected);
-            close(entropy, expected_entropy);
-            close(selected_log_probs(logits, targets), chosen);
-        });
-    }
-
-    #[test]
-    fn scores_do_not_depend_on_the_chunk_size() {
+    fn scores_do_not_depend_on_the_blocks() {
         on_every_test_device(|_, device| {
             let config = Gemma3Config::preset("tiny").unwrap();
             let model = Gemma3ForConditionalGeneration::seeded(&config, 3, device);
@@ -308,10 +216,12 @@ mod tests {
                     completion: &[14, 1],
                 },
             ];
-            let whole = score_in_chunks(&model, &rows, None, 0.8, 64, device);
-            let single = score_in_chunks(&model, &rows, None, 0.8, 1, device);
-            let uneven = score_in_chunks(&model, &rows, None, 0.8, 2, device);
-            for other in [single, uneven] {
+            // The tiny preset's 2,048-token vocabulary in one block and 5 positions in one range;
+            // then in 32 blocks of 64, a position a range; in blocks of 683, 683 and 682; and
+            // whole, over ranges of 3 and 2 positions.
+            let scores = |budget| score_in_blocks(&model, &rows, None, 0.8, budget, device);
+            let whole = scores(BLOCK_ELEMENTS);
+            for other in [scores(64), scores(1000), scores(12_288)] {
                 let diff: f32 = (other.logprobs - whole.logprobs.clone())
                     .abs()
                     .max()
@@ -324,9 +234,5 @@ mod tests {
                 assert!(diff < 1e-6, "{diff}");
             }
         });
-        // MedGemma's vocabulary at GRPO's 16 rows: 3 positions a chunk, under 64 MiB of logits.
-        assert_eq!(positions_per_chunk(16, 262_208), 3);
-        assert!(positions_per_chunk(16, 262_208) * 16 * 262_208 <= CHUNK_ELEMENTS);
-        assert_eq!(positions_per_chunk(1, 10), CHUNK_ELEMENTS / 10);
     }
 }

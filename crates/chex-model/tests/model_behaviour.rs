@@ -11,9 +11,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor};
 use chex_model::checkpoint::{from_pretrained, save_pretrained};
-use chex_model::checkpointing::{score_for_training, with_fused_training};
+use chex_model::checkpointing::{
+    score_for_training, score_for_training_in_blocks, with_fused_training,
+};
 use chex_model::device::{DeviceChoice, on_every_test_device};
 use chex_model::generation::{Completion, GenerationConfig, generate};
+use chex_model::head::BLOCK_ELEMENTS;
 use chex_model::lora::{LoraConfig, adapter_parameter_count, apply_lora, for_each_linear};
 use chex_model::prompt::{EncodedPrompt, left_pad};
 use chex_model::sampling::SamplingConfig;
@@ -760,8 +763,13 @@ fn checkpointing_changes_no_gradient_even_under_lora_dropout() {
             ..LoraConfig::chexreason()
         };
         let ad = device.clone().autodiff();
-        let model = Gemma3ForConditionalGeneration::seeded(&config, 3, device);
-        let model = apply_lora(model, &lora, 3, device).to_device(&ad).train();
+        let base = Gemma3ForConditionalGeneration::seeded(&config, 3, device);
+        let model = apply_lora(base.clone(), &lora, 3, device)
+            .to_device(&ad)
+            .train();
+        // Full fine-tuning: the tied embedding trains, so each block of the head has gradients
+        // of its own.
+        let full = base.to_device(&ad).train();
         let rows = [
             ScoringRow {
                 prompt: &[2, 30, 31, 32],
@@ -774,38 +782,60 @@ fn checkpointing_changes_no_gradient_even_under_lora_dropout() {
                 completion: &[43, 1],
             },
         ];
-        // `entropy`: whether the loss weighs the entropies in (else the checkpointed head
-        // reruns the log-probabilities alone).
-        let run = |checkpointing: bool, seed: u64, entropy: bool| {
+        // `entropy`: whether the loss weighs the entropies in (else the head's backward pass
+        // takes the log-probabilities' gradient alone); `budget`: logits per block of the head
+        // (64: a position a range, the vocabulary in 32 blocks).
+        let run_on = |model: &Gemma3ForConditionalGeneration,
+                      checkpointing: bool,
+                      seed: u64,
+                      entropy: bool,
+                      budget: usize| {
             ad.seed(seed);
-            let (scores, graph) = score_for_training(&model, &rows, None, 0.7, checkpointing, &ad);
+            let (scores, graph) =
+                score_for_training_in_blocks(model, &rows, None, 0.7, checkpointing, budget, &ad);
             let mut loss = scores.logprobs.sum().neg();
             if entropy {
                 loss = loss + scores.entropies.sum();
             }
-            gradient_values(&model, &graph.gradients(loss, &model))
+            gradient_values(model, &graph.gradients(loss, model))
+        };
+        let run = |checkpointing: bool, seed: u64, entropy: bool, budget: usize| {
+            run_on(&model, checkpointing, seed, entropy, budget)
+        };
+        let agree = |whole: &[f32], other: &[f32], what: &str| {
+            assert_eq!(whole.len(), other.len(), "{choice} {what}");
+            let scale = whole.iter().fold(0f32, |m, g| m.max(g.abs()));
+            for (i, (a, b)) in whole.iter().zip(other).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale.max(1.0),
+                    "{choice} {what}: gradient {i} is {a} without checkpointing, {b} with"
+                );
+            }
         };
         // Gradients of B are zero at initialisation, and A's vanish with them; through the
         // entropies the loss still reaches them.
         for entropy in [true, false] {
-            let whole = run(false, 11, entropy);
-            let checkpointed = run(true, 11, entropy);
-            assert_eq!(whole.len(), checkpointed.len(), "{choice}");
+            let whole = run(false, 11, entropy, BLOCK_ELEMENTS);
             assert!(
                 whole.iter().any(|g| *g != 0.0),
                 "{choice}: every gradient is zero"
             );
-            let scale = whole.iter().fold(0f32, |m, g| m.max(g.abs()));
-            for (i, (a, b)) in whole.iter().zip(&checkpointed).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale.max(1.0),
-                    "{choice} entropy {entropy}: gradient {i} is {a} without checkpointing, \
-                     {b} with"
+            for (checkpointing, budget) in [(true, BLOCK_ELEMENTS), (true, 64), (false, 64)] {
+                let what = format!(
+                    "entropy {entropy}, checkpointing {checkpointing}, {budget} logits a block"
                 );
+                agree(&whole, &run(checkpointing, 11, entropy, budget), &what);
             }
+            let full_whole = run_on(&full, false, 11, entropy, BLOCK_ELEMENTS);
+            assert!(
+                full_whole.len() > whole.len() && full_whole.iter().any(|g| *g != 0.0),
+                "{choice}: full fine-tuning took no gradients"
+            );
+            let what = format!("full fine-tuning, entropy {entropy}, 64 logits a block");
+            agree(&full_whole, &run_on(&full, true, 11, entropy, 64), &what);
             // Dropout did draw: another seed, other masks, other gradients.
             assert_ne!(
-                run(false, 12, entropy),
+                run(false, 12, entropy, BLOCK_ELEMENTS),
                 whole,
                 "{choice}: dropout drew nothing"
             );

@@ -294,7 +294,7 @@ fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> T
     match (&projection.adapter, tensors) {
         (Some(adapter), Some(tensors)) => {
             let (input, keep) = dropout(x, adapter);
-            with_update(&base, &input, &tensors.a, &tensors.b, adapter.scale / keep)
+            with_update(base, &input, &tensors.a, &tensors.b, adapter.scale / keep)
         }
         _ => base,
     }

@@ -464,7 +464,7 @@ fn infer(projection: &Projection, x: &Th) -> Th {
         return base;
     };
     match &adapter.inference {
-        Some((a, b_scaled)) => add_update(&base, &x.mm(a), b_scaled),
-        None => with_update(&base, x, &adapter.a, &adapter.b, adapter.scale),
+        Some((a, b_scaled)) => add_update(base, &x.mm(a), b_scaled),
+        None => with_update(base, x, &adapter.a, &adapter.b, adapter.scale),
     }
 }

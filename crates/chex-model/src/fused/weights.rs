@@ -163,20 +163,22 @@ impl Projection {
     }
 }
 
-/// `base + down · b` as one product (`addmm`) in `base`'s dtype, for `base` `[..., d_out]`,
+/// `base + down · b` as one product (`addmm_`) in `base`'s dtype, for `base` `[..., d_out]`,
 /// `down` `[..., r]` and `b` `[r, d_out]`: the adapter's update is added where its product is
-/// accumulated, with one rounding and no pass of its own over the output.
-pub(crate) fn add_update(base: &Th, down: &Th, b: &Th) -> Th {
+/// accumulated, with one rounding and no pass of its own over the output. `base` is
+/// overwritten: an out-of-place `addmm` first copies it into a new output (one more read and
+/// write of `[tokens, d_out]` per projection), and nothing else holds it: the caller's product
+/// made it, and autograd keeps a product's inputs, not its output.
+pub(crate) fn add_update(base: Th, down: &Th, b: &Th) -> Th {
     let size = base.size();
     let (width, rank) = (size[size.len() - 1], b.size()[0]);
-    base.reshape([-1, width])
-        .addmm(&down.reshape([-1, rank]), b)
-        .reshape(size)
+    let mut flat = base.reshape([-1, width]);
+    flat.addmm_(&down.reshape([-1, rank]), b).reshape(size)
 }
 
-/// `base + input · a · scale · b`, the adapter `a`, `b` (f32) cast to `input`'s dtype for its
+/// `base + input · a · scale · b` (overwriting `base`, see [`add_update`]), the adapter `a`, `b` (f32) cast to `input`'s dtype for its
 /// two products: a LoRA projection's output, as both fused paths compute it.
-pub(crate) fn with_update(base: &Th, input: &Th, a: &Th, b: &Th, scale: f64) -> Th {
+pub(crate) fn with_update(base: Th, input: &Th, a: &Th, b: &Th, scale: f64) -> Th {
     let kind = input.kind();
     let down = input.matmul(&narrowed(a, kind)) * scale;
     add_update(base, &down, &narrowed(b, kind))

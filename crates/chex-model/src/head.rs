@@ -1,0 +1,544 @@
+//! The output head and its log-softmax at completion positions, a block of positions and a block
+//! of the vocabulary at a time.
+//!
+//! Gemma 3's head is a `[hidden, 262,208]` matrix (1.3 GB in bf16). Computing a chunk of
+//! positions against the whole vocabulary reads all of it per chunk: at 8 rows of 128 tokens and
+//! 64 MiB of f32 logits a chunk, 16 reads in the forward pass and 32 more in a checkpointed
+//! backward pass, each a product only 64 rows tall. Blocks of the vocabulary instead read each
+//! column of the head once per pass, as products as tall as every completion position; the
+//! log-sum-exp, the chosen token's logit and the entropy are merged block by block (the online
+//! softmax of flash attention), so no tensor spans the vocabulary. The backward pass needs no
+//! graph through the softmax: with the log-sum-exp `L` and mean logit `E[z]` of the forward
+//! pass, the gradient of the logits `z` is `g_lp (onehot - p) + g_H p (E[z] - z)` with
+//! `p = exp(z - L)`, formed block by block as a constant `w`; `sum(z · w)` then carries it
+//! through the head's product and whatever precedes it.
+//!
+//! ```
+//! use chex_model::head::HeadBlocks;
+//! // MedGemma-4B's vocabulary at 8 rows of 128 completion tokens: every position in one range,
+//! // the vocabulary in 17 blocks of at most 2^24 logits.
+//! let blocks = HeadBlocks::plan(8, 128, 262_208, chex_model::head::BLOCK_ELEMENTS);
+//! assert_eq!((blocks.positions.len(), blocks.vocab.len()), (1, 17));
+//! ```
+
+use std::ops::Range;
+
+use burn::tensor::{Gradients, IndexingUpdateOp, Int, Tensor};
+
+use crate::vlm::Gemma3ForConditionalGeneration;
+
+/// Most logits one block holds, `rows × positions × vocabulary entries`: 2^24 (64 MiB in f32).
+pub const BLOCK_ELEMENTS: usize = 1 << 24;
+
+/// Fewest vocabulary entries a block spans (unless the budget is smaller): each block is a
+/// product and a dozen element-wise calls, and narrower blocks would add calls, not save memory
+/// worth having.
+pub const MIN_VOCAB_BLOCK: usize = 8192;
+
+/// How the head covers `[rows, positions, vocabulary]`: every range of positions meets every
+/// block of the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadBlocks {
+    /// Ranges of completion positions, in order.
+    pub positions: Vec<Range<usize>>,
+    /// Blocks of the vocabulary, in order, of equal width but the last.
+    pub vocab: Vec<Range<usize>>,
+}
+
+impl HeadBlocks {
+    /// Blocks of at most `budget` logits (or one position's worth of a block, when that is
+    /// more): the vocabulary split as little as the budget allows with all positions in one
+    /// range, but in no more blocks than [`MIN_VOCAB_BLOCK`]-wide ones would make; the
+    /// positions split only when even that does not fit.
+    pub fn plan(rows: usize, positions: usize, vocab: usize, budget: usize) -> Self {
+        let (rows, positions, vocab, budget) =
+            (rows.max(1), positions.max(1), vocab.max(1), budget.max(1));
+        let narrowest = MIN_VOCAB_BLOCK.min(budget);
+        let wanted = (rows * positions * vocab).div_ceil(budget);
+        let blocks = wanted.clamp(1, vocab.div_ceil(narrowest).max(1));
+        let width = vocab.div_ceil(blocks);
+        let per_range = (budget / (rows * width)).max(1);
+        Self {
+            positions: ranges(positions, per_range),
+            vocab: ranges(vocab, width),
+        }
+    }
+}
+
+/// `0..total` in consecutive ranges of `step` (the last may be shorter).
+fn ranges(total: usize, step: usize) -> Vec<Range<usize>> {
+    (0..total)
+        .step_by(step)
+        .map(|start| start..(start + step).min(total))
+        .collect()
+}
+
+/// Scores of a range of positions, each `[rows, positions]`.
+#[derive(Debug, Clone)]
+pub struct HeadScores {
+    /// `log p(target)` at the temperature.
+    pub logprobs: Tensor<2>,
+    /// Entropy of each position's distribution.
+    pub entropies: Tensor<2>,
+    /// The log-sum-exp `L` of each position's logits (what the backward pass needs).
+    pub log_norm: Tensor<2>,
+    /// The mean logit `E_p[z]` under the position's distribution (`L - entropy`).
+    pub mean_logit: Tensor<2>,
+}
+
+/// The gradients of a loss with respect to a range's scores, each `[rows, positions]`; a score
+/// the loss does not use has none.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreGradients {
+    /// Of the log-probabilities.
+    pub logprobs: Option<Tensor<2>>,
+    /// Of the entropies.
+    pub entropies: Option<Tensor<2>>,
+}
+
+/// The output head (bias and final soft-cap included) at a temperature.
+pub struct OutputHead<'a> {
+    model: &'a Gemma3ForConditionalGeneration,
+    /// The head `[hidden, vocab]` and its bias, detached, for a head that records nothing;
+    /// `None`: taken from the model at each block, so each block's graph is its own (a backward
+    /// pass consumes the graph it walks, the tied embedding's transpose included).
+    detached: Option<(Tensor<2>, Option<Tensor<1>>)>,
+    inverse_temperature: f64,
+}
+
+impl<'a> OutputHead<'a> {
+    /// `model`'s head, recording its products for a backward pass when `tracked` (and the head
+    /// trains); logits are divided by `temperature`.
+    pub fn new(model: &'a Gemma3ForConditionalGeneration, temperature: f32, tracked: bool) -> Self {
+        Self {
+            model,
+            detached: (!tracked).then(|| {
+                (
+                    model.output_head().detach(),
+                    model.output_bias().map(Tensor::detach),
+                )
+            }),
+            inverse_temperature: 1.0 / temperature.max(1e-6) as f64,
+        }
+    }
+
+    /// The head `[hidden, vocab]` and its bias.
+    fn parts(&self) -> (Tensor<2>, Option<Tensor<1>>) {
+        match &self.detached {
+            Some((head, bias)) => (head.clone(), bias.clone()),
+            None => (self.model.output_head(), self.model.output_bias()),
+        }
+    }
+
+    /// Whether the head records products that lead to trained parameters.
+    pub fn trains(&self) -> bool {
+        let (head, bias) = self.parts();
+        head.is_tracked() || bias.as_ref().is_some_and(Tensor::is_tracked)
+    }
+
+    /// The temperature-scaled logits `[rows, positions, vocab.len()]` of `normed`
+    /// `[rows, positions, hidden]` (the final norm applied) over the entries `vocab`.
+    pub fn logits(&self, normed: Tensor<3>, vocab: &Range<usize>) -> Tensor<3> {
+        let (head, bias) = self.parts();
+        let [hidden, size] = head.dims();
+        let whole = *vocab == (0..size);
+        let head = if whole {
+            head
+        } else {
+            head.slice([0..hidden, vocab.clone()])
+        };
+        let bias = bias.map(|b| if whole { b } else { b.slice([vocab.clone()]) });
+        self.model.logits_with_parts(normed, &head, bias) * self.inverse_temperature
+    }
+
+    /// The scores of `targets` `[rows, positions, 1]` from `normed` `[rows, positions, hidden]`,
+    /// over the vocabulary in `blocks` (at least one, as [`HeadBlocks::plan`] makes; panics on
+    /// none). Differentiable when `normed` or the head is tracked (the graph then keeps every
+    /// block).
+    pub fn scores(
+        &self,
+        normed: Tensor<3>,
+        targets: &Tensor<3, Int>,
+        blocks: &[Range<usize>],
+    ) -> HeadScores {
+        let mut merged: Option<Merged> = None;
+        for vocab in blocks {
+            let logits = self.logits(normed.clone(), vocab);
+            let chosen = chosen_logit(&logits, targets, vocab, blocks.len() == 1);
+            // The shift only steadies exp; its gradient cancels, so it is out of the graph.
+            let block_max = logits.clone().max_dim(2).detach();
+            merged = Some(match merged {
+                None => Merged::first(logits, block_max, chosen),
+                Some(m) => m.with(logits, block_max, chosen),
+            });
+        }
+        merged
+            .expect("the vocabulary has at least one block")
+            .scores()
+    }
+
+    /// The gradient of a loss with respect to `normed` `[rows, positions, hidden]` (a tracked
+    /// leaf), given the gradients `upstream` of the scores of `targets` at these positions and the
+    /// forward pass's `log_norm` and `mean_logit`; `on_block` receives each block's gradients
+    /// (the head's own, when it trains). `None` when the loss uses no score here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn normed_gradient(
+        &self,
+        normed: &Tensor<3>,
+        targets: &Tensor<3, Int>,
+        log_norm: &Tensor<2>,
+        mean_logit: &Tensor<2>,
+        upstream: &ScoreGradients,
+        blocks: &[Range<usize>],
+        mut on_block: impl FnMut(Gradients),
+    ) -> Option<Tensor<3>> {
+        if upstream.logprobs.is_none() && upstream.entropies.is_none() {
+            return None;
+        }
+        // The gradient's weights are constants: formed outside autodiff.
+        let targets = targets.clone().inner();
+        let log_norm = log_norm.clone().inner().unsqueeze_dim::<3>(2);
+        let mean_logit = mean_logit.clone().inner().unsqueeze_dim::<3>(2);
+        let g_lp = upstream
+            .logprobs
+            .as_ref()
+            .map(|g| g.clone().inner().unsqueeze_dim::<3>(2));
+        let g_h = upstream
+            .entropies
+            .as_ref()
+            .map(|g| g.clone().inner().unsqueeze_dim::<3>(2));
+        let mut total: Option<Tensor<3>> = None;
+        for vocab in blocks {
+            let logits = self.logits(normed.clone(), vocab);
+            let z = logits.clone().inner();
+            let p = (z.clone() - log_norm.clone()).exp();
+            // d/dz of g_lp · log p(target) + g_H · entropy, outside the graph.
+            let entropy_part = g_h
+                .as_ref()
+                .map(|g_h| p.clone() * (mean_logit.clone() - z) * g_h.clone());
+            let weight = match (&g_lp, entropy_part) {
+                (Some(g_lp), entropy_part) => {
+                    let spread = p * g_lp.clone();
+                    let weight = match entropy_part {
+                        Some(part) => part - spread,
+                        None => spread.neg(),
+                    };
+                    let (index, inside) = block_index(&targets, vocab, blocks.len() == 1);
+                    let at_target = match inside {
+                        Some(inside) => g_lp.clone() * inside,
+                        None => g_lp.clone(),
+                    };
+                    weight.scatter(2, index, at_target, IndexingUpdateOp::Add)
+                }
+                (None, entropy_part) => entropy_part?,
+            };
+            let mut grads = (logits * weight.autodiff()).sum().backward();
+            if let Some(share) = normed.grad_remove(&mut grads) {
+                total = Some(match total {
+                    Some(sum) => sum + share,
+                    None => share,
+                });
+            }
+            on_block(grads);
+        }
+        total
+    }
+}
+
+/// The logit of each target inside `vocab`, zero for targets outside it, `[rows, positions, 1]`.
+fn chosen_logit(
+    logits: &Tensor<3>,
+    targets: &Tensor<3, Int>,
+    vocab: &Range<usize>,
+    whole: bool,
+) -> Tensor<3> {
+    let (index, inside) = block_index(targets, vocab, whole);
+    let chosen = logits.clone().gather(2, index);
+    match inside {
+        Some(inside) => chosen * inside,
+        None => chosen,
+    }
+}
+
+/// `targets` as indices into the block `vocab` (clamped into it), and 1 where a target lies in
+/// the block, 0 elsewhere (`None` when the block is the whole vocabulary).
+fn block_index(
+    targets: &Tensor<3, Int>,
+    vocab: &Range<usize>,
+    whole: bool,
+) -> (Tensor<3, Int>, Option<Tensor<3>>) {
+    if whole {
+        return (targets.clone(), None);
+    }
+    let (start, end) = (vocab.start as i64, vocab.end as i64);
+    let inside = targets
+        .clone()
+        .greater_equal_elem(start)
+        .bool_and(targets.clone().lower_elem(end))
+        .float();
+    let index = (targets.clone() - start).clamp(0, end - start - 1);
+    (index, Some(inside))
+}
+
+/// The running log-sum-exp statistics of the blocks seen so far, `[rows, positions, 1]` each.
+struct Merged {
+    /// The largest logit seen (detached).
+    max: Tensor<3>,
+    /// `sum exp(z - max)`.
+    total: Tensor<3>,
+    /// `sum exp(z - max) · z`.
+    weighted: Tensor<3>,
+    /// The target's logit.
+    chosen: Tensor<3>,
+}
+
+impl Merged {
+    fn first(logits: Tensor<3>, max: Tensor<3>, chosen: Tensor<3>) -> Self {
+        let weights = (logits.clone() - max.clone()).exp();
+        Self {
+            total: weights.clone().sum_dim(2),
+            weighted: (weights * logits).sum_dim(2),
+            max,
+            chosen,
+        }
+    }
+
+    /// Merged with the next block: the sums so far rescaled to the new maximum.
+    fn with(self, logits: Tensor<3>, block_max: Tensor<3>, chosen: Tensor<3>) -> Self {
+        let max = self.max.clone().max_pair(block_max);
+        let rescale = (self.max - max.clone()).exp();
+        let weights = (logits.clone() - max.clone()).exp();
+        Self {
+            total: self.total * rescale.clone() + weights.clone().sum_dim(2),
+            weighted: self.weighted * rescale + (weights * logits).sum_dim(2),
+            max,
+            chosen: self.chosen + chosen,
+        }
+    }
+
+    fn scores(self) -> HeadScores {
+        let [rows, positions, _] = self.max.dims();
+        let log_norm = self.total.clone().log() + self.max;
+        let mean_logit = self.weighted / self.total;
+        let flat = |t: Tensor<3>| t.reshape([rows, positions]);
+        HeadScores {
+            logprobs: flat(self.chosen - log_norm.clone()),
+            entropies: flat(log_norm.clone() - mean_logit.clone()),
+            log_norm: flat(log_norm),
+            mean_logit: flat(mean_logit),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Device, Distribution, TensorData};
+
+    use super::*;
+    use crate::Gemma3Config;
+    use crate::device::on_every_test_device;
+
+    /// Whether `ranges` cut `0..total` into consecutive non-empty pieces.
+    fn cut(ranges: &[Range<usize>], total: usize) -> bool {
+        ranges.first().map(|r| r.start) == Some(0)
+            && ranges.last().map(|r| r.end) == Some(total)
+            && ranges.windows(2).all(|w| w[0].end == w[1].start)
+            && ranges.iter().all(|r| !r.is_empty())
+    }
+
+    #[test]
+    fn a_plan_covers_the_head_within_its_budget() {
+        let gemma = 262_208;
+        for (rows, positions, vocab, budget) in [
+            (8, 128, gemma, BLOCK_ELEMENTS),
+            (16, 128, gemma, BLOCK_ELEMENTS),
+            (1, 1, gemma, BLOCK_ELEMENTS),
+            (64, 512, gemma, BLOCK_ELEMENTS),
+            (8, 128, 2048, BLOCK_ELEMENTS),
+            (2, 5, 2048, 64),
+            (2, 5, 2048, 1000),
+            (2, 5, 2048, 12_288),
+            (3, 7, 10, 1),
+        ] {
+            let plan = HeadBlocks::plan(rows, positions, vocab, budget);
+            let case = format!("{rows} × {positions} × {vocab} in {budget}: {plan:?}");
+            assert!(cut(&plan.positions, positions), "{case}");
+            assert!(cut(&plan.vocab, vocab), "{case}");
+            let widest = plan.vocab.iter().map(Range::len).max().unwrap();
+            let tallest = plan.positions.iter().map(Range::len).max().unwrap();
+            assert!(rows * tallest * widest <= budget || tallest == 1, "{case}");
+            assert!(
+                plan.vocab.len() <= vocab.div_ceil(MIN_VOCAB_BLOCK.min(budget)),
+                "{case}"
+            );
+        }
+        // MedGemma-4B: the scoring figure's 8 rows and GRPO's 16 read the head once a pass;
+        // 64 rows of 512 tokens read it 16 times, a range of 32 positions at a time.
+        let shape = |p: HeadBlocks| (p.positions.len(), p.vocab.len(), p.vocab[0].len());
+        assert_eq!(
+            shape(HeadBlocks::plan(8, 128, gemma, BLOCK_ELEMENTS)),
+            (1, 17, 15_424)
+        );
+        assert_eq!(
+            shape(HeadBlocks::plan(16, 128, gemma, BLOCK_ELEMENTS)),
+            (1, 33, 7_946)
+        );
+        assert_eq!(
+            shape(HeadBlocks::plan(64, 512, gemma, BLOCK_ELEMENTS)),
+            (16, 33, 7_946)
+        );
+        // A small vocabulary is one block, as one position range when it fits.
+        assert_eq!(
+            shape(HeadBlocks::plan(8, 128, 2048, BLOCK_ELEMENTS)),
+            (1, 1, 2048)
+        );
+    }
+
+    /// A tiny model (its head soft-capped when `softcap`), hidden states `[2, 3, hidden]` and
+    /// targets at the vocabulary's edges and the blocks' (`[2, 3, 1]`).
+    fn head_inputs(
+        device: &Device,
+        softcap: Option<f64>,
+    ) -> (Gemma3ForConditionalGeneration, Tensor<3>, Tensor<3, Int>) {
+        let mut config = Gemma3Config::preset("tiny").unwrap();
+        config.text_config.final_logit_softcapping = softcap;
+        let model = Gemma3ForConditionalGeneration::seeded(&config, 4, device);
+        let hidden = config.text_config.hidden_size;
+        let vocab = config.text_config.vocab_size as i64;
+        device.seed(9);
+        let normed = Tensor::<3>::random([2, 3, hidden], Distribution::Normal(0.0, 3.0), device);
+        let targets = Tensor::<3, Int>::from_data(
+            TensorData::new(vec![0i64, 63, 64, 682, 683, vocab - 1], [2, 3, 1]),
+            device,
+        );
+        (model, normed, targets)
+    }
+
+    /// The log-probabilities, entropies, log-sum-exps and mean logits of `targets` by burn's
+    /// `log_softmax` over the whole vocabulary at once.
+    fn reference(logits: Tensor<3>, targets: Tensor<3, Int>) -> [Tensor<2>; 4] {
+        let [rows, positions, _] = logits.dims();
+        let flat = |t: Tensor<3>| t.reshape([rows, positions]);
+        let logp = log_softmax(logits.clone(), 2);
+        let p = logp.clone().exp();
+        let log_norm = logits.clone() - logp.clone();
+        [
+            flat(logp.clone().gather(2, targets)),
+            flat((p.clone() * logp).sum_dim(2).neg()),
+            flat(log_norm.slice_dim(2, 0..1)),
+            flat((p * logits).sum_dim(2)),
+        ]
+    }
+
+    fn largest_difference(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn blocked_scores_match_the_whole_log_softmax() {
+        on_every_test_device(|choice, device| {
+            for softcap in [None, Some(2.0)] {
+                let (model, normed, targets) = head_inputs(device, softcap);
+                let head = OutputHead::new(&model, 0.7, false);
+                let vocab = model.output_head().dims()[1];
+                let expected = reference(head.logits(normed.clone(), &(0..vocab)), targets.clone());
+                for budget in [BLOCK_ELEMENTS, 64, 1000] {
+                    let blocks = HeadBlocks::plan(2, 3, vocab, budget).vocab;
+                    let got = head.scores(normed.clone(), &targets, &blocks);
+                    let got = [got.logprobs, got.entropies, got.log_norm, got.mean_logit];
+                    for (name, (g, e)) in ["log-prob", "entropy", "log-sum-exp", "mean logit"]
+                        .iter()
+                        .zip(got.into_iter().zip(expected.clone()))
+                    {
+                        let diff = largest_difference(g, e);
+                        assert!(
+                            diff < 2e-5,
+                            "{choice} {softcap:?} {budget}: {name} off by {diff}"
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn the_blocked_gradient_is_the_gradient_through_the_whole_log_softmax() {
+        on_every_test_device(|choice, device| {
+            let ad = device.clone().autodiff();
+            for softcap in [None, Some(2.0)] {
+                let (model, normed, targets) = head_inputs(device, softcap);
+                // The head trains: each block takes it from the model afresh.
+                let model = model.to_device(&ad).train();
+                let head = OutputHead::new(&model, 0.7, true);
+                assert!(head.trains(), "{choice}");
+                let vocab = model.output_head().dims()[1];
+                let normed = Tensor::<3>::from_data(normed.into_data(), &ad).require_grad();
+                let targets = Tensor::<3, Int>::from_data(targets.into_data(), &ad);
+                device.seed(10);
+                let weights = |seed| {
+                    device.seed(seed);
+                    Tensor::<2>::random([2, 3], Distribution::Normal(0.0, 1.0), device)
+                };
+                let (g_lp, g_h) = (weights(1), weights(2));
+                for (use_lp, use_h) in [(true, true), (true, false), (false, true)] {
+                    let [lp, h, _, _] =
+                        reference(head.logits(normed.clone(), &(0..vocab)), targets.clone());
+                    let mut loss = None;
+                    if use_lp {
+                        loss = Some((lp * g_lp.clone().autodiff()).sum());
+                    }
+                    if use_h {
+                        let term = (h * g_h.clone().autodiff()).sum();
+                        loss = Some(match loss {
+                            Some(l) => l + term,
+                            None => term,
+                        });
+                    }
+                    let mut grads = loss.unwrap().backward();
+                    let expected = normed.grad_remove(&mut grads).unwrap();
+                    let scale = expected.clone().abs().max().into_scalar::<f32>();
+                    let upstream = ScoreGradients {
+                        logprobs: use_lp.then(|| g_lp.clone()),
+                        entropies: use_h.then(|| g_h.clone()),
+                    };
+                    for budget in [BLOCK_ELEMENTS, 64, 1000] {
+                        let blocks = HeadBlocks::plan(2, 3, vocab, budget).vocab;
+                        let stats = head.scores(normed.clone().detach(), &targets, &blocks);
+                        let mut calls = 0;
+                        let got = head
+                            .normed_gradient(
+                                &normed,
+                                &targets,
+                                &stats.log_norm,
+                                &stats.mean_logit,
+                                &upstream,
+                                &blocks,
+                                |_| calls += 1,
+                            )
+                            .unwrap();
+                        assert_eq!(calls, blocks.len());
+                        let diff = (got - expected.clone()).abs().max().into_scalar::<f32>();
+                        assert!(
+                            diff <= 1e-5 * scale.max(1.0),
+                            "{choice} {softcap:?} lp {use_lp} entropy {use_h} {budget}: off by \
+                             {diff} (largest {scale})"
+                        );
+                    }
+                }
+                // No score used, no gradient.
+                let none = head.normed_gradient(
+                    &normed,
+                    &targets,
+                    &g_lp,
+                    &g_h,
+                    &ScoreGradients::default(),
+                    &HeadBlocks::plan(2, 3, vocab, BLOCK_ELEMENTS).vocab,
+                    |_| {},
+                );
+                assert!(none.is_none(), "{choice}");
+            }
+        });
+    }
+}
