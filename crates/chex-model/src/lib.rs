@@ -2,8 +2,9 @@
 //! and a Gemma 3 decoder ([`vlm`]), configurable from a CPU-sized preset to MedGemma-4B's
 //! shapes ([`config`]); fast batched generation with a key/value cache ([`generation`],
 //! [`cache`], [`sampling`], with libtorch's fused kernels and a fused decode step where they
-//! apply: [`fused`]); teacher-forced scoring for the GRPO loss ([`scoring`]) and for training,
-//! with gradient checkpointing ([`checkpointing`]); LoRA with PEFT's file layout ([`lora`]);
+//! apply: [`fused`]); teacher-forced scoring for the GRPO loss ([`scoring`], the output head a
+//! block of the vocabulary at a time: [`head`]) and for training, with gradient checkpointing
+//! ([`checkpointing`]); LoRA with PEFT's file layout ([`lora`]);
 //! Hugging Face checkpoint import ([`checkpoint`]); tokenizers ([`tokenizer`]) and prompt
 //! assembly ([`prompt`]); the run-time choice of burn backend ([`device`]); bf16 or f32
 //! weights ([`precision`]); a memory estimate made before any allocation ([`memory`]); and
