@@ -295,8 +295,8 @@ impl ScoreGraph {
         let head = OutputHead::new(model, c.temperature, true);
         let head_trains = head.trains();
         let mut carried: Option<Tensor<3>> = None;
+        let rows = c.logprobs.dims()[0];
         for positions in &c.blocks.positions {
-            let rows = c.logprobs.dims()[0];
             let range = |t: &Tensor<2>| t.clone().slice([0..rows, positions.clone()]);
             let upstream = ScoreGradients {
                 logprobs: upstream_logprobs.as_ref().map(range),

@@ -476,7 +476,6 @@ mod tests {
                 let vocab = model.output_head().dims()[1];
                 let normed = Tensor::<3>::from_data(normed.into_data(), &ad).require_grad();
                 let targets = Tensor::<3, Int>::from_data(targets.into_data(), &ad);
-                device.seed(10);
                 let weights = |seed| {
                     device.seed(seed);
                     Tensor::<2>::random([2, 3], Distribution::Normal(0.0, 1.0), device)

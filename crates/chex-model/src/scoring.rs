@@ -118,7 +118,7 @@ impl ScoringBatch {
     /// block.
     pub fn blocks(&self, model: &Gemma3ForConditionalGeneration, budget: usize) -> HeadBlocks {
         let [batch, _] = self.mask.dims();
-        let vocab = model.output_head().dims()[1];
+        let vocab = model.config.text_config.vocab_size;
         HeadBlocks::plan(batch, self.longest, vocab, budget)
     }
 
@@ -146,7 +146,7 @@ impl ScoringBatch {
         blocks: &HeadBlocks,
         predicting: impl Fn(Range<usize>) -> Tensor<3>,
     ) -> HeadScores {
-        let ranges: Vec<HeadScores> = blocks
+        let mut ranges: Vec<HeadScores> = blocks
             .positions
             .iter()
             .map(|positions| {
@@ -157,6 +157,9 @@ impl ScoringBatch {
                 )
             })
             .collect();
+        if ranges.len() == 1 {
+            return ranges.remove(0);
+        }
         let join = |part: fn(&HeadScores) -> &Tensor<2>| {
             Tensor::cat(ranges.iter().map(|r| part(r).clone()).collect(), 1)
         };

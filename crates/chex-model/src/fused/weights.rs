@@ -176,8 +176,9 @@ pub(crate) fn add_update(base: Th, down: &Th, b: &Th) -> Th {
     flat.addmm_(&down.reshape([-1, rank]), b).reshape(size)
 }
 
-/// `base + input · a · scale · b` (overwriting `base`, see [`add_update`]), the adapter `a`, `b` (f32) cast to `input`'s dtype for its
-/// two products: a LoRA projection's output, as both fused paths compute it.
+/// `base + input · a · scale · b` (overwriting `base`, see [`add_update`]), the adapter `a`,
+/// `b` (f32) cast to `input`'s dtype for its two products: a LoRA projection's output, as both
+/// fused paths compute it.
 pub(crate) fn with_update(base: Th, input: &Th, a: &Th, b: &Th, scale: f64) -> Th {
     let kind = input.kind();
     let down = input.matmul(&narrowed(a, kind)) * scale;
