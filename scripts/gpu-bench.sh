@@ -16,7 +16,8 @@
 # GPU_TESTS lists the bundle's test programs to run on the GPU (default: all five) and
 # TEST_TIMEOUT_S bounds each (default 120). With the score figure, one more scoring run without
 # checkpointing is profiled by PyTorch's profiler into OUT_DIR/profile-DTYPE (its line lists the
-# longest kernels; score-ops.tsv has them all, score-trace.json.gz the timeline; BENCH_PROFILE=0
+# longest kernels; score-ops.tsv has them all, score-trace.json.gz the timeline, traffic-census.txt
+# the CPU-side arithmetic model of scripts/traffic-census.py to set beside them; BENCH_PROFILE=0
 # skips it).
 #
 # Also written to OUT_DIR: gpu-bench.jsonl.stderr (every program's errors), tests.txt (the test
@@ -134,6 +135,9 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
     *,score,*:1)
       bench --dtype "$dtype" --figures score --repeats 1 --gradient-checkpointing false \
         --profile "$out_dir/profile-$dtype"
+      # The CPU's arithmetic model of the same pass, beside the kernels' measured times.
+      python3 "$(dirname "$0")/traffic-census.py" "$out_dir/profile-$dtype/score-trace.json" \
+        > "$out_dir/profile-$dtype/traffic-census.txt" 2>&1
       gzip -f "$out_dir/profile-$dtype/score-trace.json" 2>/dev/null ;;
   esac
   first=0

@@ -139,6 +139,10 @@ pub struct BenchConfig {
     /// a build with the `profiler` feature): `score-trace.json` (Chrome trace) and
     /// `score-ops.tsv` (every operator and kernel with its calls and time).
     pub profile: Option<PathBuf>,
+    /// Keep only the first this many layers of each tower (`None`: all): a model's widths,
+    /// vocabulary and sequence lengths on a machine that cannot hold or run all of its layers,
+    /// so its per-layer and head costs can be profiled there.
+    pub layers: Option<usize>,
 }
 
 /// One measured figure, as `chex bench` prints it.
@@ -191,6 +195,9 @@ pub struct Measurement {
     /// phases, so the figure's time splits into what each phase costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase_seconds: Option<ScorePhases>,
+    /// The layers kept in each tower, when `--layers` cut the preset short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
     /// For scoring with `--profile`: the longest GPU kernels of one more pass (on a CPU
     /// backend, host operators, whose times nest), longest first; the whole list is in the
     /// profile's `score-ops.tsv`.
@@ -258,7 +265,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
         .unwrap_or_else(|| ModelDtype::default_for(choice));
     dtype.ensure_supported(&device)?;
     device.seed(config.seed);
-    let model_config = Gemma3Config::preset(&config.preset)?;
+    let model_config = bench_model_config(config)?;
     for &figure in &config.figures {
         let probe = MemoryProbe::start(choice);
         let replays_before = chex_model::fused::graph_replays();
@@ -288,6 +295,7 @@ pub fn run_bench(config: &BenchConfig, emit: &mut dyn FnMut(&Measurement)) -> Re
         emit(&Measurement {
             figure,
             preset: config.preset.clone(),
+            layers: config.layers,
             device: config.device.clone(),
             dtype,
             gradient_checkpointing: checkpointing,
@@ -608,6 +616,23 @@ fn grpo_step_figure(
     Ok((rows, shape.new_tokens, median, tokens))
 }
 
+/// The preset's configuration, cut to `config.layers` layers per tower when asked (refused
+/// when zero; a tower with fewer layers keeps them all).
+fn bench_model_config(config: &BenchConfig) -> Result<Gemma3Config, Error> {
+    let mut model_config = Gemma3Config::preset(&config.preset)?;
+    if let Some(layers) = config.layers {
+        if layers == 0 {
+            return Err(Error::setting("layers", "must be at least 1"));
+        }
+        let text = &mut model_config.text_config.num_hidden_layers;
+        *text = (*text).min(layers);
+        let vision = &mut model_config.vision_config.num_hidden_layers;
+        *vision = (*vision).min(layers);
+        model_config.validate()?;
+    }
+    Ok(model_config)
+}
+
 /// The preset's random weights in `dtype`, drawn on the device: speed and memory do not depend
 /// on the values, and the host's single generator would take about a minute per figure at 4B.
 fn bench_model(
@@ -822,6 +847,7 @@ mod tests {
             gradient_checkpointing: Some(true),
             dtype: None,
             profile: None,
+            layers: None,
         };
         let mut seen = Vec::new();
         run_bench(&config, &mut |m| seen.push(m.clone())).unwrap();
@@ -877,6 +903,63 @@ mod tests {
         }
     }
 
+    /// `--layers` keeps a preset's widths with fewer layers, says so in every line, and zero is
+    /// refused before any work.
+    #[test]
+    fn layers_cut_a_preset_short_and_say_so() {
+        let config = BenchConfig {
+            preset: "small".into(),
+            device: "cpu".into(),
+            figures: vec![Figure::Score],
+            shape: BenchShape {
+                new_tokens: 4,
+                score_prompts: 1,
+                samples: 2,
+                repeats: 1,
+                ..BenchShape::peer()
+            },
+            seed: 1,
+            gradient_checkpointing: Some(false),
+            dtype: None,
+            profile: None,
+            layers: Some(1),
+        };
+        let cut = bench_model_config(&config).unwrap();
+        let full = Gemma3Config::preset("small").unwrap();
+        assert_eq!(
+            (
+                cut.text_config.num_hidden_layers,
+                cut.vision_config.num_hidden_layers
+            ),
+            (1, 1)
+        );
+        assert_eq!(cut.text_config.hidden_size, full.text_config.hidden_size);
+        assert_eq!(cut.text_config.vocab_size, full.text_config.vocab_size);
+        let many = bench_model_config(&BenchConfig {
+            layers: Some(100),
+            ..config.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            many.text_config.num_hidden_layers,
+            full.text_config.num_hidden_layers
+        );
+        let mut seen = Vec::new();
+        run_bench(&config, &mut |m| seen.push(m.clone())).unwrap();
+        let line = serde_json::to_string(&seen[0]).unwrap();
+        assert!(line.contains("\"layers\":1"), "{line}");
+        let err = run_bench(
+            &BenchConfig {
+                layers: Some(0),
+                ..config
+            },
+            &mut |_| panic!("measured with no layers"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("layers"), "{err}");
+    }
+
     /// `--profile` is refused before any work where PyTorch's profiler sees nothing, and with
     /// the `profiler` feature on tch-cpu writes the scoring pass's operators and trace.
     #[test]
@@ -897,6 +980,7 @@ mod tests {
             gradient_checkpointing: Some(false),
             dtype: None,
             profile: Some(dir.path().join("profile")),
+            layers: None,
         };
         let err = run_bench(&config, &mut |_| panic!("measured on flex"))
             .unwrap_err()
@@ -932,6 +1016,8 @@ mod tests {
         );
         let ops = std::fs::read_to_string(dir.path().join("profile/score-ops.tsv")).unwrap();
         assert!(ops.lines().count() > 10, "{ops}");
-        assert!(dir.path().join("profile/score-trace.json").is_file());
+        // Operators carry their inputs' shapes and types (what scripts/traffic-census.py reads).
+        let trace = std::fs::read_to_string(dir.path().join("profile/score-trace.json")).unwrap();
+        assert!(trace.contains("\"Input Dims\"") && trace.contains("\"Input type\""));
     }
 }

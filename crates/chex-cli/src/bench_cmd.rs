@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// kernels. Needs a libtorch device and a build with `--features profiler`.
     #[arg(long, value_name = "DIR")]
     profile: Option<std::path::PathBuf>,
+    /// Keep only the first N layers of each tower: the preset's widths, vocabulary and lengths
+    /// where all its layers would not fit or run, e.g. to profile MedGemma-4B's per-layer and
+    /// head costs on a CPU (`scripts/traffic-census.py`).
+    #[arg(long, value_name = "N")]
+    layers: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -68,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         gradient_checkpointing: args.gradient_checkpointing,
         dtype: args.dtype,
         profile: args.profile,
+        layers: args.layers,
     };
     let mut failed = None;
     run_bench(

@@ -52,7 +52,7 @@ const char* chex_profiler_last_error() { return last_error.c_str(); }
 
 int chex_profiler_start(int with_cuda) {
   return guarded([&] {
-    ProfilerConfig config(ProfilerState::KINETO);
+    ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
     std::set<ActivityType> activities{ActivityType::CPU};
     if (with_cuda) activities.insert(ActivityType::CUDA);
     profiler::prepareProfiler(config, activities);

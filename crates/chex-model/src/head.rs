@@ -10,8 +10,9 @@
 //! softmax of flash attention), so no tensor spans the vocabulary. The backward pass needs no
 //! graph through the softmax: with the log-sum-exp `L` and mean logit `E[z]` of the forward
 //! pass, the gradient of the logits `z` is `g_lp (onehot - p) + g_H p (E[z] - z)` with
-//! `p = exp(z - L)`, formed block by block as a constant `w`; `sum(z · w)` then carries it
-//! through the head's product and whatever precedes it.
+//! `p = exp(z - L)`, formed block by block as a constant `w`. For a frozen head (LoRA) `w`
+//! times the transposed block is the gradient of the hidden states, formed by hand; for one
+//! that trains, `sum(z · w)` carries `w` through autodiff to the head's parameters as well.
 //!
 //! ```
 //! use chex_model::head::HeadBlocks;
@@ -25,6 +26,7 @@ use std::ops::Range;
 
 use burn::tensor::{Gradients, IndexingUpdateOp, Int, Tensor};
 
+use crate::layers::product;
 use crate::vlm::Gemma3ForConditionalGeneration;
 
 /// Most logits one block holds, `rows × positions × vocabulary entries`: 2^24 (64 MiB in f32).
@@ -140,14 +142,7 @@ impl<'a> OutputHead<'a> {
     /// `[rows, positions, hidden]` (the final norm applied) over the entries `vocab`.
     pub fn logits(&self, normed: Tensor<3>, vocab: &Range<usize>) -> Tensor<3> {
         let (head, bias) = self.parts();
-        let [hidden, size] = head.dims();
-        let whole = *vocab == (0..size);
-        let head = if whole {
-            head
-        } else {
-            head.slice([0..hidden, vocab.clone()])
-        };
-        let bias = bias.map(|b| if whole { b } else { b.slice([vocab.clone()]) });
+        let (head, bias) = block_parts(head, bias, vocab);
         self.model.logits_with_parts(normed, &head, bias) * self.inverse_temperature
     }
 
@@ -177,10 +172,22 @@ impl<'a> OutputHead<'a> {
             .scores()
     }
 
+    /// Whether the gradient reaches no parameter of the head and passes through no soft-cap, so
+    /// that [`Self::normed_gradient`] carries it through the head's product by hand.
+    fn frozen(&self) -> bool {
+        !self.trains()
+            && self
+                .model
+                .config
+                .text_config
+                .final_logit_softcapping
+                .is_none()
+    }
+
     /// The gradient of a loss with respect to `normed` `[rows, positions, hidden]` (a tracked
     /// leaf), given the gradients `upstream` of the scores of `targets` at these positions and the
     /// forward pass's `log_norm` and `mean_logit`; `on_block` receives each block's gradients
-    /// (the head's own, when it trains). `None` when the loss uses no score here.
+    /// when the head trains (the head's own among them). `None` when the loss uses no score here.
     #[allow(clippy::too_many_arguments)]
     pub fn normed_gradient(
         &self,
@@ -192,46 +199,24 @@ impl<'a> OutputHead<'a> {
         blocks: &[Range<usize>],
         mut on_block: impl FnMut(Gradients),
     ) -> Option<Tensor<3>> {
-        if upstream.logprobs.is_none() && upstream.entropies.is_none() {
-            return None;
+        let factors = LogitGradient::new(log_norm, mean_logit, upstream)?;
+        if self.frozen() {
+            return Some(self.frozen_normed_gradient(normed, targets, &factors, blocks));
         }
-        // The gradient's weights are constants: formed outside autodiff.
+        let trains = self.trains();
         let targets = targets.clone().inner();
-        let log_norm = log_norm.clone().inner().unsqueeze_dim::<3>(2);
-        let mean_logit = mean_logit.clone().inner().unsqueeze_dim::<3>(2);
-        let g_lp = upstream
-            .logprobs
-            .as_ref()
-            .map(|g| g.clone().inner().unsqueeze_dim::<3>(2));
-        let g_h = upstream
-            .entropies
-            .as_ref()
-            .map(|g| g.clone().inner().unsqueeze_dim::<3>(2));
         let mut total: Option<Tensor<3>> = None;
         for vocab in blocks {
             let logits = self.logits(normed.clone(), vocab);
-            let z = logits.clone().inner();
-            let p = (z.clone() - log_norm.clone()).exp();
-            // d/dz of g_lp · log p(target) + g_H · entropy, outside the graph.
-            let entropy_part = g_h
-                .as_ref()
-                .map(|g_h| p.clone() * (mean_logit.clone() - z) * g_h.clone());
-            let weight = match (&g_lp, entropy_part) {
-                (Some(g_lp), entropy_part) => {
-                    let spread = p * g_lp.clone();
-                    let weight = match entropy_part {
-                        Some(part) => part - spread,
-                        None => spread.neg(),
-                    };
-                    let (index, inside) = block_index(&targets, vocab, blocks.len() == 1);
-                    let at_target = match inside {
-                        Some(inside) => g_lp.clone() * inside,
-                        None => g_lp.clone(),
-                    };
-                    weight.scatter(2, index, at_target, IndexingUpdateOp::Add)
-                }
-                (None, entropy_part) => entropy_part?,
-            };
+            let mut weight = factors.spread(logits.clone().inner(), 1.0);
+            if let Some(g_lp) = &factors.logprobs {
+                let (index, inside) = block_index(&targets, vocab, blocks.len() == 1);
+                let at_target = match inside {
+                    Some(inside) => g_lp.clone() * inside,
+                    None => g_lp.clone(),
+                };
+                weight = weight.scatter(2, index, at_target, IndexingUpdateOp::Add);
+            }
             let mut grads = (logits * weight.autodiff()).sum().backward();
             if let Some(share) = normed.grad_remove(&mut grads) {
                 total = Some(match total {
@@ -239,9 +224,111 @@ impl<'a> OutputHead<'a> {
                     None => share,
                 });
             }
-            on_block(grads);
+            if trains {
+                on_block(grads);
+            }
         }
         total
+    }
+
+    /// [`Self::normed_gradient`] for a [frozen](Self::frozen) head, outside autodiff: each
+    /// block's logits' gradient times the transposed block, the product autodiff would run,
+    /// without the passes its graph adds over every logit (a gradient of ones, its product
+    /// with the weight, the temperature's rescale); the target's term `g_lp · onehot` reaches
+    /// `normed` as `g_lp` times the target's column of the head, once for all blocks instead of
+    /// a scatter into each.
+    fn frozen_normed_gradient(
+        &self,
+        normed: &Tensor<3>,
+        targets: &Tensor<3, Int>,
+        factors: &LogitGradient,
+        blocks: &[Range<usize>],
+    ) -> Tensor<3> {
+        let x = normed.clone().inner();
+        let [rows, positions, hidden] = x.dims();
+        let (head, bias) = self.parts();
+        let (head, bias) = (head.inner(), bias.map(Tensor::inner));
+        let scale = self.inverse_temperature;
+        let mut total = factors.logprobs.as_ref().map(|g_lp| {
+            let index = targets.clone().inner().reshape([rows * positions]);
+            let columns = head.clone().transpose().select(0, index).cast(x.dtype());
+            columns.reshape([rows, positions, hidden]) * (g_lp.clone() * scale)
+        });
+        for vocab in blocks {
+            let (block, block_bias) = block_parts(head.clone(), bias.clone(), vocab);
+            let logits = self.model.logits_with_parts(x.clone(), &block, block_bias) * scale;
+            let weight = factors.spread(logits, scale);
+            let share = product(weight, block.transpose(), None);
+            total = Some(match total {
+                Some(sum) => sum + share,
+                None => share,
+            });
+        }
+        total.expect("the vocabulary has at least one block")
+    }
+}
+
+/// The columns `vocab` of the head `[hidden, vocab]` and the entries of its bias.
+fn block_parts(
+    head: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    vocab: &Range<usize>,
+) -> (Tensor<2>, Option<Tensor<1>>) {
+    let [hidden, size] = head.dims();
+    if *vocab == (0..size) {
+        return (head, bias);
+    }
+    (
+        head.slice([0..hidden, vocab.clone()]),
+        bias.map(|b| b.slice([vocab.clone()])),
+    )
+}
+
+/// The gradient of a loss with respect to the logits `z`, `g_lp (onehot - p) + g_H p (E[z] - z)`,
+/// from its per-position factors `[rows, positions, 1]` (outside autodiff).
+struct LogitGradient {
+    log_norm: Tensor<3>,
+    mean_logit: Tensor<3>,
+    logprobs: Option<Tensor<3>>,
+    entropies: Option<Tensor<3>>,
+}
+
+impl LogitGradient {
+    /// The factors, or `None` when the loss uses neither score.
+    fn new(
+        log_norm: &Tensor<2>,
+        mean_logit: &Tensor<2>,
+        upstream: &ScoreGradients,
+    ) -> Option<Self> {
+        let column = |t: &Tensor<2>| t.clone().inner().unsqueeze_dim::<3>(2);
+        let factors = Self {
+            log_norm: column(log_norm),
+            mean_logit: column(mean_logit),
+            logprobs: upstream.logprobs.as_ref().map(column),
+            entropies: upstream.entropies.as_ref().map(column),
+        };
+        (factors.logprobs.is_some() || factors.entropies.is_some()).then_some(factors)
+    }
+
+    /// `scale` times the gradient of the block of logits `z` but for the target's term:
+    /// `scale · p · (g_H (E[z] - z) - g_lp)`. The scale joins the per-position factors, not
+    /// the block; `z` is consumed (overwritten where no one else holds it).
+    fn spread(&self, z: Tensor<3>, scale: f64) -> Tensor<3> {
+        match &self.entropies {
+            None => {
+                let g_lp = self.logprobs.as_ref().expect("a score is used");
+                (z - self.log_norm.clone()).exp() * (g_lp.clone() * -scale)
+            }
+            Some(g_h) => {
+                let p = (z.clone() - self.log_norm.clone()).exp();
+                let g_h = g_h.clone() * scale;
+                let mut offset = self.mean_logit.clone() * g_h.clone();
+                if let Some(g_lp) = &self.logprobs {
+                    offset = offset - g_lp.clone() * scale;
+                }
+                p * (offset - z * g_h)
+            }
+        }
     }
 }
 
@@ -467,12 +554,21 @@ mod tests {
     fn the_blocked_gradient_is_the_gradient_through_the_whole_log_softmax() {
         on_every_test_device(|choice, device| {
             let ad = device.clone().autodiff();
-            for softcap in [None, Some(2.0)] {
+            // A head that trains takes each block from the model afresh, through autodiff; a
+            // frozen one without a soft-cap has its gradient carried by hand; a frozen one with a
+            // soft-cap goes through autodiff again.
+            for (softcap, trains) in [
+                (None, true),
+                (Some(2.0), true),
+                (None, false),
+                (Some(2.0), false),
+            ] {
                 let (model, normed, targets) = head_inputs(device, softcap);
-                // The head trains: each block takes it from the model afresh.
-                let model = model.to_device(&ad).train();
+                let model = model.to_device(&ad);
+                let model = if trains { model.train() } else { model };
                 let head = OutputHead::new(&model, 0.7, true);
-                assert!(head.trains(), "{choice}");
+                assert_eq!(head.trains(), trains, "{choice}");
+                assert_eq!(head.frozen(), !trains && softcap.is_none(), "{choice}");
                 let vocab = model.output_head().dims()[1];
                 let normed = Tensor::<3>::from_data(normed.into_data(), &ad).require_grad();
                 let targets = Tensor::<3, Int>::from_data(targets.into_data(), &ad);
@@ -517,12 +613,12 @@ mod tests {
                                 |_| calls += 1,
                             )
                             .unwrap();
-                        assert_eq!(calls, blocks.len());
+                        assert_eq!(calls, if trains { blocks.len() } else { 0 });
                         let diff = (got - expected.clone()).abs().max().into_scalar::<f32>();
                         assert!(
                             diff <= 1e-5 * scale.max(1.0),
-                            "{choice} {softcap:?} lp {use_lp} entropy {use_h} {budget}: off by \
-                             {diff} (largest {scale})"
+                            "{choice} {softcap:?} trains {trains} lp {use_lp} entropy {use_h} \
+                             {budget}: off by {diff} (largest {scale})"
                         );
                     }
                 }

@@ -5,7 +5,9 @@
 //! (generation, validation, the GRPO reference) attended to exactly the wrong keys while
 //! training, which runs burn's reference attention under autodiff, looked fine. The vendored
 //! patch in `vendor/burn-tch` fixes it; this test pins the contract so that no backend can drift
-//! from burn's reference implementation again.
+//! from burn's reference implementation again. The same copy passes a weight shared by every
+//! batch to LibTorch as a matrix (no copy per batch); a test holds those products and their
+//! gradients to the batch-by-batch ones.
 
 use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -130,6 +132,67 @@ fn a_masked_key_changes_nothing_and_an_allowed_one_does() {
         assert!(
             max_abs_diff(run(bump(0)), base) > 1e-3,
             "{choice}: an allowed key was ignored"
+        );
+    });
+}
+
+#[test]
+fn a_weight_shared_by_every_batch_multiplies_each_batch_and_takes_their_gradients() {
+    // burn's `linear` keeps the batched form when the rows fill its tiles (a multiple of 32) and
+    // hands the backend the weight as `[1, .., 1, k, n]`; the vendored burn-tch passes such an
+    // operand to LibTorch as a matrix (so that no copy per batch is made). Each batch's product
+    // must still be that batch times the weight, forward and backward, on every backend.
+    on_every_test_device(|choice, device| {
+        let (batches, heads, rows, k, n) = (3, 2, 32, 5, 7);
+        let x = host_tensor([batches, heads, rows, k], 7, device);
+        let weight = host_tensor([1, 1, k, n], 8, device).reshape([k, n]);
+        let shared = burn::tensor::module::linear(x.clone(), weight.clone(), None);
+        assert_eq!(shared.dims(), [batches, heads, rows, n], "{choice}");
+        let mut largest = 0.0f32;
+        for b in 0..batches {
+            for h in 0..heads {
+                let slice = |t: Tensor<4>, width: usize| {
+                    t.slice([b..b + 1, h..h + 1, 0..rows, 0..width])
+                        .reshape([rows, width])
+                };
+                let expected = slice(x.clone(), k).matmul(weight.clone());
+                let got = slice(shared.clone(), n);
+                largest = largest.max((got - expected).abs().max().into_scalar::<f32>());
+            }
+        }
+        assert!(
+            largest < 1e-5,
+            "{choice}: shared-weight product off by {largest}"
+        );
+
+        // Gradients: of the input through the shared weight, and of the weight summed over the
+        // batches, against the same product with the batches folded into rows by hand.
+        let autodiff = device.clone().autodiff();
+        let leaf = |t: Tensor<4>| Tensor::<4>::from_data(t.into_data(), &autodiff).require_grad();
+        let (x3, w3) = (leaf(x.clone()), leaf(weight.clone().reshape([1, 1, k, n])));
+        let upstream = host_tensor([batches, heads, rows, n], 9, &autodiff);
+        let grads = (burn::tensor::module::linear(x3.clone(), w3.clone().reshape([k, n]), None)
+            * upstream.clone())
+        .sum()
+        .backward();
+        let (x2, w2) = (leaf(x.clone()), leaf(weight.clone().reshape([1, 1, k, n])));
+        let folded = x2
+            .clone()
+            .reshape([batches * heads * rows, k])
+            .matmul(w2.clone().reshape([k, n]));
+        let grads_folded = (folded * upstream.reshape([batches * heads * rows, n]))
+            .sum()
+            .backward();
+        let gap = |a: Option<Tensor<4>>, b: Option<Tensor<4>>, what: &str| {
+            let (a, b) = (a.expect(what), b.expect(what));
+            let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+            (a - b).abs().max().into_scalar::<f32>() / scale
+        };
+        let input_gap = gap(x3.grad(&grads), x2.grad(&grads_folded), "input gradient");
+        let weight_gap = gap(w3.grad(&grads), w2.grad(&grads_folded), "weight gradient");
+        assert!(
+            input_gap < 1e-5 && weight_gap < 1e-5,
+            "{choice}: gradients through a shared weight off by {input_gap} (input), {weight_gap} (weight)"
         );
     });
 }

@@ -13,8 +13,8 @@
 //! It applies when only LoRA adapters train (the base weights and norms are frozen, as in
 //! ChexReason's runs), on the libtorch backend. The arithmetic and precisions are those of
 //! [`crate::text`]'s layers, and LoRA dropout draws its masks exactly as burn's `Dropout` does
-//! on libtorch (one `bernoulli_` of a tensor of the adapter input's shape, projection by
-//! projection), so the gradients equal burn's path's, dropout included; tests hold them to it.
+//! on libtorch (one `bernoulli_` over the adapter input's elements in their order, projection
+//! by projection), so the gradients equal burn's path's, dropout included; tests hold them to it.
 
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -290,18 +290,26 @@ impl TrackedStack {
 /// its f32 parameters cast for the products (the casts are in the graph, so the gradients reach
 /// the f32 leaves), the second product added to the base one where it is accumulated.
 fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> Th {
-    let base = projection.base(x);
-    match (&projection.adapter, tensors) {
+    // The products run on `[tokens, d_in]`, so the update is added in place into the base
+    // product itself rather than into a view of it (see `add_update`).
+    let mut size = x.size();
+    let width = size.pop().unwrap_or(1);
+    let x = x.reshape([-1, width]);
+    let base = projection.base(&x);
+    let out = match (&projection.adapter, tensors) {
         (Some(adapter), Some(tensors)) => {
-            let (input, keep) = dropout(x, adapter);
+            let (input, keep) = dropout(&x, adapter);
             with_update(base, &input, &tensors.a, &tensors.b, adapter.scale / keep)
         }
         _ => base,
-    }
+    };
+    size.push(out.size()[1]);
+    out.reshape(size)
 }
 
 /// burn's `Dropout` on libtorch, draw for draw, as [`crate::layers::lora_dropout`] applies it:
-/// a Bernoulli mask of the input's shape, and the product, with the fraction kept for the caller
+/// a Bernoulli mask over the input's elements (its rows flattened, the same draws in the same
+/// order as burn's mask of the unflattened input), and the product, with the fraction kept for the caller
 /// to rescale. The mask is drawn directly in the input's dtype, which in bf16 halves the bytes
 /// it writes and needs no cast: libtorch's Bernoulli kernels draw in f32 whatever the output's
 /// dtype, so a bf16 mask holds the zeros and ones of the f32 draw burn's path casts

@@ -149,13 +149,9 @@ impl Projection {
         })
     }
 
-    /// `x W (+ b)` in the weight's dtype, for `x` `[..., d_in]` already in it.
+    /// `x W (+ b)` in the weight's dtype, for `x` `[tokens, d_in]` already in it.
     pub fn base(&self, x: &Th) -> Th {
-        let y = if x.dim() == 2 {
-            x.mm(&self.weight)
-        } else {
-            x.matmul(&self.weight)
-        };
+        let y = x.mm(&self.weight);
         match &self.bias {
             Some(bias) => y + bias,
             None => y,
@@ -163,25 +159,31 @@ impl Projection {
     }
 }
 
-/// `base + down · b` as one product (`addmm_`) in `base`'s dtype, for `base` `[..., d_out]`,
-/// `down` `[..., r]` and `b` `[r, d_out]`: the adapter's update is added where its product is
+/// `base + down · b` as one product (`addmm_`) in `base`'s dtype, for `base` `[tokens, d_out]`,
+/// `down` `[tokens, r]` and `b` `[r, d_out]`: the adapter's update is added where its product is
 /// accumulated, with one rounding and no pass of its own over the output. `base` is
 /// overwritten: an out-of-place `addmm` first copies it into a new output (one more read and
 /// write of `[tokens, d_out]` per projection), and nothing else holds it: the caller's product
-/// made it, and autograd keeps a product's inputs, not its output.
+/// made it, and autograd keeps a product's inputs, not its output. `base` must be that product
+/// itself, not a view of it (a reshape): autograd records an in-place write into a view as a
+/// copy of the whole base, and its backward pass then zero-fills and copies `[tokens, d_out]`
+/// several times (`CopySlices`, `AsStridedBackward0`).
 pub(crate) fn add_update(base: Th, down: &Th, b: &Th) -> Th {
-    let size = base.size();
-    let (width, rank) = (size[size.len() - 1], b.size()[0]);
-    let mut flat = base.reshape([-1, width]);
-    flat.addmm_(&down.reshape([-1, rank]), b).reshape(size)
+    debug_assert_eq!(
+        base.dim(),
+        2,
+        "the update is added to a [tokens, d_out] product"
+    );
+    let mut base = base;
+    base.addmm_(down, b)
 }
 
-/// `base + input · a · scale · b` (overwriting `base`, see [`add_update`]), the adapter `a`,
-/// `b` (f32) cast to `input`'s dtype for its two products: a LoRA projection's output, as both
-/// fused paths compute it.
+/// `base + input · a · scale · b` (overwriting `base`, see [`add_update`]) for `input`
+/// `[tokens, d_in]`, the adapter `a`, `b` (f32) cast to `input`'s dtype for its two products: a
+/// LoRA projection's output, as both fused paths compute it.
 pub(crate) fn with_update(base: Th, input: &Th, a: &Th, b: &Th, scale: f64) -> Th {
     let kind = input.kind();
-    let down = input.matmul(&narrowed(a, kind)) * scale;
+    let down = input.mm(&narrowed(a, kind)) * scale;
     add_update(base, &down, &narrowed(b, kind))
 }
 

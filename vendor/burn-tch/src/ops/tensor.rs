@@ -169,7 +169,20 @@ impl FloatTensorOps<Self> for LibTorch {
     }
 
     fn float_matmul(lhs: TchTensor, rhs: TchTensor) -> TchTensor {
-        let tensor = lhs.tensor.matmul(&rhs.tensor);
+        // chex-grpo patch: a right operand shared by every batch of the left one
+        // (`[1, .., 1, k, n]`, as burn's `linear` passes a weight) goes to LibTorch as the
+        // matrix it is. Given with its batch dimensions, LibTorch's matmul expands it to the
+        // left operand's batch and copies it once per batch entry before a batched product;
+        // given as a matrix, it folds the left operand's batch into rows for one `mm`.
+        let size = rhs.tensor.size();
+        let rank = size.len();
+        let shared = rank > 2 && size[..rank - 2].iter().all(|&d| d == 1);
+        let tensor = if shared {
+            lhs.tensor
+                .matmul(&rhs.tensor.reshape([size[rank - 2], size[rank - 1]]))
+        } else {
+            lhs.tensor.matmul(&rhs.tensor)
+        };
         TchTensor::new(tensor)
     }
 
