@@ -903,12 +903,10 @@ mod tests {
         }
     }
 
-    /// `--layers` keeps a preset's widths with fewer layers, says so in every line, and zero is
-    /// refused before any work.
-    #[test]
-    fn layers_cut_a_preset_short_and_say_so() {
-        let config = BenchConfig {
-            preset: "small".into(),
+    /// The scoring figure alone on flex, at a few tokens, without checkpointing.
+    fn small_scoring(preset: &str) -> BenchConfig {
+        BenchConfig {
+            preset: preset.into(),
             device: "cpu".into(),
             figures: vec![Figure::Score],
             shape: BenchShape {
@@ -922,7 +920,17 @@ mod tests {
             gradient_checkpointing: Some(false),
             dtype: None,
             profile: None,
+            layers: None,
+        }
+    }
+
+    /// `--layers` keeps a preset's widths with fewer layers, says so in every line, and zero is
+    /// refused before any work.
+    #[test]
+    fn layers_cut_a_preset_short_and_say_so() {
+        let config = BenchConfig {
             layers: Some(1),
+            ..small_scoring("small")
         };
         let cut = bench_model_config(&config).unwrap();
         let full = Gemma3Config::preset("small").unwrap();
@@ -966,21 +974,8 @@ mod tests {
     fn a_profile_is_refused_off_libtorch_and_written_on_it() {
         let dir = tempfile::tempdir().unwrap();
         let config = BenchConfig {
-            preset: "tiny".into(),
-            device: "cpu".into(),
-            figures: vec![Figure::Score],
-            shape: BenchShape {
-                new_tokens: 4,
-                score_prompts: 1,
-                samples: 2,
-                repeats: 1,
-                ..BenchShape::peer()
-            },
-            seed: 1,
-            gradient_checkpointing: Some(false),
-            dtype: None,
             profile: Some(dir.path().join("profile")),
-            layers: None,
+            ..small_scoring("tiny")
         };
         let err = run_bench(&config, &mut |_| panic!("measured on flex"))
             .unwrap_err()

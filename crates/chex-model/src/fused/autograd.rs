@@ -308,11 +308,11 @@ fn train(projection: &Projection, x: &Th, tensors: &Option<AdapterTensors>) -> T
 }
 
 /// burn's `Dropout` on libtorch, draw for draw, as [`crate::layers::lora_dropout`] applies it:
-/// a Bernoulli mask over the input's elements (its rows flattened, the same draws in the same
-/// order as burn's mask of the unflattened input), and the product, with the fraction kept for the caller
-/// to rescale. The mask is drawn directly in the input's dtype, which in bf16 halves the bytes
-/// it writes and needs no cast: libtorch's Bernoulli kernels draw in f32 whatever the output's
-/// dtype, so a bf16 mask holds the zeros and ones of the f32 draw burn's path casts
+/// a Bernoulli mask over the input's elements (its rows flattened: the same draws in the same
+/// order as burn's mask of the unflattened input), and the product, with the fraction kept for
+/// the caller to rescale. The mask is drawn directly in the input's dtype, which in bf16 halves
+/// the bytes it writes and needs no cast: libtorch's Bernoulli kernels draw in f32 whatever the
+/// output's dtype, so a bf16 mask holds the zeros and ones of the f32 draw burn's path casts
 /// (`libtorch_autograd_layers_take_burns_gradients` would see any other mask).
 fn dropout(x: &Th, adapter: &Adapter) -> (Th, f64) {
     if adapter.dropout == 0.0 {

@@ -168,13 +168,12 @@ impl Projection {
 /// itself, not a view of it (a reshape): autograd records an in-place write into a view as a
 /// copy of the whole base, and its backward pass then zero-fills and copies `[tokens, d_out]`
 /// several times (`CopySlices`, `AsStridedBackward0`).
-pub(crate) fn add_update(base: Th, down: &Th, b: &Th) -> Th {
+pub(crate) fn add_update(mut base: Th, down: &Th, b: &Th) -> Th {
     debug_assert_eq!(
         base.dim(),
         2,
         "the update is added to a [tokens, d_out] product"
     );
-    let mut base = base;
     base.addmm_(down, b)
 }
 
