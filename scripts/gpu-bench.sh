@@ -17,8 +17,9 @@
 # TEST_TIMEOUT_S bounds each (default 120). With the score figure, one more scoring run without
 # checkpointing is profiled by PyTorch's profiler into OUT_DIR/profile-DTYPE (its line lists the
 # longest kernels; score-ops.tsv has them all, score-trace.json.gz the timeline, traffic-census.txt
-# the CPU-side arithmetic model of scripts/traffic-census.py to set beside them; BENCH_PROFILE=0
-# skips it).
+# the CPU-side arithmetic model of scripts/traffic-census.py to set beside them; with the peer,
+# scripts/peer-scoring-profile.py profiles transformers' pass the same way, into
+# peer-score-trace.json.gz and peer-traffic-census.txt; BENCH_PROFILE=0 skips both).
 #
 # Also written to OUT_DIR: gpu-bench.jsonl.stderr (every program's errors), tests.txt (the test
 # programs' reports), timeline.jsonl (when each program started and how long it ran) and
@@ -138,7 +139,16 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
       # The CPU's arithmetic model of the same pass, beside the kernels' measured times.
       python3 "$(dirname "$0")/traffic-census.py" "$out_dir/profile-$dtype/score-trace.json" \
         > "$out_dir/profile-$dtype/traffic-census.txt" 2>&1
-      gzip -f "$out_dir/profile-$dtype/score-trace.json" 2>/dev/null ;;
+      gzip -f "$out_dir/profile-$dtype/score-trace.json" 2>/dev/null
+      # The peer's pass under the same profiler and census: its kernels beside ours.
+      if [ -n "$peer" ]; then
+        timed_run "peer profile $dtype" "$out" python3 "$(dirname "$0")/peer-scoring-profile.py" \
+          "$out_dir/profile-$dtype" --device cuda --dtype "$dtype" --vision-head --repeats 1
+        python3 "$(dirname "$0")/traffic-census.py" \
+          "$out_dir/profile-$dtype/peer-score-trace.json" \
+          > "$out_dir/profile-$dtype/peer-traffic-census.txt" 2>&1
+        gzip -f "$out_dir/profile-$dtype/peer-score-trace.json" 2>/dev/null
+      fi ;;
   esac
   first=0
 done

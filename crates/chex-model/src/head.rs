@@ -106,6 +106,10 @@ pub struct OutputHead<'a> {
     /// pass consumes the graph it walks, the tied embedding's transpose included).
     detached: Option<(Tensor<2>, Option<Tensor<1>>)>,
     inverse_temperature: f64,
+    /// Whether the temperature scales the head's input rather than its logits: the same
+    /// logits when the head has no bias and no final soft-cap, for one pass over the hidden
+    /// states instead of one over every block of logits (and another in the backward pass).
+    scales_input: bool,
 }
 
 impl<'a> OutputHead<'a> {
@@ -121,6 +125,8 @@ impl<'a> OutputHead<'a> {
                 )
             }),
             inverse_temperature: 1.0 / temperature.max(1e-6) as f64,
+            scales_input: model.output_bias().is_none()
+                && model.config.text_config.final_logit_softcapping.is_none(),
         }
     }
 
@@ -143,7 +149,39 @@ impl<'a> OutputHead<'a> {
     pub fn logits(&self, normed: Tensor<3>, vocab: &Range<usize>) -> Tensor<3> {
         let (head, bias) = self.parts();
         let (head, bias) = block_parts(head, bias, vocab);
-        self.model.logits_with_parts(normed, &head, bias) * self.inverse_temperature
+        self.block_logits(self.input(normed), &head, bias)
+    }
+
+    /// `normed` as the head's products take it: scaled by the temperature when
+    /// [`Self::scales_input`].
+    fn input(&self, normed: Tensor<3>) -> Tensor<3> {
+        if self.scales_input && self.inverse_temperature != 1.0 {
+            normed * self.inverse_temperature
+        } else {
+            normed
+        }
+    }
+
+    /// The temperature-scaled logits of a block of the head from an [`Self::input`].
+    fn block_logits(
+        &self,
+        input: Tensor<3>,
+        head: &Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Tensor<3> {
+        let logits = self.model.logits_with_parts(input, head, bias);
+        if self.scales_input || self.inverse_temperature == 1.0 {
+            logits
+        } else {
+            logits * self.inverse_temperature
+        }
+    }
+
+    /// The temperature-scaled logits of `input` over the entries `vocab`.
+    fn logits_of_input(&self, input: Tensor<3>, vocab: &Range<usize>) -> Tensor<3> {
+        let (head, bias) = self.parts();
+        let (head, bias) = block_parts(head, bias, vocab);
+        self.block_logits(input, &head, bias)
     }
 
     /// The scores of `targets` `[rows, positions, 1]` from `normed` `[rows, positions, hidden]`,
@@ -156,9 +194,10 @@ impl<'a> OutputHead<'a> {
         targets: &Tensor<3, Int>,
         blocks: &[Range<usize>],
     ) -> HeadScores {
+        let input = self.input(normed);
         let mut merged: Option<Merged> = None;
         for vocab in blocks {
-            let logits = self.logits(normed.clone(), vocab);
+            let logits = self.logits_of_input(input.clone(), vocab);
             let chosen = chosen_logit(&logits, targets, vocab, blocks.len() == 1);
             // The shift only steadies exp; its gradient cancels, so it is out of the graph.
             let block_max = logits.clone().max_dim(2).detach();
@@ -207,6 +246,7 @@ impl<'a> OutputHead<'a> {
         let targets = targets.clone().inner();
         let mut total: Option<Tensor<3>> = None;
         for vocab in blocks {
+            // Each block's backward pass consumes its graph, so each scales its own input.
             let logits = self.logits(normed.clone(), vocab);
             let mut weight = factors.spread(logits.clone().inner(), 1.0);
             if let Some(g_lp) = &factors.logprobs {
@@ -246,6 +286,7 @@ impl<'a> OutputHead<'a> {
     ) -> Tensor<3> {
         let x = normed.clone().inner();
         let [rows, positions, hidden] = x.dims();
+        let input = self.input(x.clone());
         let (head, bias) = self.parts();
         let (head, bias) = (head.inner(), bias.map(Tensor::inner));
         let scale = self.inverse_temperature;
@@ -256,7 +297,7 @@ impl<'a> OutputHead<'a> {
         });
         for vocab in blocks {
             let (block, block_bias) = block_parts(head.clone(), bias.clone(), vocab);
-            let logits = self.model.logits_with_parts(x.clone(), &block, block_bias) * scale;
+            let logits = self.block_logits(input.clone(), &block, block_bias);
             let weight = factors.spread(logits, scale);
             let share = product(weight, block.transpose(), None);
             total = Some(match total {

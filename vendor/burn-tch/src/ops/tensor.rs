@@ -172,8 +172,9 @@ impl FloatTensorOps<Self> for LibTorch {
         // chex-grpo patch: a right operand shared by every batch of the left one
         // (`[1, .., 1, k, n]`, as burn's `linear` passes a weight) goes to LibTorch as the
         // matrix it is. Given with its batch dimensions, LibTorch's matmul expands it to the
-        // left operand's batch and copies it once per batch entry before a batched product;
-        // given as a matrix, it folds the left operand's batch into rows for one `mm`.
+        // left operand's batch for a batched product, whose CPU kernel copies it once per
+        // batch entry (cuBLAS reads the expanded operand in place); given as a matrix, it
+        // folds the left operand's batch into rows for one `mm` on every device.
         let size = rhs.tensor.size();
         let rank = size.len();
         let shared = rank > 2 && size[..rank - 2].iter().all(|&d| d == 1);
