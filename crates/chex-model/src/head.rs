@@ -147,9 +147,7 @@ impl<'a> OutputHead<'a> {
     /// The temperature-scaled logits `[rows, positions, vocab.len()]` of `normed`
     /// `[rows, positions, hidden]` (the final norm applied) over the entries `vocab`.
     pub fn logits(&self, normed: Tensor<3>, vocab: &Range<usize>) -> Tensor<3> {
-        let (head, bias) = self.parts();
-        let (head, bias) = block_parts(head, bias, vocab);
-        self.block_logits(self.input(normed), &head, bias)
+        self.logits_of_input(self.input(normed), vocab)
     }
 
     /// `normed` as the head's products take it: scaled by the temperature when
