@@ -22,6 +22,9 @@ small or broadcasting operands, and launches cost the host time.
         --repeats 1 --gradient-checkpointing false --profile DIR
     scripts/traffic-census.py DIR/score-trace.json [--bandwidth 3.5e12] [--flops 6.5e14] [--top 30]
 
+With `--minus` the census of a second trace is subtracted entry by entry: the same pass at
+`--layers 2` minus `--layers 1` is what one layer of each tower costs.
+
 The trace of `scripts/peer-scoring-profile.py` (transformers and PEFT's pass) reads the same way.
 Standard library only.
 """
@@ -210,9 +213,44 @@ def traffic(event):
     return read + write
 
 
+def census(path, bandwidth, flops):
+    """The trace's kernels: element-wise rows (calls, bytes) and product rows (calls, seconds,
+    calls bound by memory), each keyed by operator and first input's shape."""
+    with open(path) as f:
+        events = [e for e in json.load(f)["traceEvents"]
+                  if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
+    elementwise = collections.defaultdict(lambda: [0, 0])
+    products = collections.defaultdict(lambda: [0, 0.0, 0])
+    for e, modelled in kernels(events):
+        name = e["name"]
+        shapes = [dims for _, _, dims in tensors(e)]
+        if is_product(e):
+            # Priced by whichever bound is slower: a LoRA product of rank 16 is its reads.
+            compute, memory = product_flops(e) / flops, product_bytes(e) / bandwidth
+            row = products[(name, str(shapes[0]) if shapes else "")]
+            row[0] += 1
+            row[1] += max(compute, memory)
+            row[2] += memory > compute
+        elif name not in METADATA and shapes:
+            row = elementwise[(name, str(shapes[0]))]
+            row[0] += 1
+            row[1] += traffic(e) if modelled is None else modelled
+    return elementwise, products
+
+
+def minus(rows, other):
+    """`rows` less `other`, entry by entry: what a trace with one more layer adds."""
+    for key, values in other.items():
+        rows[key] = [a - b for a, b in zip(rows[key], values)]
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trace", help="score-trace.json from chex bench --profile")
+    parser.add_argument("--minus", metavar="TRACE",
+                        help="subtract this trace's census (the same pass with one layer fewer "
+                             "per tower: what one layer costs)")
     parser.add_argument("--bandwidth", type=float, default=3.5e12,
                         help="bytes per second the element-wise kernels reach (H200: ~3.5e12)")
     parser.add_argument("--flops", type=float, default=6.5e14,
@@ -220,28 +258,13 @@ def main():
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
 
-    with open(args.trace) as f:
-        events = [e for e in json.load(f)["traceEvents"]
-                  if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
-    elementwise = collections.defaultdict(lambda: [0, 0])  # calls, bytes
-    products = collections.defaultdict(lambda: [0, 0.0, 0])  # calls, seconds, memory-bound calls
-    launches = 0
-    for e, modelled in kernels(events):
-        name = e["name"]
-        shapes = [dims for _, _, dims in tensors(e)]
-        if is_product(e):
-            # Priced by whichever bound is slower: a LoRA product of rank 16 is its reads.
-            compute, memory = product_flops(e) / args.flops, product_bytes(e) / args.bandwidth
-            row = products[(name, str(shapes[0]) if shapes else "")]
-            row[0] += 1
-            row[1] += max(compute, memory)
-            row[2] += memory > compute
-            launches += 1
-        elif name not in METADATA and shapes:
-            row = elementwise[(name, str(shapes[0]))]
-            row[0] += 1
-            row[1] += traffic(e) if modelled is None else modelled
-            launches += 1
+    elementwise, products = census(args.trace, args.bandwidth, args.flops)
+    if args.minus:
+        print(f"difference: {args.trace} minus {args.minus}")
+        other_elementwise, other_products = census(args.minus, args.bandwidth, args.flops)
+        elementwise = minus(elementwise, other_elementwise)
+        products = minus(products, other_products)
+    launches = sum(r[0] for r in elementwise.values()) + sum(r[0] for r in products.values())
     product_seconds = sum(r[1] for r in products.values())
     bound = sum(r[2] for r in products.values())
     moved = sum(b for _, b in elementwise.values())
@@ -260,6 +283,7 @@ def main():
     for (name, shape), (calls, seconds, by_memory) in ranked[:args.top // 3]:
         kind = "memory" if by_memory * 2 > calls else "FLOPs"
         print(f"{seconds * 1e3:8.2f} {kind:>8} {calls:6d}  {name} {shape}")
+
 
 if __name__ == "__main__":
     main()
