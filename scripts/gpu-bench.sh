@@ -92,6 +92,13 @@ gpu_tests() {
   done
 }
 
+# `census DIR NAME REPORT`: the arithmetic model of DIR/NAME-trace.json (scripts/traffic-census.py)
+# into DIR/REPORT, beside the kernels' measured times; the trace is then compressed.
+census() {
+  python3 "$(dirname "$0")/traffic-census.py" "$1/$2-trace.json" > "$1/$3" 2>&1
+  gzip -f "$1/$2-trace.json" 2>/dev/null
+}
+
 # Each precision's transformers figures first, so a run cut short by the device's time still
 # has the peer line beside each of ours; the precision the study uses on GPUs (bf16) first, and
 # with checkpointing (its default there) before without.
@@ -136,18 +143,12 @@ for dtype in ${BENCH_DTYPES:-bf16 f32}; do
     *,score,*:1)
       bench --dtype "$dtype" --figures score --repeats 1 --gradient-checkpointing false \
         --profile "$out_dir/profile-$dtype"
-      # The CPU's arithmetic model of the same pass, beside the kernels' measured times.
-      python3 "$(dirname "$0")/traffic-census.py" "$out_dir/profile-$dtype/score-trace.json" \
-        > "$out_dir/profile-$dtype/traffic-census.txt" 2>&1
-      gzip -f "$out_dir/profile-$dtype/score-trace.json" 2>/dev/null
+      census "$out_dir/profile-$dtype" score traffic-census.txt
       # The peer's pass under the same profiler and census: its kernels beside ours.
       if [ -n "$peer" ]; then
         timed_run "peer profile $dtype" "$out" python3 "$(dirname "$0")/peer-scoring-profile.py" \
           "$out_dir/profile-$dtype" --device cuda --dtype "$dtype" --vision-head --repeats 1
-        python3 "$(dirname "$0")/traffic-census.py" \
-          "$out_dir/profile-$dtype/peer-score-trace.json" \
-          > "$out_dir/profile-$dtype/peer-traffic-census.txt" 2>&1
-        gzip -f "$out_dir/profile-$dtype/peer-score-trace.json" 2>/dev/null
+        census "$out_dir/profile-$dtype" peer-score peer-traffic-census.txt
       fi ;;
   esac
   first=0

@@ -106,10 +106,6 @@ pub struct OutputHead<'a> {
     /// pass consumes the graph it walks, the tied embedding's transpose included).
     detached: Option<(Tensor<2>, Option<Tensor<1>>)>,
     inverse_temperature: f64,
-    /// Whether the temperature scales the head's input rather than its logits: the same
-    /// logits when the head has no bias and no final soft-cap, for one pass over the hidden
-    /// states instead of one over every block of logits (and another in the backward pass).
-    scales_input: bool,
 }
 
 impl<'a> OutputHead<'a> {
@@ -125,8 +121,6 @@ impl<'a> OutputHead<'a> {
                 )
             }),
             inverse_temperature: 1.0 / temperature.max(1e-6) as f64,
-            scales_input: model.output_bias().is_none()
-                && model.config.text_config.final_logit_softcapping.is_none(),
         }
     }
 
@@ -150,10 +144,26 @@ impl<'a> OutputHead<'a> {
         self.logits_of_input(self.input(normed), vocab)
     }
 
+    /// Whether the model's head ends in a soft-cap `cap · tanh(z / cap)`.
+    fn softcapped(&self) -> bool {
+        self.model
+            .config
+            .text_config
+            .final_logit_softcapping
+            .is_some()
+    }
+
+    /// Whether the temperature scales the head's input rather than its logits: the same
+    /// logits when the head has no bias and no final soft-cap, for one pass over the hidden
+    /// states instead of one over every block of logits (and another in the backward pass).
+    fn scales_input(&self) -> bool {
+        !self.softcapped() && self.model.output_bias().is_none()
+    }
+
     /// `normed` as the head's products take it: scaled by the temperature when
     /// [`Self::scales_input`].
     fn input(&self, normed: Tensor<3>) -> Tensor<3> {
-        if self.scales_input && self.inverse_temperature != 1.0 {
+        if self.inverse_temperature != 1.0 && self.scales_input() {
             normed * self.inverse_temperature
         } else {
             normed
@@ -168,7 +178,7 @@ impl<'a> OutputHead<'a> {
         bias: Option<Tensor<1>>,
     ) -> Tensor<3> {
         let logits = self.model.logits_with_parts(input, head, bias);
-        if self.scales_input || self.inverse_temperature == 1.0 {
+        if self.inverse_temperature == 1.0 || self.scales_input() {
             logits
         } else {
             logits * self.inverse_temperature
@@ -212,13 +222,7 @@ impl<'a> OutputHead<'a> {
     /// Whether the gradient reaches no parameter of the head and passes through no soft-cap, so
     /// that [`Self::normed_gradient`] carries it through the head's product by hand.
     fn frozen(&self) -> bool {
-        !self.trains()
-            && self
-                .model
-                .config
-                .text_config
-                .final_logit_softcapping
-                .is_none()
+        !self.trains() && !self.softcapped()
     }
 
     /// The gradient of a loss with respect to `normed` `[rows, positions, hidden]` (a tracked
