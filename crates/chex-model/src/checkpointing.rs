@@ -43,7 +43,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
-use crate::head::{BLOCK_ELEMENTS, HeadBlocks, OutputHead, ScoreGradients};
+use crate::head::{BLOCK_ELEMENTS, HeadBlocks, HeadScores, OutputHead, ScoreGradients};
 use crate::scoring::{ScoringBatch, ScoringRow, TokenScores};
 use crate::text::{KeyReads, StepInputs};
 use crate::vlm::{Gemma3ForConditionalGeneration, ImageInputs};
@@ -66,10 +66,8 @@ struct LayerCheckpoints {
     /// The scores, leaves the loss's graph starts from: `[batch, longest]` each.
     logprobs: Tensor<2>,
     entropies: Tensor<2>,
-    /// Each position's log-sum-exp and mean logit, `[batch, longest]` (what the head's
-    /// backward pass needs).
-    log_norm: Tensor<2>,
-    mean_logit: Tensor<2>,
+    /// The head's scores in the forward pass (what its backward pass needs).
+    head_scores: HeadScores,
     /// Input of each decoder layer, detached.
     inputs: Vec<Tensor<3>>,
     /// Generator seed each layer ran under (none outside autodiff).
@@ -230,8 +228,8 @@ pub fn score_for_training_in_blocks(
     let head_scores = batch.scores_over(&head, &blocks, |positions| {
         norm.forward(batch.predicting(&x, positions))
     });
-    let logprobs = head_scores.logprobs.require_grad();
-    let entropies = head_scores.entropies.require_grad();
+    let logprobs = head_scores.logprobs.clone().require_grad();
+    let entropies = head_scores.entropies.clone().require_grad();
     let scores = batch.masked(logprobs.clone(), entropies.clone());
     (
         scores,
@@ -242,8 +240,7 @@ pub fn score_for_training_in_blocks(
                 temperature,
                 logprobs,
                 entropies,
-                log_norm: head_scores.log_norm,
-                mean_logit: head_scores.mean_logit,
+                head_scores,
                 inputs,
                 seeds,
                 step,
@@ -309,8 +306,7 @@ impl ScoreGraph {
             let Some(gradient) = head.normed_gradient(
                 &leaf,
                 &c.batch.targets(positions.clone()),
-                &range(&c.log_norm),
-                &range(&c.mean_logit),
+                &c.head_scores.positions(positions.clone()),
                 &upstream,
                 &c.blocks.vocab,
                 |grads| {

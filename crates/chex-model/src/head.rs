@@ -5,14 +5,18 @@
 //! positions against the whole vocabulary reads all of it per chunk: at 8 rows of 128 tokens and
 //! 64 MiB of f32 logits a chunk, 16 reads in the forward pass and 32 more in a checkpointed
 //! backward pass, each a product only 64 rows tall. Blocks of the vocabulary instead read each
-//! column of the head once per pass, as products as tall as every completion position; the
-//! log-sum-exp, the chosen token's logit and the entropy are merged block by block (the online
-//! softmax of flash attention), so no tensor spans the vocabulary. The backward pass needs no
-//! graph through the softmax: with the log-sum-exp `L` and mean logit `E[z]` of the forward
-//! pass, the gradient of the logits `z` is `g_lp (onehot - p) + g_H p (E[z] - z)` with
-//! `p = exp(z - L)`, formed block by block as a constant `w`. For a frozen head (LoRA) `w`
-//! times the transposed block is the gradient of the hidden states, formed by hand; for one
-//! that trains, `sum(z · w)` carries `w` through autodiff to the head's parameters as well.
+//! column of the head once per pass, as products as tall as every completion position; each
+//! block's log-sum-exp and entropy under its own softmax, and the chosen token's logit, are
+//! merged across the blocks afterwards (as flash attention merges its tiles), so no tensor spans
+//! the vocabulary. The backward pass needs no graph through the softmax: with the log-sum-exp
+//! `L` and mean logit `E[z]` of the forward pass, the gradient of the logits `z` is
+//! `g_lp (onehot - p) + g_H p (E[z] - z)` with `p = exp(z - L)`, formed block by block as a
+//! constant `w`. For a frozen head (LoRA) `w` times the transposed block is the gradient of the
+//! hidden states, formed by hand; for one that trains, `sum(z · w)` carries `w` through autodiff
+//! to the head's parameters as well. On libtorch a frozen head without bias or soft-cap runs
+//! both passes as a few libtorch kernels a block ([`crate::fused`]'s `head`), the backward pass
+//! as each block's own softmax rescaled by `exp(L_b - L)`, from the blocks' log-sum-exps `L_b`
+//! the forward pass keeps.
 //!
 //! ```
 //! use chex_model::head::HeadBlocks;
@@ -75,17 +79,58 @@ fn ranges(total: usize, step: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Scores of a range of positions, each `[rows, positions]`.
+/// Scores of a range of positions, each `[rows, positions]` (and what the backward pass needs).
 #[derive(Debug, Clone)]
 pub struct HeadScores {
     /// `log p(target)` at the temperature.
     pub logprobs: Tensor<2>,
     /// Entropy of each position's distribution.
     pub entropies: Tensor<2>,
-    /// The log-sum-exp `L` of each position's logits (what the backward pass needs).
+    /// The log-sum-exp `L` of each position's logits.
     pub log_norm: Tensor<2>,
     /// The mean logit `E_p[z]` under the position's distribution (`L - entropy`).
     pub mean_logit: Tensor<2>,
+    /// The log-sum-exp of each block of the vocabulary, `[rows, positions, blocks]`.
+    pub block_log_norms: Tensor<3>,
+}
+
+impl HeadScores {
+    /// The scores of completion `positions` (indices into these scores' own positions).
+    pub fn positions(&self, positions: Range<usize>) -> Self {
+        let [rows, _] = self.logprobs.dims();
+        let cut = |t: &Tensor<2>| t.clone().slice([0..rows, positions.clone()]);
+        let blocks = self.block_log_norms.dims()[2];
+        Self {
+            logprobs: cut(&self.logprobs),
+            entropies: cut(&self.entropies),
+            log_norm: cut(&self.log_norm),
+            mean_logit: cut(&self.mean_logit),
+            block_log_norms: self
+                .block_log_norms
+                .clone()
+                .slice([0..rows, positions, 0..blocks]),
+        }
+    }
+
+    /// Consecutive ranges' scores as one (panics on none).
+    pub fn join(mut ranges: Vec<Self>) -> Self {
+        if ranges.len() == 1 {
+            return ranges.remove(0);
+        }
+        let join = |part: fn(&Self) -> &Tensor<2>| {
+            Tensor::cat(ranges.iter().map(|r| part(r).clone()).collect(), 1)
+        };
+        Self {
+            logprobs: join(|r| &r.logprobs),
+            entropies: join(|r| &r.entropies),
+            log_norm: join(|r| &r.log_norm),
+            mean_logit: join(|r| &r.mean_logit),
+            block_log_norms: Tensor::cat(
+                ranges.iter().map(|r| r.block_log_norms.clone()).collect(),
+                1,
+            ),
+        }
+    }
 }
 
 /// The gradients of a loss with respect to a range's scores, each `[rows, positions]`; a score
@@ -203,20 +248,87 @@ impl<'a> OutputHead<'a> {
         blocks: &[Range<usize>],
     ) -> HeadScores {
         let input = self.input(normed);
-        let mut merged: Option<Merged> = None;
+        if let Some(scores) = self.scores_on_libtorch(&input, targets, blocks) {
+            return scores;
+        }
+        self.scores_by_operations(input, targets, blocks)
+    }
+
+    /// [`Self::scores`] from an [`Self::input`] through burn's operations, on any backend.
+    fn scores_by_operations(
+        &self,
+        input: Tensor<3>,
+        targets: &Tensor<3, Int>,
+        blocks: &[Range<usize>],
+    ) -> HeadScores {
+        let (mut log_norms, mut entropies) = (vec![], vec![]);
+        let mut chosen: Option<Tensor<3>> = None;
         for vocab in blocks {
             let logits = self.logits_of_input(input.clone(), vocab);
-            let chosen = chosen_logit(&logits, targets, vocab, blocks.len() == 1);
-            // The shift only steadies exp; its gradient cancels, so it is out of the graph.
-            let block_max = logits.clone().max_dim(2).detach();
-            merged = Some(match merged {
-                None => Merged::first(logits, block_max, chosen),
-                Some(m) => m.with(logits, block_max, chosen),
+            let target = chosen_logit(&logits, targets, vocab, blocks.len() == 1);
+            chosen = Some(match chosen {
+                Some(sum) => sum + target,
+                None => target,
             });
+            // The shift only steadies exp; its gradient cancels, so it is out of the graph.
+            let max = logits.clone().max_dim(2).detach();
+            let shifted = logits - max.clone();
+            let weights = shifted.clone().exp();
+            let total = weights.clone().sum_dim(2);
+            let log_total = total.clone().log();
+            // The block's entropy from the shifted logits, `log Σw - Σ w·(z - max) / Σw`: two
+            // small terms, where `L_b - E_b[z]` would subtract two large ones.
+            entropies.push(log_total.clone() - (weights * shifted).sum_dim(2) / total);
+            log_norms.push(log_total + max);
         }
-        merged
-            .expect("the vocabulary has at least one block")
-            .scores()
+        merged(
+            Tensor::cat(log_norms, 2),
+            Tensor::cat(entropies, 2),
+            chosen.expect("the vocabulary has at least one block"),
+        )
+    }
+
+    /// Whether libtorch's kernels may take the head's passes ([`crate::fused::head`]): a head
+    /// that records nothing, whose temperature scales its input (no bias, no soft-cap).
+    fn fusable(&self) -> bool {
+        cfg!(feature = "tch") && !self.trains() && self.scales_input()
+    }
+
+    /// [`Self::scores`] from an [`Self::input`] that records nothing, by libtorch's kernels;
+    /// `None` off libtorch or when [`Self::fusable`] is not.
+    fn scores_on_libtorch(
+        &self,
+        input: &Tensor<3>,
+        targets: &Tensor<3, Int>,
+        blocks: &[Range<usize>],
+    ) -> Option<HeadScores> {
+        if input.is_tracked() || !self.fusable() {
+            return None;
+        }
+        #[cfg(feature = "tch")]
+        {
+            let (head, _) = self.parts();
+            let statistics = crate::fused::head::block_statistics(
+                &input.clone().inner(),
+                &head.inner(),
+                &targets.clone().inner(),
+                blocks,
+            )?;
+            // Back on the caller's device kind: an autodiff pass goes on with these scores.
+            let lift = |t: Tensor<3>| {
+                if input.is_autodiff() { t.autodiff() } else { t }
+            };
+            Some(merged(
+                lift(statistics.log_norms),
+                lift(statistics.entropies),
+                lift(statistics.chosen),
+            ))
+        }
+        #[cfg(not(feature = "tch"))]
+        {
+            let _ = (targets, blocks);
+            None
+        }
     }
 
     /// Whether the gradient reaches no parameter of the head and passes through no soft-cap, so
@@ -227,20 +339,18 @@ impl<'a> OutputHead<'a> {
 
     /// The gradient of a loss with respect to `normed` `[rows, positions, hidden]` (a tracked
     /// leaf), given the gradients `upstream` of the scores of `targets` at these positions and the
-    /// forward pass's `log_norm` and `mean_logit`; `on_block` receives each block's gradients
-    /// when the head trains (the head's own among them). `None` when the loss uses no score here.
-    #[allow(clippy::too_many_arguments)]
+    /// forward pass's scores `forward` there; `on_block` receives each block's gradients when
+    /// the head trains (the head's own among them). `None` when the loss uses no score here.
     pub fn normed_gradient(
         &self,
         normed: &Tensor<3>,
         targets: &Tensor<3, Int>,
-        log_norm: &Tensor<2>,
-        mean_logit: &Tensor<2>,
+        forward: &HeadScores,
         upstream: &ScoreGradients,
         blocks: &[Range<usize>],
         mut on_block: impl FnMut(Gradients),
     ) -> Option<Tensor<3>> {
-        let factors = LogitGradient::new(log_norm, mean_logit, upstream)?;
+        let factors = LogitGradient::new(forward, upstream)?;
         if self.frozen() {
             return Some(self.frozen_normed_gradient(normed, targets, &factors, blocks));
         }
@@ -292,15 +402,37 @@ impl<'a> OutputHead<'a> {
         let (head, bias) = self.parts();
         let (head, bias) = (head.inner(), bias.map(Tensor::inner));
         let scale = self.inverse_temperature;
-        let mut total = factors.logprobs.as_ref().map(|g_lp| {
+        let target_term = factors.logprobs.as_ref().map(|g_lp| {
             let index = targets.clone().inner().reshape([rows * positions]);
             let columns = head.clone().transpose().select(0, index).cast(x.dtype());
             columns.reshape([rows, positions, hidden]) * (g_lp.clone() * scale)
         });
+        let blocks_term = self
+            .logprob_gradient_on_libtorch(&input, &head, factors, blocks)
+            .unwrap_or_else(|| {
+                self.blocks_gradient_by_operations(&input, head, bias, factors, blocks)
+            });
+        match target_term {
+            Some(target) => target + blocks_term,
+            None => blocks_term,
+        }
+    }
+
+    /// The blocks' part of [`Self::frozen_normed_gradient`] (all but the target's term) from an
+    /// [`Self::input`] through burn's operations, on any backend.
+    fn blocks_gradient_by_operations(
+        &self,
+        input: &Tensor<3>,
+        head: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        factors: &LogitGradient,
+        blocks: &[Range<usize>],
+    ) -> Tensor<3> {
+        let mut total: Option<Tensor<3>> = None;
         for vocab in blocks {
             let (block, block_bias) = block_parts(head.clone(), bias.clone(), vocab);
             let logits = self.block_logits(input.clone(), &block, block_bias);
-            let weight = factors.spread(logits, scale);
+            let weight = factors.spread(logits, self.inverse_temperature);
             let share = product(weight, block.transpose(), None);
             total = Some(match total {
                 Some(sum) => sum + share,
@@ -308,6 +440,37 @@ impl<'a> OutputHead<'a> {
             });
         }
         total.expect("the vocabulary has at least one block")
+    }
+
+    /// The blocks' part of [`Self::frozen_normed_gradient`] by libtorch's kernels, when the loss
+    /// uses the log-probabilities alone and [`Self::fusable`]; `None` otherwise.
+    fn logprob_gradient_on_libtorch(
+        &self,
+        input: &Tensor<3>,
+        head: &Tensor<2>,
+        factors: &LogitGradient,
+        blocks: &[Range<usize>],
+    ) -> Option<Tensor<3>> {
+        if factors.entropies.is_some() || !self.fusable() {
+            return None;
+        }
+        let g_lp = factors.logprobs.as_ref()?;
+        #[cfg(feature = "tch")]
+        {
+            crate::fused::head::logprob_gradient(
+                input,
+                head,
+                &factors.block_log_norms,
+                &factors.log_norm,
+                &(g_lp.clone() * -self.inverse_temperature),
+                blocks,
+            )
+        }
+        #[cfg(not(feature = "tch"))]
+        {
+            let _ = (input, head, g_lp, blocks);
+            None
+        }
     }
 }
 
@@ -332,21 +495,22 @@ fn block_parts(
 struct LogitGradient {
     log_norm: Tensor<3>,
     mean_logit: Tensor<3>,
+    /// Each block's log-sum-exp, `[rows, positions, blocks]` (libtorch's backward pass rescales
+    /// each block's own softmax by it).
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
+    block_log_norms: Tensor<3>,
     logprobs: Option<Tensor<3>>,
     entropies: Option<Tensor<3>>,
 }
 
 impl LogitGradient {
-    /// The factors, or `None` when the loss uses neither score.
-    fn new(
-        log_norm: &Tensor<2>,
-        mean_logit: &Tensor<2>,
-        upstream: &ScoreGradients,
-    ) -> Option<Self> {
+    /// The factors from the forward pass's scores, or `None` when the loss uses neither score.
+    fn new(forward: &HeadScores, upstream: &ScoreGradients) -> Option<Self> {
         let column = |t: &Tensor<2>| t.clone().inner().unsqueeze_dim::<3>(2);
         let factors = Self {
-            log_norm: column(log_norm),
-            mean_logit: column(mean_logit),
+            log_norm: column(&forward.log_norm),
+            mean_logit: column(&forward.mean_logit),
+            block_log_norms: forward.block_log_norms.clone().inner(),
             logprobs: upstream.logprobs.as_ref().map(column),
             entropies: upstream.entropies.as_ref().map(column),
         };
@@ -410,53 +574,29 @@ fn block_index(
     (index, Some(inside))
 }
 
-/// The running log-sum-exp statistics of the blocks seen so far, `[rows, positions, 1]` each.
-struct Merged {
-    /// The largest logit seen (detached).
-    max: Tensor<3>,
-    /// `sum exp(z - max)`.
-    total: Tensor<3>,
-    /// `sum exp(z - max) · z`.
-    weighted: Tensor<3>,
-    /// The target's logit.
-    chosen: Tensor<3>,
-}
-
-impl Merged {
-    fn first(logits: Tensor<3>, max: Tensor<3>, chosen: Tensor<3>) -> Self {
-        let weights = (logits.clone() - max.clone()).exp();
-        Self {
-            total: weights.clone().sum_dim(2),
-            weighted: (weights * logits).sum_dim(2),
-            max,
-            chosen,
-        }
-    }
-
-    /// Merged with the next block: the sums so far rescaled to the new maximum.
-    fn with(self, logits: Tensor<3>, block_max: Tensor<3>, chosen: Tensor<3>) -> Self {
-        let max = self.max.clone().max_pair(block_max);
-        let rescale = (self.max - max.clone()).exp();
-        let weights = (logits.clone() - max.clone()).exp();
-        Self {
-            total: self.total * rescale.clone() + weights.clone().sum_dim(2),
-            weighted: self.weighted * rescale + (weights * logits).sum_dim(2),
-            max,
-            chosen: self.chosen + chosen,
-        }
-    }
-
-    fn scores(self) -> HeadScores {
-        let [rows, positions, _] = self.max.dims();
-        let log_norm = self.total.clone().log() + self.max;
-        let mean_logit = self.weighted / self.total;
-        let flat = |t: Tensor<3>| t.reshape([rows, positions]);
-        HeadScores {
-            logprobs: flat(self.chosen - log_norm.clone()),
-            entropies: flat(log_norm.clone() - mean_logit.clone()),
-            log_norm: flat(log_norm),
-            mean_logit: flat(mean_logit),
-        }
+/// The scores from each block's log-sum-exp `L_b` and entropy `H_b` under its own softmax,
+/// `[rows, positions, blocks]`, and the targets' logits `[rows, positions, 1]`. With each block's
+/// share of the probability `π_b = exp(L_b - L)`, the entropy is `Σ π_b H_b - Σ π_b log π_b`
+/// (within the blocks, then between them).
+fn merged(log_norms: Tensor<3>, entropies: Tensor<3>, chosen: Tensor<3>) -> HeadScores {
+    let [rows, positions, blocks] = log_norms.dims();
+    let flat = |t: Tensor<3>| t.reshape([rows, positions]);
+    let (log_norm, entropy) = if blocks == 1 {
+        (log_norms.clone(), entropies)
+    } else {
+        // The shift only steadies exp; its gradient cancels, so it is out of the graph.
+        let max = log_norms.clone().max_dim(2).detach();
+        let log_norm = (log_norms.clone() - max.clone()).exp().sum_dim(2).log() + max;
+        let log_shares = log_norms.clone() - log_norm.clone();
+        let shares = log_shares.clone().exp();
+        (log_norm, (shares * (entropies - log_shares)).sum_dim(2))
+    };
+    HeadScores {
+        logprobs: flat(chosen - log_norm.clone()),
+        entropies: flat(entropy.clone()),
+        mean_logit: flat(log_norm.clone() - entropy),
+        log_norm: flat(log_norm),
+        block_log_norms: log_norms,
     }
 }
 
@@ -467,8 +607,8 @@ mod tests {
     use burn::tensor::{Device, Distribution, TensorData};
 
     use super::*;
-    use crate::Gemma3Config;
-    use crate::device::on_every_test_device;
+    use crate::device::{DeviceChoice, on_every_test_device};
+    use crate::{Gemma3Config, ModelDtype};
 
     /// Whether `ranges` cut `0..total` into consecutive non-empty pieces.
     fn cut(ranges: &[Range<usize>], total: usize) -> bool {
@@ -646,15 +786,9 @@ mod tests {
                         let stats = head.scores(normed.clone().detach(), &targets, &blocks);
                         let mut calls = 0;
                         let got = head
-                            .normed_gradient(
-                                &normed,
-                                &targets,
-                                &stats.log_norm,
-                                &stats.mean_logit,
-                                &upstream,
-                                &blocks,
-                                |_| calls += 1,
-                            )
+                            .normed_gradient(&normed, &targets, &stats, &upstream, &blocks, |_| {
+                                calls += 1
+                            })
                             .unwrap();
                         assert_eq!(calls, if trains { blocks.len() } else { 0 });
                         let diff = (got - expected.clone()).abs().max().into_scalar::<f32>();
@@ -666,16 +800,119 @@ mod tests {
                     }
                 }
                 // No score used, no gradient.
+                let stats = head.scores(
+                    normed.clone().detach(),
+                    &targets,
+                    &HeadBlocks::plan(2, 3, vocab, BLOCK_ELEMENTS).vocab,
+                );
                 let none = head.normed_gradient(
                     &normed,
                     &targets,
-                    &g_lp,
-                    &g_h,
+                    &stats,
                     &ScoreGradients::default(),
                     &HeadBlocks::plan(2, 3, vocab, BLOCK_ELEMENTS).vocab,
                     |_| {},
                 );
                 assert!(none.is_none(), "{choice}");
+            }
+        });
+    }
+    /// The largest difference relative to the largest magnitude of `expected`.
+    fn relative_difference<const D: usize>(got: Tensor<D>, expected: Tensor<D>) -> f32 {
+        let scale = expected.clone().abs().max().into_scalar::<f32>().max(1e-12);
+        (got - expected).abs().max().into_scalar::<f32>() / scale
+    }
+
+    #[test]
+    fn libtorch_kernels_take_a_frozen_heads_passes_as_burns_operations_do() {
+        on_every_test_device(|choice, device| {
+            let on_libtorch = matches!(choice, DeviceChoice::TchCpu | DeviceChoice::TchCuda(_));
+            let (model, normed, targets) = head_inputs(device, None);
+            let exact = OutputHead::new(&model, 0.7, false);
+            device.seed(3);
+            let g_lp = Tensor::<2>::random([2, 3], Distribution::Normal(0.0, 1.0), device);
+            for dtype in [ModelDtype::F32, ModelDtype::Bf16] {
+                if dtype.ensure_supported(device).is_err() {
+                    continue;
+                }
+                let model = model.clone().with_dtype(dtype);
+                let head = OutputHead::new(&model, 0.7, false);
+                let (weights, bias) = head.parts();
+                let input = head.input(normed.clone());
+                let vocab = weights.dims()[1];
+                for budget in [BLOCK_ELEMENTS, 64, 1000] {
+                    let blocks = HeadBlocks::plan(2, 3, vocab, budget).vocab;
+                    let case = format!("{choice} {dtype} {} blocks", blocks.len());
+                    let fused = head.scores_on_libtorch(&input, &targets, &blocks);
+                    assert_eq!(fused.is_some(), on_libtorch, "{case}");
+                    let Some(fused) = fused else { continue };
+                    // The same bf16 logits either way: only f32's rounding apart.
+                    let expected = head.scores_by_operations(input.clone(), &targets, &blocks);
+                    let pairs = [
+                        ("log-prob", fused.logprobs, expected.logprobs.clone()),
+                        ("entropy", fused.entropies, expected.entropies.clone()),
+                        ("log-sum-exp", fused.log_norm, expected.log_norm.clone()),
+                        ("mean logit", fused.mean_logit, expected.mean_logit.clone()),
+                    ];
+                    for (name, got, want) in pairs {
+                        let diff = largest_difference(got, want);
+                        assert!(diff < 2e-5, "{case}: {name} off by {diff}");
+                    }
+                    let diff = largest_difference(
+                        fused.block_log_norms.flatten(0, 1),
+                        expected.block_log_norms.clone().flatten(0, 1),
+                    );
+                    assert!(diff < 2e-5, "{case}: blocks' log-sum-exps off by {diff}");
+
+                    let upstream = ScoreGradients {
+                        logprobs: Some(g_lp.clone()),
+                        entropies: None,
+                    };
+                    let factors = LogitGradient::new(&expected, &upstream).unwrap();
+                    let got = head
+                        .logprob_gradient_on_libtorch(&input, &weights, &factors, &blocks)
+                        .expect("a frozen head's gradient runs on libtorch");
+                    let by_operations = head.blocks_gradient_by_operations(
+                        &input,
+                        weights.clone(),
+                        bias.clone(),
+                        &factors,
+                        &blocks,
+                    );
+                    let (exact_weights, exact_bias) = exact.parts();
+                    let reference = exact.blocks_gradient_by_operations(
+                        &exact.input(normed.clone()),
+                        exact_weights,
+                        exact_bias,
+                        &factors,
+                        &blocks,
+                    );
+                    let error = relative_difference(got, reference.clone());
+                    let error_of_operations = relative_difference(by_operations, reference);
+                    // f32: burn's path to f32's rounding. bf16: within bf16's rounding of the f32
+                    // model's gradient, as burn's own bf16 path is (each rounds the softmax and
+                    // the product once, in other places).
+                    let bound = match dtype {
+                        ModelDtype::F32 => 1e-5,
+                        ModelDtype::Bf16 => 2.0 * error_of_operations.max(2f32.powi(-9)),
+                    };
+                    assert!(
+                        error <= bound,
+                        "{case}: gradient off by {error} of the largest (burn's path: \
+                         {error_of_operations})"
+                    );
+                    // An entropy term takes burn's path.
+                    let upstream = ScoreGradients {
+                        logprobs: Some(g_lp.clone()),
+                        entropies: Some(g_lp.clone()),
+                    };
+                    let factors = LogitGradient::new(&expected, &upstream).unwrap();
+                    assert!(
+                        head.logprob_gradient_on_libtorch(&input, &weights, &factors, &blocks)
+                            .is_none(),
+                        "{case}"
+                    );
+                }
             }
         });
     }

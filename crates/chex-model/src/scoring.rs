@@ -146,29 +146,19 @@ impl ScoringBatch {
         blocks: &HeadBlocks,
         predicting: impl Fn(Range<usize>) -> Tensor<3>,
     ) -> HeadScores {
-        let mut ranges: Vec<HeadScores> = blocks
-            .positions
-            .iter()
-            .map(|positions| {
-                head.scores(
-                    predicting(positions.clone()),
-                    &self.targets(positions.clone()),
-                    &blocks.vocab,
-                )
-            })
-            .collect();
-        if ranges.len() == 1 {
-            return ranges.remove(0);
-        }
-        let join = |part: fn(&HeadScores) -> &Tensor<2>| {
-            Tensor::cat(ranges.iter().map(|r| part(r).clone()).collect(), 1)
-        };
-        HeadScores {
-            logprobs: join(|r| &r.logprobs),
-            entropies: join(|r| &r.entropies),
-            log_norm: join(|r| &r.log_norm),
-            mean_logit: join(|r| &r.mean_logit),
-        }
+        HeadScores::join(
+            blocks
+                .positions
+                .iter()
+                .map(|positions| {
+                    head.scores(
+                        predicting(positions.clone()),
+                        &self.targets(positions.clone()),
+                        &blocks.vocab,
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// The hidden states that predict completion `positions`: the state at slot t predicts the
@@ -234,7 +224,9 @@ mod tests {
                     .abs()
                     .max()
                     .into_scalar::<f32>();
-                assert!(diff < 1e-6, "{diff}");
+                // A few of f32's steps at these entropies (≈ 7.6 nats, steps of 4.8e-7): the
+                // blocks sum their terms in other orders.
+                assert!(diff < 4e-6, "{diff}");
             }
         });
     }

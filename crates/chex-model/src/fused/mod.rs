@@ -8,7 +8,8 @@
 //! [`decoder`] goes further for generation: a whole decode step of every layer in libtorch
 //! calls; [`autograd`] does the same for the decoder layers of LoRA training, with libtorch's
 //! autograd taking their gradients; `graph` (with the `cuda-graphs` feature) replays the decode
-//! step as a CUDA graph.
+//! step as a CUDA graph; `head` runs a frozen output head's blocks of the vocabulary, forward
+//! and backward, as a few libtorch kernels each.
 
 // burn marks its libtorch backend deprecated; this project builds on it on purpose.
 #![allow(deprecated)]
@@ -21,6 +22,8 @@ pub mod autograd;
 pub mod decoder;
 #[cfg(feature = "cuda-graphs")]
 mod graph;
+#[cfg(feature = "tch")]
+pub(crate) mod head;
 #[cfg(feature = "tch")]
 mod weights;
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use burn::module::{Param, ParamId};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 use burn_tch::{LibTorch, TchTensor};
 use tch::{Kind, Tensor as Th};
 
@@ -23,6 +23,14 @@ pub(crate) fn handle<const D: usize>(tensor: Tensor<D>) -> Option<Th> {
 
 /// [`handle`] for a mask.
 pub(crate) fn bool_handle<const D: usize>(tensor: Tensor<D, Bool>) -> Option<Th> {
+    tensor
+        .try_into_primitive::<LibTorch>()
+        .ok()
+        .map(|t| t.tensor)
+}
+
+/// [`handle`] for ids.
+pub(crate) fn int_handle<const D: usize>(tensor: Tensor<D, Int>) -> Option<Th> {
     tensor
         .try_into_primitive::<LibTorch>()
         .ok()
