@@ -63,10 +63,9 @@ struct LayerCheckpoints {
     /// How the head covers the completion positions and the vocabulary.
     blocks: HeadBlocks,
     temperature: f32,
-    /// The scores, leaves the loss's graph starts from: `[batch, longest]` each.
-    logprobs: Tensor<2>,
-    entropies: Tensor<2>,
-    /// The head's scores in the forward pass (what its backward pass needs).
+    /// The head's scores in the forward pass: the log-probabilities and entropies are the
+    /// leaves the loss's graph starts from (`[batch, longest]` each), the rest what the head's
+    /// backward pass needs.
     head_scores: HeadScores,
     /// Input of each decoder layer, detached.
     inputs: Vec<Tensor<3>>,
@@ -225,12 +224,12 @@ pub fn score_for_training_in_blocks(
     // The head on untracked copies of the final norm and the head: only the scores are kept.
     let norm = text.norm.clone().no_grad();
     let head = OutputHead::new(model, temperature, false);
-    let head_scores = batch.scores_over(&head, &blocks, |positions| {
+    let mut head_scores = batch.scores_over(&head, &blocks, |positions| {
         norm.forward(batch.predicting(&x, positions))
     });
-    let logprobs = head_scores.logprobs.clone().require_grad();
-    let entropies = head_scores.entropies.clone().require_grad();
-    let scores = batch.masked(logprobs.clone(), entropies.clone());
+    head_scores.logprobs = head_scores.logprobs.require_grad();
+    head_scores.entropies = head_scores.entropies.require_grad();
+    let scores = batch.masked(head_scores.logprobs.clone(), head_scores.entropies.clone());
     (
         scores,
         ScoreGraph {
@@ -238,8 +237,6 @@ pub fn score_for_training_in_blocks(
                 batch,
                 blocks,
                 temperature,
-                logprobs,
-                entropies,
                 head_scores,
                 inputs,
                 seeds,
@@ -282,8 +279,8 @@ impl ScoreGraph {
         let text = &model.model.language_model;
         let mut accumulator = GradientsAccumulator::new();
         let mut grads = loss.backward();
-        let upstream_logprobs = c.logprobs.grad_remove(&mut grads);
-        let upstream_entropies = c.entropies.grad_remove(&mut grads);
+        let upstream_logprobs = c.head_scores.logprobs.grad_remove(&mut grads);
+        let upstream_entropies = c.head_scores.entropies.grad_remove(&mut grads);
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         // The head, rerun a block at a time: each range of positions gathers the gradient of
         // its normed hidden states over the vocabulary's blocks, then takes it through the
@@ -292,7 +289,7 @@ impl ScoreGraph {
         let head = OutputHead::new(model, c.temperature, true);
         let head_trains = head.trains();
         let mut carried: Option<Tensor<3>> = None;
-        let rows = c.logprobs.dims()[0];
+        let rows = c.head_scores.logprobs.dims()[0];
         for positions in &c.blocks.positions {
             let range = |t: &Tensor<2>| t.clone().slice([0..rows, positions.clone()]);
             let upstream = ScoreGradients {

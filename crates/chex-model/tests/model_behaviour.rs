@@ -563,6 +563,8 @@ fn lora_trains_only_the_adapters() {
 
 #[test]
 fn own_checkpoints_round_trip_and_bad_ones_name_the_key() {
+    // Building a model draws its initial weights from the shared generators.
+    let _serial = serial();
     on_every_test_device(|_, device| {
         let model = from_pretrained(&fixture(), device).unwrap();
         let dir = tempfile::tempdir().unwrap();

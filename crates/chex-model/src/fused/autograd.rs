@@ -21,8 +21,7 @@ use burn::tensor::Tensor;
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    Adapter, DecoderWeights, LayerWeights, Projection, bool_handle, handle, narrowed, widened,
-    with_update, wrap,
+    Adapter, DecoderWeights, LayerWeights, Projection, handle, narrowed, widened, with_update, wrap,
 };
 use crate::config::LayerKind;
 use crate::text::{Gemma3TextModel, StepInputs};
@@ -81,7 +80,7 @@ impl AutogradLayers {
             let [rows, _, len, d] = rope.0.dims();
             let shape = [rows as i64, len as i64, 1, d as i64];
             let float = |t: &Tensor<4>| handle(t.clone().inner());
-            let hidden = bool_handle(mask.clone().inner())?;
+            let hidden = handle(mask.clone().inner())?;
             Some(KindInputs {
                 cos: float(&rope.0)?.reshape(shape),
                 signed_sin: self.weights.signed(float(&rope.1)?.reshape(shape)),

@@ -29,8 +29,8 @@ use burn::tensor::{Bool, Tensor};
 use tch::{Kind, Tensor as Th};
 
 use super::weights::{
-    DecoderWeights, LayerWeights, Norm, Projection, add_update, bool_handle, handle, narrowed,
-    widened, with_update, wrap,
+    DecoderWeights, LayerWeights, Norm, Projection, add_update, handle, narrowed, widened,
+    with_update, wrap,
 };
 use crate::cache::KvCache;
 use crate::config::LayerKind;
@@ -190,7 +190,7 @@ impl FusedDecoder {
         Some(KindInputs {
             cos,
             signed_sin: self.weights.signed(sin),
-            mask: bool_handle(mask.clone())?,
+            mask: handle(mask.clone())?,
             read_from: read_from as i64,
             rows,
         })
@@ -262,8 +262,8 @@ impl FusedDecoder {
                 self.rope_handles(&step.rope_local)?,
             ],
             masks: [
-                bool_handle(step.mask_global.clone())?,
-                bool_handle(step.mask_local.clone())?,
+                handle(step.mask_global.clone())?,
+                handle(step.mask_local.clone())?,
             ],
             slot: Th::full([1], step.start as i64, (Kind::Int64, device)),
         };

@@ -13,7 +13,7 @@ use std::ops::Range;
 use burn::tensor::{Int, Tensor};
 use tch::{Kind, Tensor as Th};
 
-use super::weights::{handle, int_handle, narrowed, widened, wrap};
+use super::weights::{handle, narrowed, widened, wrap};
 
 /// Per-block statistics of the logits `z = input · head[:, block]`, each `[rows, positions, _]`.
 pub(crate) struct BlockStatistics {
@@ -34,14 +34,11 @@ pub(crate) fn block_statistics(
     targets: &Tensor<3, Int>,
     blocks: &[Range<usize>],
 ) -> Option<BlockStatistics> {
-    let [rows, positions, hidden] = input.dims();
+    let [rows, positions, _] = input.dims();
     let count = blocks.len() as i64;
     let head = handle(head.clone())?;
-    let x = narrowed(
-        &handle(input.clone())?.reshape([(rows * positions) as i64, hidden as i64]),
-        head.kind(),
-    );
-    let targets = int_handle(targets.clone())?.reshape([-1, 1]);
+    let x = product_rows(&handle(input.clone())?, head.kind());
+    let targets = handle(targets.clone())?.reshape([-1, 1]);
     let (index, inside) = block_indices(&targets, blocks);
     let (mut firsts, mut first_logprobs, mut dots, mut chosen) = (vec![], vec![], vec![], vec![]);
     for (b, vocab) in blocks.iter().enumerate() {
@@ -83,14 +80,9 @@ pub(crate) fn logprob_gradient(
     factor: &Tensor<3>,
     blocks: &[Range<usize>],
 ) -> Option<Tensor<3>> {
-    let [rows, positions, hidden] = input.dims();
     let input = handle(input.clone())?;
     let head = handle(head.clone())?;
-    let kind = head.kind();
-    let x = narrowed(
-        &input.reshape([(rows * positions) as i64, hidden as i64]),
-        kind,
-    );
+    let x = product_rows(&input, head.kind());
     let column = |t: &Tensor<3>| handle(t.clone()).map(|t| t.reshape([-1, 1]));
     let (log_norm, factor) = (column(log_norm)?, column(factor)?);
     let log_norms = handle(log_norms.clone())?.reshape([-1, blocks.len() as i64]);
@@ -112,11 +104,14 @@ pub(crate) fn logprob_gradient(
             None => widened(&share) * scale,
         });
     }
-    Some(wrap(narrowed(&total?, input.kind()).reshape([
-        rows as i64,
-        positions as i64,
-        hidden as i64,
-    ])))
+    Some(wrap(narrowed(&total?, input.kind()).reshape(input.size())))
+}
+
+/// `input` `[rows, positions, hidden]` as the products' rows `[rows · positions, hidden]` in
+/// `kind`.
+fn product_rows(input: &Th, kind: Kind) -> Th {
+    let hidden = input.size().last().copied().unwrap_or(1);
+    narrowed(&input.reshape([-1, hidden]), kind)
 }
 
 /// The columns `vocab` of the head `[hidden, vocab]`, a view.

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use burn::module::{Param, ParamId};
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::kind::Basic;
+use burn::tensor::{BackendPrimitive, Tensor};
 use burn_tch::{LibTorch, TchTensor};
 use tch::{Kind, Tensor as Th};
 
@@ -13,24 +14,11 @@ use crate::config::LayerKind;
 use crate::layers::{GemmaRmsNorm, LoraLinear};
 use crate::text::{Gemma3DecoderLayer, Gemma3TextModel, TextSpec};
 
-/// The libtorch tensor behind `tensor`, when it is one outside autodiff.
-pub(crate) fn handle<const D: usize>(tensor: Tensor<D>) -> Option<Th> {
-    tensor
-        .try_into_primitive::<LibTorch>()
-        .ok()
-        .map(|t| t.tensor)
-}
-
-/// [`handle`] for a mask.
-pub(crate) fn bool_handle<const D: usize>(tensor: Tensor<D, Bool>) -> Option<Th> {
-    tensor
-        .try_into_primitive::<LibTorch>()
-        .ok()
-        .map(|t| t.tensor)
-}
-
-/// [`handle`] for ids.
-pub(crate) fn int_handle<const D: usize>(tensor: Tensor<D, Int>) -> Option<Th> {
+/// The libtorch tensor behind `tensor` (floats, ids or a mask), when it is one outside autodiff.
+pub(crate) fn handle<const D: usize, K>(tensor: Tensor<D, K>) -> Option<Th>
+where
+    K: Basic + BackendPrimitive<LibTorch, Primitive = TchTensor>,
+{
     tensor
         .try_into_primitive::<LibTorch>()
         .ok()
